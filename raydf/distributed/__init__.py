@@ -1,0 +1,1 @@
+"""The Ray layer: cluster connection, one task per fold, Ray Data soft-vote inference. Every `import ray` lives here."""

@@ -1,0 +1,78 @@
+"""One Ray task per fold, all submitted at once, collected as they finish."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import asdict
+from typing import Callable, Optional
+
+import numpy as np
+import ray
+import torch
+
+from raydf.config import Config
+from raydf.errors import RaydfError
+from raydf.fold import train_fold
+
+log = logging.getLogger(__name__)
+
+
+@ray.remote(num_returns=2)
+def _fold_task(images: np.ndarray, labels: np.ndarray, fold: int, train_idx: np.ndarray, val_idx: np.ndarray,
+               cfg: Config) -> tuple[dict[str, np.ndarray], dict]:
+    # `images` arrives as a zero-copy, read-only view of the object store: every fold on a node shares it.
+    started_at = time.time()
+    torch.set_num_threads(cfg.resources.cpus_per_fold)
+
+    def report(row: dict) -> None:
+        print(f"fold {fold} epoch {row['epoch']}/{cfg.train.epochs}: train loss {row['train_loss']:.4f} "
+              f"acc {row['train_acc']:.3f} | val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f} "
+              f"| best epoch {row['best_epoch']} | {row['seconds']:.1f}s", flush=True)
+
+    outcome = train_fold(images, labels, train_idx, val_idx, cfg, fold, on_epoch=report)
+    info = asdict(outcome)
+    del info["weights"]  # returned as its own object so inference actors can fetch it alone
+    ctx = ray.get_runtime_context()
+    info.update(fold=fold, val_index=np.asarray(val_idx), started_at=started_at, finished_at=time.time(),
+                node_id=ctx.get_node_id(), pid=os.getpid(), gpu_ids=[str(g) for g in ray.get_gpu_ids()],
+                attempts=1, resumed_from_epoch=None)
+    return outcome.weights, info
+
+
+class FoldFailed(RaydfError):
+    """A fold task raised; the message carries the fold and the worker's error."""
+
+
+def run_folds(images_ref: ray.ObjectRef, labels_ref: ray.ObjectRef, splits: list[tuple[np.ndarray, np.ndarray]],
+              cfg: Config, resources: dict[str, float],
+              on_done: Optional[Callable[[dict, ray.ObjectRef], None]] = None) -> list[tuple[ray.ObjectRef, dict]]:
+    """Train every fold at once; returns (best-weights ref, info) per fold, in fold order.
+
+    `on_done(info, weights_ref)` runs on the driver as each fold finishes (completion order).
+    """
+    task = _fold_task.options(max_retries=cfg.ray.max_retries, **resources)
+    submitted = {}
+    for k, (train_idx, val_idx) in enumerate(splits):
+        weights_ref, info_ref = task.remote(images_ref, labels_ref, k, train_idx, val_idx, cfg)
+        submitted[info_ref] = (k, weights_ref)
+    log.info("submitted %d fold tasks (%g CPU, %g GPU each)", len(splits), resources["num_cpus"],
+             resources["num_gpus"])
+    results: dict[int, tuple[ray.ObjectRef, dict]] = {}
+    pending = list(submitted)
+    try:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            k, weights_ref = submitted[done[0]]
+            try:
+                info = ray.get(done[0])
+            except ray.exceptions.RayError as e:
+                raise FoldFailed(f"fold {k} failed: {e}") from e
+            results[k] = (weights_ref, info)
+            if on_done:
+                on_done(info, weights_ref)
+    finally:
+        for ref in pending:  # on error or Ctrl-C, do not leave folds training in the background
+            ray.cancel(ref, force=True)
+    return [results[k] for k in sorted(results)]

@@ -1,0 +1,95 @@
+"""One epoch of training and one pass of evaluation, in plain PyTorch (no Ray)."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Iterable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class Precision:
+    """How a fold computes: the autocast dtype (None = fp32) and whether fp16 needs a gradient scaler."""
+
+    dtype: Optional[torch.dtype] = None
+
+    @classmethod
+    def resolve(cls, name: str, device: torch.device) -> "Precision":
+        if device.type != "cuda" or name == "fp32":
+            return cls(None)  # autocast on CPU is slower than fp32 for this network
+        if name == "bf16" or (name == "auto" and torch.cuda.is_bf16_supported()):
+            return cls(torch.bfloat16)
+        return cls(torch.float16)
+
+    def autocast(self, device: torch.device):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=self.dtype)
+
+    def scaler(self, device: torch.device) -> torch.amp.GradScaler:
+        return torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
+
+
+def to_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 (B, H, W, 3) -> normalised float (B, 3, H, W) on `device`, channels-last in memory.
+
+    The permute of an NHWC tensor is already a channels-last NCHW view, so no copy is made.
+    """
+    x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def train_one_epoch(model: torch.nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
+                    device: torch.device, precision: Precision = Precision(),
+                    scaler: Optional[torch.amp.GradScaler] = None) -> dict[str, float]:
+    """One pass over `loader`; loss and accuracy are averaged per sample, not per batch."""
+    model.train()
+    scaler = scaler or precision.scaler(device)
+    loss_sum, correct, n = 0.0, 0, 0
+    for images, labels in loader:
+        x, y = to_input(images, device), labels.to(device, non_blocking=True)
+        with precision.autocast(device):
+            logits = model(x)  # (B, 2)
+            loss = F.cross_entropy(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        loss_sum += loss.item() * len(y)
+        correct += (logits.argmax(1) == y).sum().item()
+        n += len(y)
+    if n == 0:
+        raise ValueError("the training loader yielded no batch (fewer images than train.batch_size)")
+    return {"loss": loss_sum / n, "acc": correct / n}
+
+
+@torch.no_grad()
+def predict_logits(model: torch.nn.Module, loader: Iterable, device: torch.device,
+                   precision: Precision = Precision()) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (N, 2) in float32 on the CPU and the loader's labels (N,), in loader order."""
+    model.eval()
+    logits, labels = [], []
+    for images, y in loader:
+        with precision.autocast(device):
+            out = model(to_input(images, device))
+        logits.append(out.float().cpu())
+        labels.append(y)
+    return torch.cat(logits), torch.cat(labels)
+
+
+def evaluate(model: torch.nn.Module, loader: Iterable, device: torch.device,
+             precision: Precision = Precision()) -> tuple[dict[str, float], np.ndarray]:
+    """Sample-weighted cross-entropy and accuracy, plus the softmax probabilities (N, 2)."""
+    logits, labels = predict_logits(model, loader, device, precision)
+    metrics = {"loss": F.cross_entropy(logits, labels).item(),
+               "acc": (logits.argmax(1) == labels).float().mean().item()}
+    return metrics, torch.softmax(logits, dim=1).numpy()

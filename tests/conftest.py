@@ -1,0 +1,41 @@
+"""Shared fixtures: one real local Ray instance for the session, a tiny demo data set, a tiny config."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    # The demo set is generated into a temporary cache, never the user's ~/.cache.
+    os.environ["RAYDF_CACHE"] = str(tmp_path_factory.mktemp("raydf-cache"))
+    yield
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A real local Ray instance: 2 CPUs and one *logical* GPU (no CUDA needed), small object store."""
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no token file written to $HOME by tests
+    ray.init(num_cpus=2, num_gpus=1, object_store_memory=300 * 1024**2, include_dashboard=False,
+             log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory):
+    """64 training and 32 test images of the demo generator at 128 px."""
+    from raydf.demo import ensure_demo
+
+    return ensure_demo(tmp_path_factory.mktemp("demo"), n_train=64, n_test=32, size=128)
+
+
+def tiny_overrides(run_dir, demo) -> list[str]:
+    """Overrides for a fast run: 2 folds x 1 epoch at 96 px on the tiny demo set, CPU only."""
+    return [f"run_dir={run_dir}", f"data.train={demo.train}", f"data.test={demo.test}", "data.resize=112",
+            "data.crop=96", "train.folds=2", "train.epochs=1", "train.batch_size=16", "train.eval_batch_size=32",
+            "predict.batch_size=16", "resources.gpus_per_fold=0"]

@@ -1,0 +1,72 @@
+import subprocess
+import sys
+
+import pytest
+
+from raydf.config import load_config, valid_keys
+from raydf.errors import ConfigError
+
+CONTRACT_KEYS = ["run_dir", "data.train", "data.test", "data.resize", "data.crop", "train.folds", "train.epochs",
+                 "train.batch_size", "train.patience", "train.seed", "model.dropout", "optim.lr", "sched.t_max",
+                 "resources.gpus_per_fold", "resources.cpus_per_fold", "ray.address"]
+
+
+def test_contract_keys_exist():
+    assert set(CONTRACT_KEYS) <= set(valid_keys())
+
+
+def test_seed_config_reproduces_the_seed():
+    cfg = load_config("seed")
+    assert (cfg.train.folds, cfg.train.epochs, cfg.train.batch_size, cfg.train.patience, cfg.train.seed) == \
+        (4, 60, 64, 7, 42)
+    assert (cfg.optim.lr, tuple(cfg.optim.betas), cfg.optim.weight_decay) == (0.0015, (0.9, 0.999), 1e-4)
+    assert (cfg.sched.t_max, cfg.data.resize, cfg.data.crop, cfg.model.dropout) == (50, 256, 156, 0.6)
+    assert cfg.train.split == "kfold" and cfg.resources.gpus_per_fold == 1
+
+
+def test_default_config_is_cpu_sized_and_overridable():
+    cfg = load_config(None, ["train.epochs=3", "optim.lr=0.01", "data.train=/x.csv", "ray.address=auto"])
+    assert cfg.train.folds == 2 and cfg.data.crop == 96  # configs/default.yaml
+    assert cfg.train.epochs == 3 and cfg.optim.lr == 0.01 and cfg.data.train == "/x.csv"
+    assert cfg.ray.address == "auto"
+
+
+def test_unknown_key_names_it_and_suggests():
+    with pytest.raises(ConfigError, match=r"unknown config key 'train\.epoch'.*Did you mean 'train\.epochs'"):
+        load_config(None, ["train.epoch=3"])
+
+
+def test_unknown_key_in_file_names_file(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("optim:\n  learning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match=r"optim\.learning_rate.*c\.yaml.*Valid keys: .*optim\.lr"):
+        load_config(f)
+
+
+def test_wrong_type_names_key():
+    with pytest.raises(ConfigError, match=r"train\.epochs"):
+        load_config(None, ["train.epochs=many"])
+
+
+@pytest.mark.parametrize("override, key", [
+    ("train.folds=1", "train.folds"), ("optim.lr=-0.1", "optim.lr"), ("model.dropout=1.5", "model.dropout"),
+    ("data.crop=64", "data.crop"), ("data.resize=90", "data.resize"), ("train.split=random", "train.split"),
+    ("train.batch_size=1", "train.batch_size"),
+])
+def test_invalid_values_name_the_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(None, [override])
+
+
+def test_cli_user_error_exits_nonzero_without_traceback():
+    proc = subprocess.run([sys.executable, "-m", "raydf.train", "train.epoch=3"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "unknown config key 'train.epoch'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_print_config_round_trips(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "raydf.train", "--print-config", "train.epochs=7"],
+                          capture_output=True, text=True, check=True)
+    saved = tmp_path / "config.yaml"
+    saved.write_text(proc.stdout)
+    assert load_config(saved).train.epochs == 7

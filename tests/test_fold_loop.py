@@ -1,0 +1,99 @@
+"""The plain PyTorch fold loop on tiny inputs (no Ray)."""
+
+import numpy as np
+import pytest
+import torch
+
+from raydf.config import load_config
+from raydf.dataset import ImageArrayDataset, make_loader
+from raydf.engine import evaluate
+from raydf.fold import make_optimizer, train_fold
+from raydf.metrics import classification_metrics, soft_vote
+from raydf.model import build_model
+from raydf.transforms import eval_transform
+
+
+def _separable(n=48, size=80, seed=0):
+    """Fakes carry a bright square in the centre; reals do not."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 120, (n, size, size, 3), dtype=np.uint8)
+    labels = np.arange(n) % 2
+    c = size // 2
+    images[labels == 1, c - 12:c + 12, c - 12:c + 12] = 230
+    return images, labels
+
+
+def _cfg(**over):
+    base = {"data.resize": 80, "data.crop": 76, "train.batch_size": 16, "train.eval_batch_size": 32,
+            "train.augment": False, "train.epochs": 4, "train.patience": 10, "model.dropout": 0.0,
+            "optim.lr": 0.01}
+    base.update(over)
+    return load_config(None, [f"{k}={v}" for k, v in base.items()])
+
+
+def test_loss_goes_down_and_the_best_weights_are_the_best_epochs():
+    torch.set_num_threads(2)
+    images, labels = _separable()
+    # The validation rows carry flipped labels: the better the model learns the training rows, the worse its
+    # validation loss, so the lowest validation loss comes early and the last epoch is not the best one.
+    val_labels = labels.copy()
+    val_idx, train_idx = np.arange(0, 16), np.arange(16, 48)
+    all_labels = labels.copy()
+    all_labels[val_idx] = 1 - val_labels[val_idx]
+    out = train_fold(images, all_labels, train_idx, val_idx, _cfg(), fold=0)
+
+    losses = [h["train_loss"] for h in out.history]
+    assert losses[-1] < losses[0]
+    assert out.best_epoch < out.epochs_run
+    val_losses = [h["val_loss"] for h in out.history]
+    assert out.val_loss == min(val_losses) == val_losses[out.best_epoch - 1]
+
+    # Loading the returned weights reproduces the best epoch's validation loss, not the last epoch's.
+    model = build_model(0.0)
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in out.weights.items()})
+    loader = make_loader(ImageArrayDataset(images, val_idx, all_labels, eval_transform(76)), 32, train=False)
+    metrics, probs = evaluate(model, loader, torch.device("cpu"))
+    assert metrics["loss"] == pytest.approx(out.val_loss, rel=1e-4)
+    assert metrics["loss"] != pytest.approx(val_losses[-1], rel=1e-3)
+    np.testing.assert_allclose(out.val_prob_fake, probs[:, 1], rtol=1e-4, atol=1e-6)  # OOF = best weights
+
+
+def test_early_stopping_after_patience():
+    images, labels = _separable()
+    val_idx, train_idx = np.arange(0, 16), np.arange(16, 48)
+    flipped = labels.copy()
+    flipped[val_idx] = 1 - flipped[val_idx]
+    out = train_fold(images, flipped, train_idx, val_idx, _cfg(**{"train.epochs": 8, "train.patience": 2}), fold=0)
+    assert out.epochs_run == out.best_epoch + 2 < 8
+
+
+def test_radam_matches_the_seeds_torch_optimizer_radam():
+    import torch_optimizer
+
+    torch.manual_seed(0)
+    a = torch.nn.Linear(8, 2)
+    b = torch.nn.Linear(8, 2)
+    b.load_state_dict(a.state_dict())
+    cfg = _cfg(**{"optim.lr": 0.0015})
+    opt_a = make_optimizer(a, cfg)
+    opt_b = torch_optimizer.RAdam(b.parameters(), lr=0.0015, betas=(0.9, 0.999), weight_decay=1e-4)
+    x, y = torch.randn(64, 8), torch.randint(0, 2, (64,))
+    for _ in range(30):  # past RAdam's rectification warm-up (rho_t > 5 from step 6)
+        for model, opt in ((a, opt_a), (b, opt_b)):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
+
+
+def test_soft_vote_is_the_mean_of_fold_softmaxes():
+    probs = np.array([[[0.9, 0.1], [0.2, 0.8]], [[0.3, 0.7], [0.4, 0.6]]])  # (K=2, N=2, 2)
+    np.testing.assert_allclose(soft_vote(probs), [[0.6, 0.4], [0.3, 0.7]])
+    assert soft_vote(probs).argmax(1).tolist() == probs.sum(0).argmax(1).tolist()  # the seed summed: same argmax
+
+
+def test_metrics_weighted_per_sample():
+    m = classification_metrics(np.array([0, 0, 1, 1]), np.array([0.1, 0.6, 0.8, 0.9]))
+    assert m["accuracy"] == 0.75 and m["auc"] == 1.0
+    assert classification_metrics(np.array([1, 1]), np.array([0.9, 0.8]))["auc"] is None

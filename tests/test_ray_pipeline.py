@@ -1,0 +1,107 @@
+"""End to end on a real local Ray instance: fold tasks in parallel, checkpoints, soft vote, summary."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import tiny_overrides
+from raydf.catalog import read_test
+from raydf.config import load_config
+from raydf.engine import to_input
+from raydf.errors import ConfigError
+from raydf.images import decode_images
+from raydf.model import build_model
+from raydf.transforms import center_crop
+
+FOLD_KEYS = {"fold", "best_epoch", "val_loss", "val_acc", "epochs_run", "started_at", "finished_at", "node_id",
+             "pid", "attempts", "resumed_from_epoch"}
+METRIC_KEYS = {"accuracy", "auc", "log_loss"}
+
+
+@pytest.fixture(scope="module")
+def finished_run(ray_local, tiny_demo, tmp_path_factory):
+    from raydf.pipeline import train
+
+    run_dir = tmp_path_factory.mktemp("runs") / "run"
+    cfg = load_config(None, tiny_overrides(run_dir, tiny_demo))
+    assert train(cfg) == run_dir
+    return run_dir, cfg
+
+
+def test_run_directory_follows_the_contract(finished_run, tiny_demo):
+    run_dir, cfg = finished_run
+    for name in ("config.yaml", "folds.csv", "oof.csv", "submission.csv", "summary.json",
+                 "checkpoints/fold0.pt", "checkpoints/fold1.pt"):
+        assert (run_dir / name).is_file(), name
+    assert load_config(run_dir / "config.yaml").train.epochs == 1  # the resolved config loads back
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert [f["fold"] for f in summary["folds"]] == [0, 1]
+    for f in summary["folds"]:
+        assert FOLD_KEYS <= set(f) and f["attempts"] == 1 and f["resumed_from_epoch"] is None
+        assert f["epochs_run"] == 1 and f["best_epoch"] == 1 and f["finished_at"] > f["started_at"]
+    assert set(summary["cv"]) == METRIC_KEYS and set(summary["test"]) == METRIC_KEYS
+
+    folds = pd.read_csv(run_dir / "folds.csv")
+    oof = pd.read_csv(run_dir / "oof.csv")
+    assert len(folds) == len(oof) == 64 and sorted(folds["fold"].unique()) == [0, 1]
+    assert oof["prob_fake"].between(0, 1).all()  # every training image has an out-of-fold prediction
+    sub = pd.read_csv(run_dir / "submission.csv")
+    assert list(sub.columns) == ["image", "label", "prob_fake"]
+    assert sub["image"].tolist() == read_test(tiny_demo.test)["image"].tolist()  # the test table's order
+    assert (sub["label"] == (sub["prob_fake"] > 0.5)).all()
+
+
+def test_fold_tasks_overlap_in_time(finished_run):
+    run_dir, _ = finished_run
+    folds = json.loads((run_dir / "summary.json").read_text())["folds"]
+    assert max(f["started_at"] for f in folds) < min(f["finished_at"] for f in folds)
+    assert folds[0]["pid"] != folds[1]["pid"]
+
+
+def test_distributed_soft_vote_equals_single_process_vote(finished_run, tiny_demo):
+    run_dir, cfg = finished_run
+    models = []
+    for k in range(2):
+        ckpt = torch.load(run_dir / "checkpoints" / f"fold{k}.pt", weights_only=True)
+        assert ckpt["meta"]["fold"] == k
+        model = build_model(cfg.model.dropout)
+        model.load_state_dict(ckpt["state_dict"])
+        models.append(model.eval())
+    test = read_test(tiny_demo.test)
+    images = center_crop(decode_images(test["path"].tolist(), cfg.data.resize), cfg.data.crop)
+    x = to_input(torch.from_numpy(np.ascontiguousarray(images)), torch.device("cpu"))
+    with torch.no_grad():
+        probs = np.stack([torch.softmax(m(x), 1).numpy() for m in models])  # (K, N, 2)
+    expected = probs.mean(0)[:, 1]
+    sub = pd.read_csv(run_dir / "submission.csv")
+    np.testing.assert_allclose(sub["prob_fake"], expected, atol=1e-5)
+
+
+def test_fold_task_requests_a_logical_gpu(ray_local, tiny_demo, tmp_path):
+    """With resources.gpus_per_fold=0.5 both folds share the one logical GPU; each task is granted GPU 0."""
+    from raydf.distributed.folds import run_folds
+    from raydf.distributed.session import fold_resources
+
+    cfg = load_config(None, tiny_overrides(tmp_path / "gpu", tiny_demo) + ["resources.gpus_per_fold=0.5"])
+    resources = fold_resources(cfg)
+    assert resources["num_gpus"] == 0.5
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (40, 112, 112, 3), dtype=np.uint8)
+    labels = np.arange(40) % 2
+    splits = [(np.arange(20, 40), np.arange(0, 20)), (np.arange(0, 20), np.arange(20, 40))]
+    results = run_folds(ray_local.put(images), ray_local.put(labels), splits, cfg, resources)
+    for _, info in results:
+        assert info["gpu_ids"] == ["0"]
+        assert info["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_impossible_gpu_request_is_refused(ray_local, tiny_demo, tmp_path):
+    from raydf.distributed.session import fold_resources
+
+    cfg = load_config(None, tiny_overrides(tmp_path / "x", tiny_demo) + ["resources.gpus_per_fold=2"])
+    with pytest.raises(ConfigError, match=r"resources\.gpus_per_fold=2.*largest node has 1 GPU"):
+        fold_resources(cfg)
