@@ -213,8 +213,8 @@ def ensure_demo(cache_dir: str | os.PathLike | None = None, **make_kwargs) -> De
     """Return the demo set for these make_demo arguments, generating it once into the cache.
 
     The set is built in a temporary sibling folder and renamed into place, so the folder's existence means
-    it is complete: an interrupted run leaves only a temporary folder, and a process that loses a race
-    discards its own copy."""
+    it is complete: an interrupted run removes its temporary folder (a killed one leaves a hidden .<name>.tmp-*
+    folder, never a half set), and a process that loses a race discards its own copy."""
     args = {"n_train": 1200, "n_test": 400, "size": 256, "seed": 0, "strength": 1.0, **make_kwargs}
     unknown = set(args) - {"n_train", "n_test", "size", "seed", "strength"}
     if unknown:
