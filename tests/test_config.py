@@ -26,7 +26,7 @@ def test_seed_config_reproduces_the_seed():
 
 def test_default_config_is_cpu_sized_and_overridable():
     cfg = load_config(None, ["train.epochs=3", "optim.lr=0.01", "data.train=/x.csv", "ray.address=auto"])
-    assert cfg.train.folds == 2 and cfg.data.crop == 96  # configs/default.yaml
+    assert cfg.train.folds == 2 and cfg.data.crop == 80  # configs/default.yaml
     assert cfg.train.epochs == 3 and cfg.optim.lr == 0.01 and cfg.data.train == "/x.csv"
     assert cfg.ray.address == "auto"
 
@@ -50,7 +50,7 @@ def test_wrong_type_names_key():
 
 @pytest.mark.parametrize("override, key", [
     ("train.folds=1", "train.folds"), ("optim.lr=-0.1", "optim.lr"), ("model.dropout=1.5", "model.dropout"),
-    ("data.crop=64", "data.crop"), ("data.resize=90", "data.resize"), ("train.split=random", "train.split"),
+    ("data.crop=64", "data.crop"), ("data.resize=78", "data.resize"), ("train.split=random", "train.split"),
     ("train.batch_size=1", "train.batch_size"),
 ])
 def test_invalid_values_name_the_key(override, key):

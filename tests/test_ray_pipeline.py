@@ -90,7 +90,7 @@ def test_fold_task_requests_a_logical_gpu(ray_local, tiny_demo, tmp_path):
     resources = fold_resources(cfg)
     assert resources["num_gpus"] == 0.5
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 255, (40, 112, 112, 3), dtype=np.uint8)
+    images = rng.integers(0, 255, (40, 96, 96, 3), dtype=np.uint8)
     labels = np.arange(40) % 2
     splits = [(np.arange(20, 40), np.arange(0, 20)), (np.arange(0, 20), np.arange(20, 40))]
     results = run_folds(ray_local.put(images), ray_local.put(labels), splits, cfg, resources)
