@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import warnings
 from typing import Callable
@@ -20,7 +19,6 @@ def setup_logging(verbosity: int) -> None:
         for name in ("ray", "ray.data", "ray.tune"):
             logging.getLogger(name).setLevel(logging.WARNING)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
-        os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:

@@ -105,3 +105,11 @@ def test_impossible_gpu_request_is_refused(ray_local, tiny_demo, tmp_path):
     cfg = load_config(None, tiny_overrides(tmp_path / "x", tiny_demo) + ["resources.gpus_per_fold=2"])
     with pytest.raises(ConfigError, match=r"resources\.gpus_per_fold=2.*largest node has 1 GPU"):
         fold_resources(cfg)
+
+
+def test_predict_reproduces_the_submission(finished_run, tiny_demo, tmp_path):
+    from raydf.predict import predict
+
+    run_dir, _ = finished_run
+    out = predict(run_dir, str(tiny_demo.test), tmp_path / "pred.csv")
+    pd.testing.assert_frame_equal(pd.read_csv(out), pd.read_csv(run_dir / "submission.csv"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from typing import Iterator, Optional
 
 import ray
@@ -24,6 +25,8 @@ def ray_session(address: Optional[str]) -> Iterator[None]:
         yield
         return
     kwargs = {"address": address} if address else {"include_dashboard": False}
+    # Ray folds log lines that differ only in numbers into "[repeated 2x]": that would hide a fold's progress.
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     ray.init(logging_level=logging.WARNING, log_to_driver=True, **kwargs)
     try:
         res = ray.cluster_resources()
