@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from raydf.transforms import seed_transform
+
 
 class ImageArrayDataset(Dataset):
     """Rows `indices` of `images` (N, H, W, 3) uint8; yields (uint8 crop HWC tensor, label)."""
@@ -32,7 +34,7 @@ def _reseed_worker(worker_id: int) -> None:
     # Each worker holds a copy of the transform with the same random state; torch gives every worker of every
     # epoch a different initial seed, so reseeding from it makes augmentations differ across workers and epochs.
     info = torch.utils.data.get_worker_info()
-    info.dataset.transform.set_random_seed(torch.initial_seed() % 2**32)
+    seed_transform(info.dataset.transform, torch.initial_seed() % 2**32)
 
 
 def make_loader(dataset: ImageArrayDataset, batch_size: int, *, train: bool, workers: int = 0,

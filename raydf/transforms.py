@@ -7,6 +7,8 @@ which moves a quarter of the bytes to the GPU and spares the CPU a float pass.
 
 from __future__ import annotations
 
+import random
+
 import albumentations as A
 import cv2
 import numpy as np
@@ -16,9 +18,19 @@ import numpy as np
 SEED_NOISE_STD = (np.sqrt(10) / 255, np.sqrt(50) / 255)  # ~ (0.0124, 0.0277)
 
 
+def seed_transform(transform: A.Compose, seed: int) -> None:
+    """Seed a pipeline so that its transforms still draw independently.
+
+    albumentations 2.0.8's `Compose(seed=s)` / `set_random_seed(s)` gives every transform its own generator
+    seeded with the same `s`, so their first "apply?" draws coincide: a flip would always come with a grey
+    conversion and a JPEG recompression. One shared generator keeps the probabilities independent.
+    """
+    transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
+
+
 def train_transform(crop: int, seed: int | None = None) -> A.Compose:
     """The seed's training augmentations (after its Resize), ending with the centre crop."""
-    return A.Compose(
+    transform = A.Compose(
         [
             A.ImageCompression(quality_range=(60, 100), p=0.5),
             A.GaussNoise(std_range=SEED_NOISE_STD, p=0.1),
@@ -32,8 +44,11 @@ def train_transform(crop: int, seed: int | None = None) -> A.Compose:
                      border_mode=cv2.BORDER_CONSTANT, fill=0, p=0.5),
             A.CenterCrop(crop, crop),
         ],
-        seed=seed,
+        save_applied_params=True,  # lets tests (and curious users) see which transforms fired
     )
+    if seed is not None:
+        seed_transform(transform, seed)
+    return transform
 
 
 def eval_transform(crop: int) -> A.Compose:

@@ -48,3 +48,18 @@ def test_decode_converts_bgr_to_rgb_and_resizes(tmp_path):
     out = decode_image(path, 128)
     assert out.shape == (128, 128, 3)
     assert out[..., 0].min() == 255 and out[..., 1:].max() == 0  # red is channel 0 in RGB
+
+
+def test_seeded_augmentations_fire_independently_at_their_rates():
+    # albumentations' own Compose(seed=...) would make every "apply?" draw the same number.
+    tf = train_transform(96, seed=7)
+    img = _image()
+    fired = []
+    for _ in range(400):
+        names = {name for name, _ in tf(image=img)["applied_transforms"]}
+        fired.append(("HorizontalFlip" in names, "ToGray" in names, "ImageCompression" in names))
+    flip, gray, jpeg = np.array(fired).T
+    assert 0.42 < flip.mean() < 0.58 and 0.14 < gray.mean() < 0.26 and 0.42 < jpeg.mean() < 0.58
+    # Independent events: P(gray | flip) is close to P(gray), not 1 or 0.
+    assert abs(gray[flip].mean() - gray.mean()) < 0.1
+    assert abs(jpeg[flip].mean() - jpeg.mean()) < 0.12
