@@ -2,42 +2,41 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
-from pathlib import Path
-from typing import Any
+import logging
+from typing import Any, Optional
 
 import numpy as np
 import torch
 
+from raydf.storage import RunStorage
 
-def atomic_write(path: str | os.PathLike, write) -> None:
-    """Call `write(file_object)` on a temp file in the same folder, fsync, then rename over `path`.
-
-    A reader (or a crash) never sees a half-written file: rename is atomic on one file system.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+log = logging.getLogger(__name__)
 
 
-def save_fold_checkpoint(path: str | os.PathLike, weights: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+def checkpoint_name(fold: int) -> str:
+    return f"checkpoints/fold{fold}.pt"
+
+
+def save_fold_checkpoint(storage: RunStorage, fold: int, weights: dict[str, np.ndarray],
+                         meta: dict[str, Any]) -> None:
     """Save `{"state_dict": tensors, "meta": plain data}` (numpy weights from the object store become tensors)."""
     state = {k: torch.from_numpy(np.array(v)) for k, v in weights.items()}  # np.array: copy of read-only views
-    atomic_write(path, lambda f: torch.save({"state_dict": state, "meta": meta}, f))
+    storage.save_torch(checkpoint_name(fold), {"state_dict": state, "meta": meta})
 
 
-def load_fold_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def load_fold_checkpoint(storage: RunStorage, fold: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The state dict and metadata of a fold checkpoint."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = storage.load_torch(checkpoint_name(fold))
     return ckpt["state_dict"], ckpt["meta"]
+
+
+def try_load_fold_checkpoint(storage: RunStorage, fold: int) -> Optional[tuple[dict[str, torch.Tensor], dict]]:
+    """A finished fold's checkpoint, or None when it is missing or unreadable (then the fold is trained again)."""
+    if not storage.exists(checkpoint_name(fold)):
+        return None
+    try:
+        return load_fold_checkpoint(storage, fold)
+    except Exception as e:  # a truncated or foreign file: report it and retrain rather than crash the run
+        log.warning("fold %d: checkpoint %s is unreadable (%s: %s); the fold will be trained again from its "
+                    "last saved epoch", fold, storage.path(checkpoint_name(fold)), type(e).__name__, e)
+        return None

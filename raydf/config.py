@@ -98,7 +98,8 @@ class RayConfig:
 
 @dataclass
 class Config:
-    run_dir: Optional[str] = None  # None = runs/<timestamp>
+    run_dir: Optional[str] = None  # None = runs/<timestamp>; a path or a URI (s3://, gs://, file://)
+    resume: Optional[str] = None  # a run directory to continue (python -m raydf.train resume=RUN_DIR)
     data: DataConfig = field(default_factory=DataConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

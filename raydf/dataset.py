@@ -11,18 +11,34 @@ from torch.utils.data import DataLoader, Dataset
 from raydf.transforms import seed_transform
 
 
+def sample_seed(*keys: int) -> int:
+    """A well-mixed 32-bit seed from integers such as (fold seed, epoch, row)."""
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1)[0])
+
+
 class ImageArrayDataset(Dataset):
-    """Rows `indices` of `images` (N, H, W, 3) uint8; yields (uint8 crop HWC tensor, label)."""
+    """Rows `indices` of `images` (N, H, W, 3) uint8; yields (uint8 crop HWC tensor, label).
+
+    With a `seed`, the augmentation of each image is drawn from (seed, epoch, row) alone: the same in any
+    worker process, in any order, and again after a resume, so a resumed fold sees what it would have seen.
+    """
 
     def __init__(self, images: np.ndarray, indices: np.ndarray, labels: Optional[np.ndarray],
-                 transform: Callable[..., dict]):
+                 transform: Callable[..., dict], seed: Optional[int] = None):
         self.images, self.indices, self.labels, self.transform = images, np.asarray(indices), labels, transform
+        self.seed = seed
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()  # shared memory: persistent workers see it
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch[0] = epoch
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         row = self.indices[i]
+        if self.seed is not None:
+            seed_transform(self.transform, sample_seed(self.seed, int(self._epoch[0]), row))
         img = self.transform(image=self.images[row])["image"]
         # The shared array is read-only (Ray object store); a crop of it may be a read-only view.
         img = torch.from_numpy(np.array(img, copy=True) if not img.flags.writeable else np.ascontiguousarray(img))
@@ -30,19 +46,14 @@ class ImageArrayDataset(Dataset):
         return img, label
 
 
-def _reseed_worker(worker_id: int) -> None:
-    # Each worker holds a copy of the transform with the same random state; torch gives every worker of every
-    # epoch a different initial seed, so reseeding from it makes augmentations differ across workers and epochs.
-    info = torch.utils.data.get_worker_info()
-    seed_transform(info.dataset.transform, torch.initial_seed() % 2**32)
-
-
 def make_loader(dataset: ImageArrayDataset, batch_size: int, *, train: bool, workers: int = 0,
                 seed: int = 0, pin_memory: bool = False) -> DataLoader:
-    """Training loaders shuffle and drop the last partial batch (BatchNorm1d cannot train on one image)."""
+    """Training loaders shuffle and drop the last partial batch (BatchNorm1d cannot train on one image).
+
+    Reseed `loader.generator` before an epoch to fix that epoch's order.
+    """
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
         dataset, batch_size=batch_size, shuffle=train, drop_last=train, num_workers=workers,
-        generator=generator, worker_init_fn=_reseed_worker if workers else None,
-        persistent_workers=workers > 0, pin_memory=pin_memory,
+        generator=generator, persistent_workers=workers > 0, pin_memory=pin_memory,
     )

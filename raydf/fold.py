@@ -15,8 +15,9 @@ import numpy as np
 import torch
 
 from raydf.config import Config
-from raydf.dataset import ImageArrayDataset, make_loader
+from raydf.dataset import ImageArrayDataset, make_loader, sample_seed
 from raydf.engine import Precision, evaluate, train_one_epoch
+from raydf.fold_state import FoldStateStore
 from raydf.model import build_model
 from raydf.transforms import eval_transform, train_transform
 
@@ -33,6 +34,7 @@ class FoldOutcome:
     val_prob_fake: np.ndarray  # out-of-fold P(fake) of the validation rows, from the best weights
     device: str
     history: list[dict] = field(default_factory=list)  # one row per epoch
+    resumed_from_epoch: Optional[int] = None  # the last completed epoch a resumed fold continued after
 
 
 def seed_everything(seed: int) -> None:
@@ -53,10 +55,14 @@ def default_device() -> torch.device:
 
 def train_fold(images: np.ndarray, labels: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray,
                cfg: Config, fold: int, on_epoch: Optional[Callable[[dict], None]] = None,
-               device: Optional[torch.device] = None) -> FoldOutcome:
+               device: Optional[torch.device] = None, state: Optional[FoldStateStore] = None) -> FoldOutcome:
     """Train on `images[train_idx]`, select the epoch with the lowest validation loss on `images[val_idx]`.
 
     `images` is the decoded (N, H, W, 3) uint8 array at `data.resize`; `labels` (N,) holds 1 = fake.
+    With a `state` store the fold saves its state after every epoch and, if a state is there already (a
+    retried or resumed fold), continues after its last completed epoch. Every epoch's randomness (order,
+    augmentation, dropout) is drawn from (train.seed, fold, epoch), so a resumed fold repeats exactly
+    what an uninterrupted one would have done.
     """
     device = device or default_device()
     seed = cfg.train.seed + fold
@@ -64,9 +70,10 @@ def train_fold(images: np.ndarray, labels: np.ndarray, train_idx: np.ndarray, va
     precision = Precision.resolve(cfg.train.precision, device)
     workers, pin = cfg.resources.loader_workers, device.type == "cuda"
 
-    train_tf = train_transform(cfg.data.crop, seed=seed) if cfg.train.augment else eval_transform(cfg.data.crop)
-    train_loader = make_loader(ImageArrayDataset(images, train_idx, labels, train_tf), cfg.train.batch_size,
-                               train=True, workers=workers, seed=seed, pin_memory=pin)
+    train_tf = train_transform(cfg.data.crop) if cfg.train.augment else eval_transform(cfg.data.crop)
+    train_set = ImageArrayDataset(images, train_idx, labels, train_tf, seed=seed)
+    train_loader = make_loader(train_set, cfg.train.batch_size, train=True, workers=workers, seed=seed,
+                               pin_memory=pin)
     val_loader = make_loader(ImageArrayDataset(images, val_idx, labels, eval_transform(cfg.data.crop)),
                              cfg.train.eval_batch_size, train=False, workers=workers, pin_memory=pin)
 
@@ -76,31 +83,52 @@ def train_fold(images: np.ndarray, labels: np.ndarray, train_idx: np.ndarray, va
                                                            eta_min=cfg.sched.eta_min)
     scaler = precision.scaler(device)
 
-    best_loss, best_epoch, best_acc, stale = math.inf, 0, 0.0, 0
-    best_weights: dict[str, np.ndarray] = {}
-    best_probs = np.empty(0)
+    best = {"loss": math.inf, "epoch": 0, "acc": 0.0, "weights": {}, "probs": torch.empty(0)}
     history: list[dict] = []
-    for epoch in range(1, cfg.train.epochs + 1):
+    stale, done_epochs, resumed_from = 0, 0, None
+    saved = state.load() if state else None
+    if saved:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        scaler.load_state_dict(saved["scaler"])
+        best, history, stale, done_epochs = saved["best"], saved["history"], saved["stale"], saved["epoch"]
+        if best["weights"] is None:  # saved in its best epoch: the best weights are the model's
+            best["weights"] = {k: v.clone() for k, v in saved["model"].items()}
+        resumed_from = done_epochs
+
+    for epoch in range(done_epochs + 1, cfg.train.epochs + 1):
+        if stale >= cfg.train.patience:
+            break
         t0 = time.time()
+        torch.manual_seed(sample_seed(seed, epoch))  # dropout
+        train_loader.generator.manual_seed(sample_seed(seed, epoch, 1))  # order (and workers' base seed)
+        train_set.set_epoch(epoch)  # augmentation
         lr = optimizer.param_groups[0]["lr"]
         train_m = train_one_epoch(model, train_loader, optimizer, device, precision, scaler)
         val_m, val_probs = evaluate(model, val_loader, device, precision)
         scheduler.step()  # once per epoch, as the seed did
-        improved = val_m["loss"] < best_loss
-        if improved:
+        if val_m["loss"] < best["loss"]:
             # A copy, not a reference: the seed kept the live model, so it predicted with last-epoch weights.
-            best_weights = {k: v.detach().to("cpu", copy=True).numpy() for k, v in model.state_dict().items()}
-            best_loss, best_acc, best_epoch, best_probs, stale = val_m["loss"], val_m["acc"], epoch, val_probs[:, 1], 0
+            best = {"loss": val_m["loss"], "epoch": epoch, "acc": val_m["acc"],
+                    "weights": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
+                    "probs": torch.from_numpy(val_probs[:, 1].copy())}
+            stale = 0
         else:
             stale += 1
         row = {"fold": fold, "epoch": epoch, "train_loss": train_m["loss"], "train_acc": train_m["acc"],
                "val_loss": val_m["loss"], "val_acc": val_m["acc"], "lr": lr, "seconds": time.time() - t0,
-               "best_epoch": best_epoch}
+               "best_epoch": best["epoch"]}
         history.append(row)
+        if state:
+            # In an improving epoch the best weights are the model's: not stored twice (94 MB at fp32).
+            best_saved = best | {"weights": None} if best["epoch"] == epoch else best
+            state.save({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "best": best_saved,
+                        "history": history, "stale": stale})
         if on_epoch:
             on_epoch(row)
-        if stale >= cfg.train.patience:
-            break
-    return FoldOutcome(weights=best_weights, best_epoch=best_epoch, val_loss=best_loss, val_acc=best_acc,
-                       epochs_run=len(history), val_prob_fake=best_probs.astype(np.float64), device=str(device),
-                       history=history)
+    return FoldOutcome(weights={k: v.numpy() for k, v in best["weights"].items()}, best_epoch=best["epoch"],
+                       val_loss=best["loss"], val_acc=best["acc"], epochs_run=len(history),
+                       val_prob_fake=best["probs"].numpy().astype(np.float64), device=str(device),
+                       history=history, resumed_from_epoch=resumed_from)

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 from typing import Optional, Sequence
 
 from raydf.cli import add_common_args, run_cli
-from raydf.config import load_config
 from raydf.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -25,9 +23,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def predict(run_dir: Path, images: str, out: Path, image_root: Optional[str] = None,
-            address: Optional[str] = None) -> Path:
-    """Write `image,label,prob_fake` for `images` with the run's K fold checkpoints."""
+def predict(run_dir: str, images: str, out: str, image_root: Optional[str] = None,
+            address: Optional[str] = None) -> str:
+    """Write `image,label,prob_fake` for `images` with the run's K fold checkpoints (paths or URIs)."""
     import ray
 
     from raydf.catalog import read_test
@@ -35,28 +33,31 @@ def predict(run_dir: Path, images: str, out: Path, image_root: Optional[str] = N
     from raydf.distributed.inference import soft_vote_predict
     from raydf.distributed.session import ray_session
     from raydf.pipeline import write_submission
+    from raydf.resume import resume_config
+    from raydf.storage import RunStorage
 
-    config_file = run_dir / "config.yaml"
-    ckpts = sorted((run_dir / "checkpoints").glob("fold*.pt"))
-    if not config_file.is_file() or not ckpts:
-        raise ConfigError(f"{run_dir} is not a finished raydf run (needs config.yaml and checkpoints/fold*.pt)")
-    cfg = load_config(config_file)
+    storage = RunStorage(run_dir)
+    cfg = resume_config(str(run_dir))
+    missing = [k for k in range(cfg.train.folds) if not storage.exists(f"checkpoints/fold{k}.pt")]
+    if missing:
+        raise ConfigError(f"{run_dir} is not a finished raydf run: checkpoints of folds {missing} are missing "
+                          f"(finish it with python -m raydf.train resume={run_dir})")
     test_df = read_test(images, image_root)
     with ray_session(address or cfg.ray.address):
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
-        refs = [ray.put({k: v.numpy() for k, v in load_fold_checkpoint(p)[0].items()}) for p in ckpts]
+        refs = [ray.put({k: v.numpy() for k, v in load_fold_checkpoint(storage, fold)[0].items()})
+                for fold in range(cfg.train.folds)]
         pred = soft_vote_predict(test_df["path"].tolist(), refs, resize=cfg.data.resize, crop=cfg.data.crop,
                                  dropout=cfg.model.dropout, batch_size=cfg.predict.batch_size,
                                  actors=cfg.predict.actors, gpus_per_actor=gpus, precision=cfg.train.precision)
-    write_submission(out, test_df, pred)
-    log.info("wrote %d predictions of %d folds to %s", len(pred), len(ckpts), out)
-    return out
+    write_submission(*RunStorage.for_file(out), test_df, pred)
+    log.info("wrote %d predictions of %d folds to %s", len(pred), cfg.train.folds, out)
+    return str(out)
 
 
 def main(args: argparse.Namespace) -> int:
-    run_dir = Path(args.run)
-    out = Path(args.out) if args.out else run_dir / "predictions.csv"
-    print(predict(run_dir, args.images, out, args.image_root, args.address))
+    out = args.out or f"{args.run.rstrip('/')}/predictions.csv"
+    print(predict(args.run, args.images, out, args.image_root, args.address))
     return 0
 
 

@@ -1,4 +1,7 @@
-"""`python -m raydf.train [--config FILE] [key=value ...]`: K-fold training, then the soft-vote submission."""
+"""`python -m raydf.train [--config FILE] [key=value ...]`: K-fold training, then the soft-vote submission.
+
+`python -m raydf.train resume=RUN_DIR` continues an interrupted run in place.
+"""
 
 from __future__ import annotations
 
@@ -20,14 +23,23 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, args.overrides)
+    resume = [o.split("=", 1)[1] for o in args.overrides if o.startswith("resume=")]
+    if resume:  # the run's own config, plus overrides that do not change its results
+        from raydf.resume import resume_config
+
+        rest = [o for o in args.overrides if not o.startswith("resume=")]
+        cfg = resume_config(resume[-1], args.config, rest)
+    else:
+        cfg = load_config(args.config, args.overrides)
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
     from raydf.pipeline import train  # imports torch and Ray: only when there is work to do
 
+    from raydf.storage import RunStorage
+
     run_dir = train(cfg)
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = json.loads(RunStorage(run_dir).read_text("summary.json"))
     print(f"\nrun directory: {run_dir}")
     for name in ("cv", "test"):
         if name in summary:

@@ -27,7 +27,7 @@ def finished_run(ray_local, tiny_demo, tmp_path_factory):
 
     run_dir = tmp_path_factory.mktemp("runs") / "run"
     cfg = load_config(None, tiny_overrides(run_dir, tiny_demo))
-    assert train(cfg) == run_dir
+    assert train(cfg) == str(run_dir)
     return run_dir, cfg
 
 
@@ -92,9 +92,9 @@ def test_fold_task_requests_a_logical_gpu(ray_local, tiny_demo, tmp_path):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (40, 96, 96, 3), dtype=np.uint8)
     labels = np.arange(40) % 2
-    splits = [(np.arange(20, 40), np.arange(0, 20)), (np.arange(0, 20), np.arange(20, 40))]
+    splits = {0: (np.arange(20, 40), np.arange(0, 20)), 1: (np.arange(0, 20), np.arange(20, 40))}
     results = run_folds(ray_local.put(images), ray_local.put(labels), splits, cfg, resources)
-    for _, info in results:
+    for _, info in results.values():
         assert info["gpu_ids"] == ["0"]
         assert info["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -111,5 +111,5 @@ def test_predict_reproduces_the_submission(finished_run, tiny_demo, tmp_path):
     from raydf.predict import predict
 
     run_dir, _ = finished_run
-    out = predict(run_dir, str(tiny_demo.test), tmp_path / "pred.csv")
+    out = predict(str(run_dir), str(tiny_demo.test), str(tmp_path / "pred.csv"))
     pd.testing.assert_frame_equal(pd.read_csv(out), pd.read_csv(run_dir / "submission.csv"))

@@ -15,15 +15,21 @@ import torch
 from raydf.config import Config
 from raydf.errors import RaydfError
 from raydf.fold import train_fold
+from raydf.fold_state import FoldStateStore
+from raydf.storage import RunStorage
 
 log = logging.getLogger(__name__)
 
 
 @ray.remote(num_returns=2)
 def _fold_task(images: np.ndarray, labels: np.ndarray, fold: int, train_idx: np.ndarray, val_idx: np.ndarray,
-               cfg: Config) -> tuple[dict[str, np.ndarray], dict]:
+               cfg: Config, storage: Optional[RunStorage]) -> tuple[dict[str, np.ndarray], dict]:
     # `images` arrives as a zero-copy, read-only view of the object store: every fold on a node shares it.
-    started_at = time.time()
+    # Ray re-runs this task when its worker dies (max_retries); the state store makes the rerun resume.
+    ctx = ray.get_runtime_context()
+    state = FoldStateStore(storage, fold) if storage else None
+    attempt = state.begin_attempt(pid=os.getpid(), node_id=ctx.get_node_id()) if state else \
+        {"attempts": 1, "first_started_at": time.time()}
     torch.set_num_threads(cfg.resources.cpus_per_fold)
 
     def report(row: dict) -> None:
@@ -31,13 +37,12 @@ def _fold_task(images: np.ndarray, labels: np.ndarray, fold: int, train_idx: np.
               f"acc {row['train_acc']:.3f} | val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f} "
               f"| best epoch {row['best_epoch']} | {row['seconds']:.1f}s", flush=True)
 
-    outcome = train_fold(images, labels, train_idx, val_idx, cfg, fold, on_epoch=report)
+    outcome = train_fold(images, labels, train_idx, val_idx, cfg, fold, on_epoch=report, state=state)
     info = asdict(outcome)
     del info["weights"]  # returned as its own object so inference actors can fetch it alone
-    ctx = ray.get_runtime_context()
-    info.update(fold=fold, val_index=np.asarray(val_idx), started_at=started_at, finished_at=time.time(),
-                node_id=ctx.get_node_id(), pid=os.getpid(), gpu_ids=[str(g) for g in ray.get_gpu_ids()],
-                attempts=1, resumed_from_epoch=None)
+    info.update(fold=fold, val_index=np.asarray(val_idx), started_at=attempt["first_started_at"],
+                finished_at=time.time(), node_id=ctx.get_node_id(), pid=os.getpid(),
+                gpu_ids=[str(g) for g in ray.get_gpu_ids()], attempts=attempt["attempts"])
     return outcome.weights, info
 
 
@@ -45,17 +50,18 @@ class FoldFailed(RaydfError):
     """A fold task raised; the message carries the fold and the worker's error."""
 
 
-def run_folds(images_ref: ray.ObjectRef, labels_ref: ray.ObjectRef, splits: list[tuple[np.ndarray, np.ndarray]],
-              cfg: Config, resources: dict[str, float],
-              on_done: Optional[Callable[[dict, ray.ObjectRef], None]] = None) -> list[tuple[ray.ObjectRef, dict]]:
-    """Train every fold at once; returns (best-weights ref, info) per fold, in fold order.
+def run_folds(images_ref: ray.ObjectRef, labels_ref: ray.ObjectRef, splits: dict[int, tuple[np.ndarray, np.ndarray]],
+              cfg: Config, resources: dict[str, float], storage: Optional[RunStorage] = None,
+              on_done: Optional[Callable[[dict, ray.ObjectRef], None]] = None) -> dict[int, tuple[ray.ObjectRef, dict]]:
+    """Train the folds `splits` ({fold: (train rows, val rows)}) at once; returns {fold: (best-weights ref, info)}.
 
-    `on_done(info, weights_ref)` runs on the driver as each fold finishes (completion order).
+    With `storage` (the run directory) every fold saves its state per epoch and resumes from it when Ray
+    retries it. `on_done(info, weights_ref)` runs on the driver as each fold finishes (completion order).
     """
     task = _fold_task.options(max_retries=cfg.ray.max_retries, **resources)
     submitted = {}
-    for k, (train_idx, val_idx) in enumerate(splits):
-        weights_ref, info_ref = task.remote(images_ref, labels_ref, k, train_idx, val_idx, cfg)
+    for k, (train_idx, val_idx) in splits.items():
+        weights_ref, info_ref = task.remote(images_ref, labels_ref, k, train_idx, val_idx, cfg, storage)
         submitted[info_ref] = (k, weights_ref)
     log.info("submitted %d fold tasks (%g CPU, %g GPU each)", len(splits), resources["num_cpus"],
              resources["num_gpus"])
@@ -75,4 +81,4 @@ def run_folds(images_ref: ray.ObjectRef, labels_ref: ray.ObjectRef, splits: list
     finally:
         for ref in pending:  # on error or Ctrl-C, do not leave folds training in the background
             ray.cancel(ref, force=True)
-    return [results[k] for k in sorted(results)]
+    return dict(sorted(results.items()))

@@ -24,7 +24,8 @@ def ray_session(address: Optional[str]) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
-    kwargs = {"address": address} if address else {"include_dashboard": False}
+    # "local" always starts a new instance; None would join a cluster that `ray start` left on this machine.
+    kwargs = {"address": address} if address else {"address": "local", "include_dashboard": False}
     # Ray folds log lines that differ only in numbers into "[repeated 2x]": that would hide a fold's progress.
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     ray.init(logging_level=logging.WARNING, log_to_driver=True, **kwargs)

@@ -1,0 +1,60 @@
+"""A fold's resumable state, saved after every epoch so a crash loses at most the epoch in progress."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any, Optional
+
+from raydf.storage import RunStorage
+
+log = logging.getLogger(__name__)
+
+STATE_KEYS = {"epoch", "model", "optimizer", "scheduler", "scaler", "best", "history", "stale"}
+
+
+class FoldStateStore:
+    """`state/fold{k}.pt` (latest epoch) and `state/fold{k}.prev.pt` (the one before) in the run storage.
+
+    Two generations: if the latest file is unreadable (a disk filled up, someone truncated it), the fold
+    resumes from the previous epoch instead of from scratch.
+    """
+
+    def __init__(self, storage: RunStorage, fold: int):
+        self.storage, self.fold = storage, fold
+        self.current, self.previous = f"state/fold{fold}.pt", f"state/fold{fold}.prev.pt"
+        self.attempt_file = f"state/fold{fold}.attempt.json"
+
+    def save(self, state: dict[str, Any]) -> None:
+        if self.storage.exists(self.current):
+            self.storage.move(self.current, self.previous)
+        self.storage.save_torch(self.current, state)
+
+    def load(self) -> Optional[dict[str, Any]]:
+        """The newest readable state, or None (start from scratch). Unreadable files are reported, not fatal."""
+        for rel in (self.current, self.previous):
+            if not self.storage.exists(rel):
+                continue
+            try:
+                state = self.storage.load_torch(rel)
+                missing = STATE_KEYS - set(state)
+                if missing:
+                    raise ValueError(f"missing {sorted(missing)}")
+                return state
+            except Exception as e:  # truncated zip, wrong file, unpickling refused: all mean "not usable"
+                log.warning("fold %d: state file %s is unreadable (%s: %s); falling back to an older state",
+                            self.fold, self.storage.path(rel), type(e).__name__, e)
+        return None
+
+    def begin_attempt(self, **info: Any) -> dict[str, Any]:
+        """Count this attempt (Ray retries a fold whose worker died) and remember when the first one began."""
+        record = {"attempts": 0, "first_started_at": time.time()}
+        if self.storage.exists(self.attempt_file):
+            try:
+                record.update(json.loads(self.storage.read_text(self.attempt_file)))
+            except (ValueError, OSError):
+                pass
+        record.update(info, attempts=record["attempts"] + 1, started_at=time.time())
+        self.storage.write_text(self.attempt_file, json.dumps(record))
+        return record
