@@ -34,6 +34,8 @@ class DataConfig:
     resize: int = 256  # every image is decoded once and resized to resize x resize
     crop: int = 156  # centre crop fed to the network (the seed: "fake features are in the centre")
     decode_threads: int = 0  # threads decoding images on the driver; 0 = one per core
+    cache: str = "auto"  # auto | memory (object store) | disk (memory-mapped file per node) | off (decode each run)
+    cache_dir: Optional[str] = None  # where decoded arrays are kept; None = $RAYDF_CACHE/decoded or ~/.cache/raydf
 
 
 @dataclass
@@ -206,6 +208,8 @@ def validate(cfg: Config) -> None:
              f"must be one of kfold, stratified, group (got '{cfg.train.split}')")
     _require(cfg.train.precision in ("auto", "fp32", "bf16", "fp16"), "train.precision",
              f"must be one of auto, fp32, bf16, fp16 (got '{cfg.train.precision}')")
+    _require(cfg.data.cache in ("auto", "memory", "disk", "off"), "data.cache",
+             f"must be one of auto, memory, disk, off (got '{cfg.data.cache}')")
     _require(cfg.optim.lr > 0, "optim.lr", f"must be positive (got {cfg.optim.lr})")
     _require(cfg.optim.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
     _require(len(cfg.optim.betas) == 2 and all(0 <= b < 1 for b in cfg.optim.betas), "optim.betas",

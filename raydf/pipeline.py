@@ -20,12 +20,12 @@ from raydf.catalog import read_test, read_train
 from raydf.checkpoint import save_fold_checkpoint, try_load_fold_checkpoint
 from raydf.config import Config, to_dict, to_yaml
 from raydf.demo import ensure_demo
+from raydf.distributed.data import share_images
 from raydf.distributed.folds import run_folds
 from raydf.distributed.inference import soft_vote_predict
 from raydf.distributed.session import fold_resources, ray_session
 from raydf.errors import ConfigError, DataError, RaydfError
 from raydf.folds import assign_folds
-from raydf.images import decode_images
 from raydf.metrics import classification_metrics
 from raydf.storage import RunStorage
 
@@ -138,12 +138,8 @@ def _train_folds(cfg: Config, storage: RunStorage, table: pd.DataFrame, folds: n
     refs = {k: ray.put(weights) for k, (weights, _) in finished.items()}
     if todo:
         resources = fold_resources(cfg)
-        t0 = time.time()
-        images = decode_images(table["path"].tolist(), cfg.data.resize, cfg.data.decode_threads)
-        log.info("decoded %d images to %dx%d in %.1fs (%.0f MB, shared by every fold)", len(images),
-                 cfg.data.resize, cfg.data.resize, time.time() - t0, images.nbytes / 2**20)
-        images_ref, labels_ref = ray.put(images), ray.put(table["label"].to_numpy(np.int64))
-        del images  # the object store holds the one copy the folds read
+        images_ref = share_images(table["path"].tolist(), cfg)
+        labels_ref = ray.put(table["label"].to_numpy(np.int64))
 
         def on_done(info: dict, weights_ref: ray.ObjectRef) -> None:
             meta = {k: v for k, v in info.items() if k not in ("val_index", "val_prob_fake")}

@@ -12,7 +12,9 @@ import numpy as np
 import ray
 import torch
 
+from raydf.cache import DecodedCache
 from raydf.config import Config
+from raydf.distributed.data import ImagesHandle, resolve_images
 from raydf.errors import RaydfError
 from raydf.fold import train_fold
 from raydf.fold_state import FoldStateStore
@@ -22,15 +24,17 @@ log = logging.getLogger(__name__)
 
 
 @ray.remote(num_returns=2)
-def _fold_task(images: np.ndarray, labels: np.ndarray, fold: int, train_idx: np.ndarray, val_idx: np.ndarray,
+def _fold_task(images: np.ndarray | DecodedCache, labels: np.ndarray, fold: int, train_idx: np.ndarray, val_idx: np.ndarray,
                cfg: Config, storage: Optional[RunStorage]) -> tuple[dict[str, np.ndarray], dict]:
-    # `images` arrives as a zero-copy, read-only view of the object store: every fold on a node shares it.
+    # `images` arrives as a zero-copy, read-only view of the object store, or names the node's memory-mapped
+    # cache file: either way every fold on a node shares one copy.
     # Ray re-runs this task when its worker dies (max_retries); the state store makes the rerun resume.
     ctx = ray.get_runtime_context()
     state = FoldStateStore(storage, fold) if storage else None
     attempt = state.begin_attempt(pid=os.getpid(), node_id=ctx.get_node_id()) if state else \
         {"attempts": 1, "first_started_at": time.time()}
     torch.set_num_threads(cfg.resources.cpus_per_fold)
+    images = resolve_images(images)
 
     def report(row: dict) -> None:
         print(f"fold {fold} epoch {row['epoch']}/{cfg.train.epochs}: train loss {row['train_loss']:.4f} "
@@ -50,7 +54,7 @@ class FoldFailed(RaydfError):
     """A fold task raised; the message carries the fold and the worker's error."""
 
 
-def run_folds(images_ref: ray.ObjectRef, labels_ref: ray.ObjectRef, splits: dict[int, tuple[np.ndarray, np.ndarray]],
+def run_folds(images_ref: ImagesHandle, labels_ref: ray.ObjectRef, splits: dict[int, tuple[np.ndarray, np.ndarray]],
               cfg: Config, resources: dict[str, float], storage: Optional[RunStorage] = None,
               on_done: Optional[Callable[[dict, ray.ObjectRef], None]] = None) -> dict[int, tuple[ray.ObjectRef, dict]]:
     """Train the folds `splits` ({fold: (train rows, val rows)}) at once; returns {fold: (best-weights ref, info)}.

@@ -1,0 +1,78 @@
+"""The decoded-image cache: every image decoded and resized once, kept as a memory-mappable .npy file.
+
+The file name carries a key made of the image list, each file's size and modification time, and the
+decoded size, so a changed data set (an image added, replaced or touched) is decoded again, and an
+unchanged one is never decoded twice, across runs, folds and epochs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+from filelock import FileLock
+
+from raydf.demo import default_cache_dir
+from raydf.images import decode_images
+
+log = logging.getLogger(__name__)
+
+
+def cache_key(paths: Sequence[str], size: int) -> str:
+    """A digest of (decoded size, every path with its byte size and mtime)."""
+    h = hashlib.sha256(f"raydf-decoded-v1 {size}\n".encode())
+    for p in paths:
+        try:
+            st = os.stat(p)
+            h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{p}\0missing\n".encode())
+    return h.hexdigest()[:24]
+
+
+@dataclass(frozen=True)
+class DecodedCache:
+    """Where the decoded array of `paths` at `size` px lives (or will live) on this machine."""
+
+    paths: tuple[str, ...]
+    size: int
+    folder: str
+
+    @classmethod
+    def for_images(cls, paths: Sequence[str], size: int, folder: Optional[str] = None) -> "DecodedCache":
+        return cls(tuple(str(p) for p in paths), size, str(folder or default_cache_dir() / "decoded"))
+
+    @property
+    def file(self) -> Path:
+        return Path(self.folder) / f"decoded-{self.size}px-{len(self.paths)}-{cache_key(self.paths, self.size)}.npy"
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.paths) * self.size * self.size * 3
+
+    def load(self, threads: int = 0) -> np.ndarray:
+        """The (N, size, size, 3) uint8 array, memory-mapped read-only; decoded first if not cached yet.
+
+        A file lock makes concurrent callers on one node (several folds) decode it once between them.
+        """
+        path = self.file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path) + ".lock"):
+            if not path.exists():
+                t0 = time.time()
+                images = decode_images(self.paths, self.size, threads)
+                tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+                with open(tmp, "wb") as f:  # np.save to a temp file, then rename: never half a cache file
+                    np.save(f, images)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+                log.info("decoded %d images to %dpx in %.1fs; cached in %s", len(images), self.size,
+                         time.time() - t0, path)
+        return np.load(path, mmap_mode="r")
