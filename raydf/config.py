@@ -57,6 +57,8 @@ class TrainConfig:
     seed: int = 42
     split: str = "kfold"  # kfold (the seed's) | stratified | group (needs a group column)
     augment: bool = True  # the seed's albumentations pipeline; false = resize + crop only
+    fast_augment: bool = True  # the same augmentations computed on the crop (raydf.transforms.FastTrainTransform)
+    compile: bool = False  # torch.compile the model (GPU; pays a compile time per fold)
     precision: str = "auto"  # auto (bf16/fp16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
 
 
@@ -83,7 +85,9 @@ class SchedConfig:
 class ResourcesConfig:
     gpus_per_fold: Optional[float] = None  # None = 1 when the cluster has GPUs, else 0; fractions share a GPU
     cpus_per_fold: int = 1  # also the torch thread count of a fold on CPU
-    loader_workers: int = 0  # DataLoader worker processes per fold (0 = augment in the training process)
+    # DataLoader worker processes per fold; None = cpus_per_fold - 1 on a GPU (one core drives the GPU), and 0 on
+    # CPU, where augmenting in the training process costs ~5% of a step and workers would take cores from torch.
+    loader_workers: Optional[int] = None
 
 
 @dataclass
@@ -225,7 +229,8 @@ def validate(cfg: Config) -> None:
     _require(g is None or g <= 1 or float(g).is_integer(), "resources.gpus_per_fold",
              f"above 1 must be a whole number (got {g})")
     _require(cfg.resources.cpus_per_fold >= 1, "resources.cpus_per_fold", "must be at least 1")
-    _require(cfg.resources.loader_workers >= 0, "resources.loader_workers", "must be >= 0")
+    _require(cfg.resources.loader_workers is None or cfg.resources.loader_workers >= 0, "resources.loader_workers",
+             "must be >= 0, or null for automatic")
     _require(cfg.predict.batch_size >= 1, "predict.batch_size", "must be at least 1")
     _require(cfg.predict.actors >= 0, "predict.actors", "must be >= 0 (0 = automatic)")
     _require(cfg.ray.max_retries >= -1, "ray.max_retries", "must be >= 0, or -1 for unlimited")

@@ -19,7 +19,7 @@ from raydf.dataset import ImageArrayDataset, make_loader, sample_seed
 from raydf.engine import Precision, evaluate, train_one_epoch
 from raydf.fold_state import FoldStateStore
 from raydf.model import build_model
-from raydf.transforms import eval_transform, train_transform
+from raydf.transforms import FastTrainTransform, eval_transform, train_transform
 
 
 @dataclass
@@ -69,8 +69,13 @@ def train_fold(images: np.ndarray, labels: np.ndarray, train_idx: np.ndarray, va
     seed_everything(seed)
     precision = Precision.resolve(cfg.train.precision, device)
     workers, pin = cfg.resources.loader_workers, device.type == "cuda"
+    if workers is None:
+        workers = max(1, cfg.resources.cpus_per_fold - 1) if device.type == "cuda" else 0
 
-    train_tf = train_transform(cfg.data.crop) if cfg.train.augment else eval_transform(cfg.data.crop)
+    if not cfg.train.augment:
+        train_tf = eval_transform(cfg.data.crop)
+    else:
+        train_tf = FastTrainTransform(cfg.data.crop) if cfg.train.fast_augment else train_transform(cfg.data.crop)
     train_set = ImageArrayDataset(images, train_idx, labels, train_tf, seed=seed)
     train_loader = make_loader(train_set, cfg.train.batch_size, train=True, workers=workers, seed=seed,
                                pin_memory=pin)
@@ -78,6 +83,8 @@ def train_fold(images: np.ndarray, labels: np.ndarray, train_idx: np.ndarray, va
                              cfg.train.eval_batch_size, train=False, workers=workers, pin_memory=pin)
 
     model = build_model(cfg.model.dropout).to(device, memory_format=torch.channels_last)
+    # The compiled module shares the parameters; state dicts are taken from `model` (no "_orig_mod." prefix).
+    net = torch.compile(model) if cfg.train.compile else model
     optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.sched.t_max,
                                                            eta_min=cfg.sched.eta_min)
@@ -105,8 +112,8 @@ def train_fold(images: np.ndarray, labels: np.ndarray, train_idx: np.ndarray, va
         train_loader.generator.manual_seed(sample_seed(seed, epoch, 1))  # order (and workers' base seed)
         train_set.set_epoch(epoch)  # augmentation
         lr = optimizer.param_groups[0]["lr"]
-        train_m = train_one_epoch(model, train_loader, optimizer, device, precision, scaler)
-        val_m, val_probs = evaluate(model, val_loader, device, precision)
+        train_m = train_one_epoch(net, train_loader, optimizer, device, precision, scaler)
+        val_m, val_probs = evaluate(net, val_loader, device, precision)
         scheduler.step()  # once per epoch, as the seed did
         if val_m["loss"] < best["loss"]:
             # A copy, not a reference: the seed kept the live model, so it predicted with last-epoch weights.

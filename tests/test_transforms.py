@@ -63,3 +63,49 @@ def test_seeded_augmentations_fire_independently_at_their_rates():
     # Independent events: P(gray | flip) is close to P(gray), not 1 or 0.
     assert abs(gray[flip].mean() - gray.mean()) < 0.1
     assert abs(jpeg[flip].mean() - jpeg.mean()) < 0.12
+
+
+def _stats(transform, image, n=300):
+    from raydf.transforms import seed_transform
+
+    seed_transform(transform, 11)
+    outs = np.stack([transform(image=image)["image"] for _ in range(n)]).astype(np.float64)  # (n, c, c, 3)
+    lap = [cv2.Laplacian(o.astype(np.uint8), cv2.CV_64F).var() for o in outs]
+    return {
+        "mean": outs.mean(),
+        "spread": outs.mean(axis=(1, 2, 3)).std(),  # how much brightness varies between draws
+        "grey": (np.abs(outs[..., 0] - outs[..., 2]).max(axis=(1, 2)) < 2).mean(),  # ToGray's share
+        "mirror": np.mean([np.abs(o - o[:, ::-1]).mean() for o in outs]),
+        "sharpness": np.mean(lap),
+    }
+
+
+def test_fast_augmentation_matches_the_reference_statistics():
+    from raydf.demo import render_face
+    from raydf.transforms import FastTrainTransform
+
+    face = cv2.resize(render_face(np.random.default_rng(3), 256), (128, 128), interpolation=cv2.INTER_AREA)
+    ref = _stats(train_transform(96), face)
+    fast = _stats(FastTrainTransform(96), face)
+    assert abs(fast["mean"] - ref["mean"]) < 3.0  # grey levels
+    assert abs(fast["spread"] / ref["spread"] - 1) < 0.2
+    assert abs(fast["grey"] - ref["grey"]) < 0.07
+    assert abs(fast["mirror"] / ref["mirror"] - 1) < 0.15
+    assert abs(fast["sharpness"] / ref["sharpness"] - 1) < 0.3  # noise and JPEG blocks are not resampled
+
+
+def test_fast_augmentation_flips_and_crops_like_the_reference():
+    from raydf.transforms import FastTrainTransform
+
+    img = _image(128)
+    fast = FastTrainTransform(96)
+    fast.affine.p, fast.pixel.p = 0.0, 0.0  # geometry only, no warp: the crop or its mirror image
+    crop = eval_transform(96)(image=img)["image"]
+    seen = {"plain": 0, "mirrored": 0}
+    for _ in range(50):
+        out = fast(image=img)["image"]
+        if np.array_equal(out, crop):
+            seen["plain"] += 1
+        elif np.array_equal(out, img[:, ::-1][16:112, 16:112]):  # flip the whole image, then crop
+            seen["mirrored"] += 1
+    assert seen["plain"] + seen["mirrored"] == 50 and min(seen.values()) > 10
