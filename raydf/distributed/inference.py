@@ -63,8 +63,8 @@ def soft_vote_predict(paths: Sequence[str], weight_refs: Sequence[ray.ObjectRef]
         gpus = ray.cluster_resources().get("GPU", 0)
         actors = max(1, int(gpus // gpus_per_actor)) if gpus_per_actor > 0 else 1
     frame = pd.DataFrame({"row": np.arange(len(paths)), "path": [str(p) for p in paths]})
-    # Several blocks, so decoding spreads over tasks (one block would be decoded by one task).
-    n_blocks = max(1, min(len(frame) // batch_size + 1, 4 * actors * 2))
+    # At least two blocks per actor, so every actor gets work (Ray Data hands out whole blocks).
+    n_blocks = max(1, min(len(frame), max(2 * actors, -(-len(frame) // batch_size))))
     bounds = np.linspace(0, len(frame), n_blocks + 1).astype(int)
     ds = ray.data.from_pandas([frame.iloc[a:b] for a, b in zip(bounds[:-1], bounds[1:]) if b > a])
     ds = ds.map_batches(_decode_batch, fn_kwargs={"size": resize}, batch_size=batch_size)
