@@ -16,6 +16,7 @@ from raydf.catalog import read_test, read_train
 from raydf.checkpoint import atomic_write, save_fold_checkpoint
 from raydf.config import Config, to_dict, to_yaml
 from raydf.demo import ensure_demo
+from raydf.distributed.cluster import check_readable_on_every_node
 from raydf.distributed.folds import run_folds
 from raydf.distributed.inference import soft_vote_predict
 from raydf.distributed.session import fold_resources, ray_session
@@ -88,8 +89,10 @@ def train(cfg: Config) -> Path:
     log.info("decoded %d images to %dx%d in %.1fs (%.0f MB, shared by every fold)", len(images), cfg.data.resize,
              cfg.data.resize, time.time() - t0, images.nbytes / 2**20)
 
-    with ray_session(cfg.ray.address):
-        resources = fold_resources(cfg)
+    with ray_session(cfg.ray.address) as session:
+        resources = fold_resources(cfg, session)
+        if test_df is not None:  # decoded by Ray Data on any node: fail now, not after the training
+            check_readable_on_every_node(test_df["path"].tolist(), "data.test")
         images_ref, labels_ref = ray.put(images), ray.put(labels)
         del images  # the object store holds the one copy the folds read
 

@@ -32,6 +32,7 @@ def predict(run_dir: Path, images: str, out: Path, image_root: Optional[str] = N
 
     from raydf.catalog import read_test
     from raydf.checkpoint import load_fold_checkpoint
+    from raydf.distributed.cluster import check_readable_on_every_node
     from raydf.distributed.inference import soft_vote_predict
     from raydf.distributed.session import ray_session
     from raydf.pipeline import write_submission
@@ -43,6 +44,7 @@ def predict(run_dir: Path, images: str, out: Path, image_root: Optional[str] = N
     cfg = load_config(config_file)
     test_df = read_test(images, image_root)
     with ray_session(address or cfg.ray.address):
+        check_readable_on_every_node(test_df["path"].tolist(), "--images")  # Ray Data decodes them on any node
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
         refs = [ray.put({k: v.numpy() for k, v in load_fold_checkpoint(p)[0].items()}) for p in ckpts]
         pred = soft_vote_predict(test_df["path"].tolist(), refs, resize=cfg.data.resize, crop=cfg.data.crop,

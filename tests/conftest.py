@@ -20,7 +20,7 @@ def ray_local():
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no token file written to $HOME by tests
-    ray.init(num_cpus=2, num_gpus=1, object_store_memory=300 * 1024**2, include_dashboard=False,
+    ray.init(address="local", num_cpus=2, num_gpus=1, object_store_memory=300 * 1024**2, include_dashboard=False,
              log_to_driver=False)
     yield ray
     ray.shutdown()
