@@ -100,6 +100,9 @@ class PredictConfig:
 class RayConfig:
     address: Optional[str] = None  # None = start a local instance; "auto", "host:port" or "ray://host:10001"
     max_retries: int = 2  # times Ray re-runs a fold task whose worker died
+    # On a running cluster with no node that fits a fold yet: how long to wait for the autoscaler to start one
+    # (a GPU instance boots and runs its setup_commands in ~5-10 min); 0 = refuse at once.
+    scale_up_timeout_s: float = 900.0
 
 
 @dataclass
@@ -234,6 +237,7 @@ def validate(cfg: Config) -> None:
     _require(cfg.predict.batch_size >= 1, "predict.batch_size", "must be at least 1")
     _require(cfg.predict.actors >= 0, "predict.actors", "must be >= 0 (0 = automatic)")
     _require(cfg.ray.max_retries >= -1, "ray.max_retries", "must be >= 0, or -1 for unlimited")
+    _require(cfg.ray.scale_up_timeout_s >= 0, "ray.scale_up_timeout_s", "must be >= 0 (seconds; 0 = do not wait)")
     _require(cfg.demo.n_train >= 4 * cfg.train.folds or cfg.data.train is not None, "demo.n_train",
              f"must be at least 4 x train.folds = {4 * cfg.train.folds}")
 

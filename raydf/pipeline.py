@@ -20,10 +20,11 @@ from raydf.catalog import read_test, read_train
 from raydf.checkpoint import save_fold_checkpoint, try_load_fold_checkpoint
 from raydf.config import Config, to_dict, to_yaml
 from raydf.demo import ensure_demo
+from raydf.distributed.cluster import check_readable_on_every_node
 from raydf.distributed.data import share_images
 from raydf.distributed.folds import run_folds
 from raydf.distributed.inference import soft_vote_predict
-from raydf.distributed.session import fold_resources, ray_session
+from raydf.distributed.session import RaySession, fold_resources, ray_session
 from raydf.errors import ConfigError, DataError, RaydfError
 from raydf.folds import assign_folds
 from raydf.metrics import classification_metrics
@@ -115,8 +116,10 @@ def train(cfg: Config) -> str:
              f", {len(test_df)} test images" if test_df is not None else "",
              f"; resuming, folds {sorted(finished)} already finished" if cfg.resume else "")
     try:
-        with ray_session(cfg.ray.address):
-            infos, weight_refs = _train_folds(cfg, storage, table, folds, todo, finished)
+        with ray_session(cfg.ray.address) as session:
+            if test_df is not None:  # decoded by Ray Data on any node: fail now, not after the training
+                check_readable_on_every_node(test_df["path"].tolist(), "data.test")
+            infos, weight_refs = _train_folds(cfg, session, storage, table, folds, todo, finished)
             summary = _summarize(cfg, storage, table, folds, infos)
             if test_df is not None:
                 summary["test"] = _predict_test(cfg, storage, test_df, weight_refs)
@@ -131,13 +134,13 @@ def train(cfg: Config) -> str:
     return cfg.run_dir
 
 
-def _train_folds(cfg: Config, storage: RunStorage, table: pd.DataFrame, folds: np.ndarray, todo: list[int],
+def _train_folds(cfg: Config, session: RaySession, storage: RunStorage, table: pd.DataFrame, folds: np.ndarray, todo: list[int],
                  finished: dict[int, tuple[dict, dict]]) -> tuple[list[dict], list[ray.ObjectRef]]:
     """Train the folds in `todo` in parallel; returns every fold's info and best-weights ref, in fold order."""
     infos = {k: info for k, (_, info) in finished.items()}
     refs = {k: ray.put(weights) for k, (weights, _) in finished.items()}
     if todo:
-        resources = fold_resources(cfg)
+        resources = fold_resources(cfg, session)
         images_ref = share_images(table["path"].tolist(), cfg)
         labels_ref = ray.put(table["label"].to_numpy(np.int64))
 

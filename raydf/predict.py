@@ -30,6 +30,7 @@ def predict(run_dir: str, images: str, out: str, image_root: Optional[str] = Non
 
     from raydf.catalog import read_test
     from raydf.checkpoint import load_fold_checkpoint
+    from raydf.distributed.cluster import check_readable_on_every_node
     from raydf.distributed.inference import soft_vote_predict
     from raydf.distributed.session import ray_session
     from raydf.pipeline import write_submission
@@ -44,6 +45,7 @@ def predict(run_dir: str, images: str, out: str, image_root: Optional[str] = Non
                           f"(finish it with python -m raydf.train resume={run_dir})")
     test_df = read_test(images, image_root)
     with ray_session(address or cfg.ray.address):
+        check_readable_on_every_node(test_df["path"].tolist(), "--images")  # Ray Data decodes them on any node
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
         refs = [ray.put({k: v.numpy() for k, v in load_fold_checkpoint(storage, fold)[0].items()})
                 for fold in range(cfg.train.folds)]

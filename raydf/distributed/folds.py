@@ -62,7 +62,14 @@ def run_folds(images_ref: ImagesHandle, labels_ref: ray.ObjectRef, splits: dict[
     With `storage` (the run directory) every fold saves its state per epoch and resumes from it when Ray
     retries it. `on_done(info, weights_ref)` runs on the driver as each fold finishes (completion order).
     """
-    task = _fold_task.options(max_retries=cfg.ray.max_retries, **resources)
+    # SPREAD: Ray's default policy prefers the node that holds a task's arguments (the driver's, where the
+    # decoded images are) until that node is half busy; on a 3-node ray.cluster_utils.Cluster it put two
+    # 1-CPU folds both on the head while the workers idled, SPREAD put them on two nodes. (GPU folds with
+    # one GPU per node land on separate nodes either way.)
+    # The images cross the network once per node, not once per fold: a raylet pulls an object only if it is
+    # not already in its node's object store (one pull per object id: src/ray/object_manager/pull_manager.h),
+    # and every worker on the node maps that one copy read-only (docs: ray-core/objects, serialization).
+    task = _fold_task.options(max_retries=cfg.ray.max_retries, scheduling_strategy="SPREAD", **resources)
     submitted = {}
     for k, (train_idx, val_idx) in splits.items():
         weights_ref, info_ref = task.remote(images_ref, labels_ref, k, train_idx, val_idx, cfg, storage)

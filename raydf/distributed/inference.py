@@ -68,6 +68,9 @@ def soft_vote_predict(paths: Sequence[str], weight_refs: Sequence[ray.ObjectRef]
     bounds = np.linspace(0, len(frame), n_blocks + 1).astype(int)
     ds = ray.data.from_pandas([frame.iloc[a:b] for a, b in zip(bounds[:-1], bounds[1:]) if b > a])
     ds = ds.map_batches(_decode_batch, fn_kwargs={"size": resize}, batch_size=batch_size)
+    # One actor per GPU lands on every GPU of the cluster: Ray Data creates actors with the SPREAD strategy
+    # (ray/data/context.py DEFAULT_SCHEDULING_STRATEGY, applied in actor_pool_map_operator.py), and each
+    # holds `gpus_per_actor`. The K weight refs reach each node's object store once, like the images.
     ds = ds.map_batches(SoftVotePredictor, batch_size=batch_size,
                         fn_constructor_kwargs={"weight_refs": list(weight_refs), "dropout": dropout, "crop": crop,
                                                "precision": precision},
