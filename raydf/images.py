@@ -118,6 +118,8 @@ def _not_an_image(data: bytes) -> str:
         text = None
     if text is not None and all(c.isprintable() or c.isspace() for c in text):
         shown = " ".join(text.split())[:40]
+        if "<svg" in text:
+            return "unsupported format: SVG (vector graphics); convert it to PNG"
         if shown.startswith("<"):  # typically a failed download: the server's error page under the image's name
             return f"HTML or XML, not an image (starts with {shown!r}): download it again"
         return f"text, not an image (starts with {shown!r})"

@@ -141,6 +141,7 @@ BAD = {
     "notes.jpg": (b"label this one as fake\n", "text, not an image"),
     "doc.jpg": (b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n", "unsupported format: a PDF document"),
     "phone.jpg": (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic", "unsupported format: HEIC"),
+    "logo.svg": (b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg"/>', "unsupported format: SVG"),
     "noise.png": (bytes(range(256)) * 4, "not a recognised image format"),
 }
 
