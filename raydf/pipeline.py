@@ -6,7 +6,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Collection, Optional
 
 import numpy as np
 import pandas as pd
@@ -14,15 +14,17 @@ import ray
 
 from raydf.catalog import read_test, read_train
 from raydf.checkpoint import atomic_write, save_fold_checkpoint
-from raydf.config import Config, to_dict, to_yaml
+from raydf.config import Config, check_data_paths, to_dict, to_yaml
 from raydf.demo import ensure_demo
 from raydf.distributed.folds import run_folds
 from raydf.distributed.inference import soft_vote_predict
 from raydf.distributed.session import fold_resources, ray_session
-from raydf.errors import ConfigError, DataError
-from raydf.folds import assign_folds
-from raydf.images import decode_images
+from raydf.errors import ConfigError, DataError, find_user_error
+from raydf.folds import assign_folds, check_splittable
 from raydf.metrics import classification_metrics
+from raydf.preflight import CheckedInputs, preflight
+from raydf.runlog import run_log
+from raydf.submission import build_submission
 
 log = logging.getLogger(__name__)
 
@@ -46,18 +48,22 @@ def resolve_data(cfg: Config) -> tuple[pd.DataFrame, Optional[pd.DataFrame]]:
         demo = ensure_demo(n_train=d.n_train, n_test=d.n_test, size=d.size, seed=d.seed, strength=d.strength)
         log.info("no data.train given: using the built-in demo set at %s", demo.root)
         train_spec, test_spec = demo.train, test_spec or demo.test
-    train = read_train(train_spec, cfg.data.train_root)
+    train = read_train(train_spec, cfg.data.train_root, cfg.train.group_by)
     test = read_test(test_spec, cfg.data.test_root) if test_spec else None
     return train, test
 
 
-def new_run_dir(cfg: Config) -> Path:
-    """`run_dir`, or runs/<timestamp>; an existing non-empty run directory is never overwritten."""
+def new_run_dir(cfg: Config, create: bool = True) -> Path:
+    """`run_dir`, or runs/<timestamp>; an existing non-empty run directory is never overwritten.
+
+    `create=False` only checks, so a run that stops in its pre-flight check leaves nothing behind.
+    """
     run_dir = Path(cfg.run_dir or time.strftime("runs/%Y%m%d-%H%M%S"))
     if run_dir.exists() and any(run_dir.iterdir()):
         raise ConfigError(f"run_dir {run_dir} already exists and is not empty: choose another run_dir "
                           f"(finished runs are never overwritten)")
-    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    if create:
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     return run_dir
 
 
@@ -70,23 +76,37 @@ def _check_fold_sizes(folds: np.ndarray, batch_size: int) -> None:
 
 
 def train(cfg: Config) -> Path:
-    """Run the whole K-fold training and inference; returns the run directory."""
+    """Run the whole K-fold training and inference; returns the run directory.
+
+    Every input is checked before any training: config paths, tables, then each image (the pre-flight,
+    `raydf.preflight`); folds are assigned to the usable images only.
+    """
     t_start = time.time()
+    check_data_paths(cfg)
     train_df, test_df = resolve_data(cfg)
-    folds = assign_folds(train_df, cfg.train.folds, cfg.train.seed, cfg.train.split)
+    check_splittable(train_df, cfg.train.folds, cfg.train.split)  # table errors first: they cost no decoding
+    cfg.run_dir = str(new_run_dir(cfg, create=False))
+    inputs = preflight(train_df, test_df, cfg.data.resize, cfg.data.decode_threads, cfg.data.on_bad)
+    folds = assign_folds(inputs.train, cfg.train.folds, cfg.train.seed, cfg.train.split, content=inputs.content)
     _check_fold_sizes(folds, cfg.train.batch_size)
     run_dir = new_run_dir(cfg)
-    cfg.run_dir = str(run_dir)
+    with run_log(run_dir / "raydf.log"):
+        return _train_checked(cfg, run_dir, inputs, test_df, folds, t_start)
+
+
+def _train_checked(cfg: Config, run_dir: Path, inputs: CheckedInputs, test_df: Optional[pd.DataFrame],
+                   folds: np.ndarray, t_start: float) -> Path:
+    """Everything after the checks: run files, the fold tasks, OOF, the soft vote, summary.json."""
+    train_df, images = inputs.train, inputs.images
     _write_text(run_dir / "config.yaml", to_yaml(cfg))
     _write_csv(run_dir / "folds.csv", train_df.assign(fold=folds))
+    _write_csv(run_dir / "bad_inputs.csv", inputs.bad)  # written even when empty: "checked, none found"
+    _write_csv(run_dir / "duplicates.csv", inputs.duplicates)
     log.info("run directory %s: %d training images in %d folds%s", run_dir, len(train_df), cfg.train.folds,
              f", {len(test_df)} test images" if test_df is not None else "")
-
-    t0 = time.time()
-    images = decode_images(train_df["path"].tolist(), cfg.data.resize, cfg.data.decode_threads)
     labels = train_df["label"].to_numpy(np.int64)
-    log.info("decoded %d images to %dx%d in %.1fs (%.0f MB, shared by every fold)", len(images), cfg.data.resize,
-             cfg.data.resize, time.time() - t0, images.nbytes / 2**20)
+    log.info("decoded %d images to %dx%d (%.0f MB, shared by every fold)", len(images), cfg.data.resize,
+             cfg.data.resize, images.nbytes / 2**20)
 
     with ray_session(cfg.ray.address):
         resources = fold_resources(cfg)
@@ -113,14 +133,23 @@ def train(cfg: Config) -> Path:
         }
         if test_df is not None:
             t0 = time.time()
-            pred = soft_vote_predict(
-                test_df["path"].tolist(), [ref for ref, _ in results], resize=cfg.data.resize, crop=cfg.data.crop,
-                dropout=cfg.model.dropout, batch_size=cfg.predict.batch_size, actors=cfg.predict.actors,
-                gpus_per_actor=1.0 if resources["num_gpus"] > 0 else 0.0, precision=cfg.train.precision)
-            write_submission(run_dir / "submission.csv", test_df, pred)
-            log.info("soft vote over %d test images in %.1fs", len(test_df), time.time() - t0)
-            if "label" in test_df.columns:
-                summary["test"] = classification_metrics(test_df["label"], pred["prob_fake"])
+            readable = [p for i, p in enumerate(test_df["path"]) if i not in inputs.test_bad]
+            try:
+                pred = soft_vote_predict(
+                    readable, [ref for ref, _ in results], resize=cfg.data.resize, crop=cfg.data.crop,
+                    dropout=cfg.model.dropout, batch_size=cfg.predict.batch_size, actors=cfg.predict.actors,
+                    gpus_per_actor=1.0 if resources["num_gpus"] > 0 else 0.0, precision=cfg.train.precision)
+            except Exception as e:  # a test file changed since the pre-flight: say so, and how to resume
+                user = find_user_error(e)
+                if user is None:
+                    raise
+                raise DataError(f"predicting the test set failed: {user}\nThe fold checkpoints are saved: once "
+                                f"fixed, run python -m raydf.predict --run {run_dir} --images {cfg.data.test or 'TEST_SET'}") from e
+            sub = write_submission(run_dir / "submission.csv", test_df, pred, inputs.test_bad, inputs.prior)
+            log.info("soft vote over %d test images in %.1fs", len(readable), time.time() - t0)
+            if "label" in test_df.columns:  # scored as submitted: unreadable images count with the prior
+                summary["test"] = classification_metrics(test_df["label"], sub["prob_fake"])
+    summary["bad_inputs"] = inputs.bad_counts()
     summary["wall_seconds"] = time.time() - t_start
     _write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
     return run_dir
@@ -135,9 +164,12 @@ def _write_oof(run_dir: Path, train_df: pd.DataFrame, folds: np.ndarray, infos: 
     return oof
 
 
-def write_submission(path: Path, test_df: pd.DataFrame, pred: pd.DataFrame) -> pd.DataFrame:
-    """`image,label,prob_fake` in the test table's row order (label: argmax of the soft vote, 1 = fake)."""
-    sub = pd.DataFrame({"image": test_df["image"].to_numpy(), "label": (pred["prob_fake"] > 0.5).astype(int),
-                        "prob_fake": pred["prob_fake"].to_numpy()})
+def write_submission(path: Path, test_df: pd.DataFrame, pred: pd.DataFrame, bad_rows: Collection[int] = (),
+                     prior: float = 0.5) -> pd.DataFrame:
+    """`image,label,prob_fake` in the test table's row order (label: argmax of the soft vote, 1 = fake).
+
+    `pred` holds the readable rows only; `bad_rows` get `prior` and `flag=bad_input` (`raydf.submission`).
+    """
+    sub = build_submission(test_df, pred["prob_fake"].to_numpy(), bad_rows, prior)
     _write_csv(path, sub)
     return sub

@@ -28,6 +28,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def predict(run_dir: Path, images: str, out: Path, image_root: Optional[str] = None,
             address: Optional[str] = None) -> Path:
     """Write `image,label,prob_fake` for `images` with the run's K fold checkpoints."""
+    import pandas as pd
     import ray
 
     from raydf.catalog import read_test
@@ -35,6 +36,7 @@ def predict(run_dir: Path, images: str, out: Path, image_root: Optional[str] = N
     from raydf.distributed.inference import soft_vote_predict
     from raydf.distributed.session import ray_session
     from raydf.pipeline import write_submission
+    from raydf.preflight import check_test_set
 
     config_file = run_dir / "config.yaml"
     ckpts = sorted((run_dir / "checkpoints").glob("fold*.pt"))
@@ -42,13 +44,17 @@ def predict(run_dir: Path, images: str, out: Path, image_root: Optional[str] = N
         raise ConfigError(f"{run_dir} is not a finished raydf run (needs config.yaml and checkpoints/fold*.pt)")
     cfg = load_config(config_file)
     test_df = read_test(images, image_root)
+    bad = check_test_set(test_df, cfg.data.decode_threads, cfg.data.on_bad)  # before Ray starts
+    # The prior an unreadable image gets: the fraction of fakes among the run's training images.
+    prior = float(pd.read_csv(run_dir / "folds.csv")["label"].mean()) if (run_dir / "folds.csv").is_file() else 0.5
     with ray_session(address or cfg.ray.address):
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
         refs = [ray.put({k: v.numpy() for k, v in load_fold_checkpoint(p)[0].items()}) for p in ckpts]
-        pred = soft_vote_predict(test_df["path"].tolist(), refs, resize=cfg.data.resize, crop=cfg.data.crop,
+        readable = [p for i, p in enumerate(test_df["path"]) if i not in bad]
+        pred = soft_vote_predict(readable, refs, resize=cfg.data.resize, crop=cfg.data.crop,
                                  dropout=cfg.model.dropout, batch_size=cfg.predict.batch_size,
                                  actors=cfg.predict.actors, gpus_per_actor=gpus, precision=cfg.train.precision)
-    write_submission(out, test_df, pred)
+    write_submission(out, test_df, pred, bad, prior)
     log.info("wrote %d predictions of %d folds to %s", len(pred), len(ckpts), out)
     return out
 

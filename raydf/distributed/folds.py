@@ -13,7 +13,7 @@ import ray
 import torch
 
 from raydf.config import Config
-from raydf.errors import RaydfError
+from raydf.errors import RaydfError, find_user_error
 from raydf.fold import train_fold
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,19 @@ def _fold_task(images: np.ndarray, labels: np.ndarray, fold: int, train_idx: np.
 
 
 class FoldFailed(RaydfError):
-    """A fold task raised; the message carries the fold and the worker's error."""
+    """A fold task raised; the message carries the fold and the worker's error (its traceback stays in the log)."""
+
+
+def _describe(e: ray.exceptions.RayError) -> str:
+    """One line for a failed task: a user error's own message, else the worker exception's type and first line."""
+    user = find_user_error(e)
+    if user is not None:
+        return str(user)
+    cause = getattr(e, "cause", None)  # RayTaskError: the exception the task raised
+    if isinstance(cause, BaseException):
+        first = (str(cause).strip().splitlines() or [""])[0]
+        return f"{type(cause).__name__}: {first}"
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]  # e.g. the worker died (out of memory)
 
 
 def run_folds(images_ref: ray.ObjectRef, labels_ref: ray.ObjectRef, splits: list[tuple[np.ndarray, np.ndarray]],
@@ -68,7 +80,7 @@ def run_folds(images_ref: ray.ObjectRef, labels_ref: ray.ObjectRef, splits: list
             try:
                 info = ray.get(done[0])
             except ray.exceptions.RayError as e:
-                raise FoldFailed(f"fold {k} failed: {e}") from e
+                raise FoldFailed(f"fold {k} failed: {_describe(e)}") from e
             results[k] = (weights_ref, info)
             if on_done:
                 on_done(info, weights_ref)
