@@ -102,8 +102,11 @@ def _train_checked(cfg: Config, run_dir: Path, inputs: CheckedInputs, test_df: O
     _write_csv(run_dir / "folds.csv", train_df.assign(fold=folds))
     _write_csv(run_dir / "bad_inputs.csv", inputs.bad)  # written even when empty: "checked, none found"
     _write_csv(run_dir / "duplicates.csv", inputs.duplicates)
-    log.info("run directory %s: %d training images in %d folds%s", run_dir, len(train_df), cfg.train.folds,
-             f", {len(test_df)} test images" if test_df is not None else "")
+    n_bad = inputs.bad_counts()
+    log.info("run directory %s: %d training images in %d folds%s%s", run_dir, len(train_df), cfg.train.folds,
+             f" ({n_bad['train']} unreadable left out)" if n_bad["train"] else "",
+             f", {len(test_df)} test images" + (f" ({n_bad['test']} unreadable, flagged)" if n_bad["test"] else "")
+             if test_df is not None else "")
     labels = train_df["label"].to_numpy(np.int64)
     log.info("decoded %d images to %dx%d (%.0f MB, shared by every fold)", len(images), cfg.data.resize,
              cfg.data.resize, images.nbytes / 2**20)

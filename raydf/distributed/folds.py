@@ -87,4 +87,16 @@ def run_folds(images_ref: ray.ObjectRef, labels_ref: ray.ObjectRef, splits: list
     finally:
         for ref in pending:  # on error or Ctrl-C, do not leave folds training in the background
             ray.cancel(ref, force=True)
+        if len(results) < len(splits):
+            _fetch_errors(pending + [w for k, w in submitted.values() if k not in results])
     return [results[k] for k in sorted(results)]
+
+
+def _fetch_errors(refs: list[ray.ObjectRef]) -> None:
+    """Fetch and drop the outcome of failed or cancelled tasks: Ray prints a traceback ("Unhandled error")
+    for every error object nobody fetched, and the error has already been reported in one line."""
+    for ref in refs:
+        try:
+            ray.get(ref, timeout=5)
+        except Exception:  # noqa: BLE001 (the failure being discarded)
+            pass
