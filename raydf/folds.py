@@ -23,10 +23,10 @@ def check_splittable(table: pd.DataFrame, n_splits: int, split: str) -> None:
         raise DataError(f"the training set has {n} images, fewer than train.folds={n_splits}: "
                         f"add images or lower train.folds")
     if split == "stratified":
-        counts = table["label"].value_counts()
-        if counts.min() < n_splits:
+        n_fake = int((table["label"] == 1).sum())
+        if min(n_fake, n - n_fake) < n_splits:
             raise DataError(f"train.split=stratified needs at least train.folds={n_splits} images of each class; "
-                            f"found {dict(counts)} (label 1 = fake): lower train.folds or use train.split=kfold")
+                            f"found {n - n_fake} real and {n_fake} fake: lower train.folds or use train.split=kfold")
     if split == "group" and "group" not in table.columns:
         raise DataError("train.split=group needs a `group` column in the training CSV (the source each image "
                         "comes from), or train.group_by naming such a column; add one or use train.split=kfold")

@@ -148,11 +148,11 @@ def _warn_duplicates(dup: pd.DataFrame) -> None:
     in_train = [g for _, g in groups if (g["set"] == "train").sum() > 1]
     if in_train:
         conflicting = [g for g in in_train if g[g["set"] == "train"]["label"].nunique() > 1]
-        log.warning("%d training files have byte-identical copies under other names (%d groups, e.g. %s); each "
+        log.warning("%d training files have byte-identical copies under other names (%d group(s), e.g. %s); each "
                     "group is kept in one fold (listed in duplicates.csv)%s",
                     sum(int((g["set"] == "train").sum()) for g in in_train),
                     len(in_train), example(in_train[0]),
-                    f"; {len(conflicting)} groups carry both labels, check them (e.g. {example(conflicting[0])})"
+                    f"; {len(conflicting)} group(s) carry both labels, check them (e.g. {example(conflicting[0])})"
                     if conflicting else "")
     crossing = [g for _, g in groups if (g["set"] == "test").any()]
     if crossing:

@@ -127,8 +127,8 @@ def test_byte_identical_files_are_reported_as_duplicates(tmp_path, caplog):
                                                                  [2, "test", 0], [2, "train", 4]]
     assert dup.groupby("copy_group")["sha256"].nunique().eq(1).all()
     assert inputs.content[1] == inputs.content[6] and inputs.content[2] == inputs.content[7]
-    assert "4 training files have byte-identical copies under other names (2 groups" in caplog.text
-    assert "1 groups carry both labels" in caplog.text and "copy-of-2.png" in caplog.text
+    assert "4 training files have byte-identical copies under other names (2 group(s)" in caplog.text
+    assert "1 group(s) carry both labels" in caplog.text and "copy-of-2.png" in caplog.text
     assert "1 test images are byte-identical to training images" in caplog.text and "leaked.png" in caplog.text
 
 
