@@ -110,7 +110,8 @@ def _not_an_image(data: bytes) -> str:
             return f"unsupported format: {what}, not an image"
     if data[4:8] == b"ftyp":
         brand = data[8:12]
-        return f"unsupported format: {_BRANDS.get(brand, brand.decode('latin-1').strip() or 'ISO media')}; convert it to JPEG or PNG"
+        name = _BRANDS.get(brand, brand.decode("latin-1").strip() or "ISO media")
+        return f"unsupported format: {name}; convert it to JPEG or PNG"
     head = data[:512]
     try:
         text = head.decode("utf-8")

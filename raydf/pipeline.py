@@ -146,8 +146,9 @@ def _train_checked(cfg: Config, run_dir: Path, inputs: CheckedInputs, test_df: O
                 user = find_user_error(e)
                 if user is None:
                     raise
+                images = cfg.data.test or "TEST_SET"
                 raise DataError(f"predicting the test set failed: {user}\nThe fold checkpoints are saved: once "
-                                f"fixed, run python -m raydf.predict --run {run_dir} --images {cfg.data.test or 'TEST_SET'}") from e
+                                f"fixed, run python -m raydf.predict --run {run_dir} --images {images}") from e
             sub = write_submission(run_dir / "submission.csv", test_df, pred, inputs.test_bad, inputs.prior)
             log.info("soft vote over %d test images in %.1fs", len(readable), time.time() - t0)
             if "label" in test_df.columns:  # scored as submitted: unreadable images count with the prior

@@ -67,7 +67,8 @@ def preflight(train: pd.DataFrame, test: Optional[pd.DataFrame], size: int, thre
     test_bad, test_content = check_images(test["path"].tolist(), threads) if test is not None else ({}, [])
     bad = _bad_table(train, decoded.reasons, test, test_bad)
     n_test = 0 if test is None else len(test)
-    found = f"{len(bad)} unreadable ({len(decoded.reasons)} training, {len(test_bad)} test)" if len(bad) else "all readable"
+    found = f"{len(bad)} unreadable ({len(decoded.reasons)} training, {len(test_bad)} test)" if len(bad) \
+        else "all readable"
     log.info("pre-flight: checked %d training and %d test images in %.1fs: %s", len(train), n_test,
              time.time() - t0, found)
     if len(bad) and on_bad == "error":
@@ -82,10 +83,9 @@ def preflight(train: pd.DataFrame, test: Optional[pd.DataFrame], size: int, thre
         raise DataError(f"none of the {len(test)} test images can be read:\n  {_list_bad(bad[bad['set'] == 'test'])}"
                         "\nFix data.test (or data.test_root)")
     if len(bad):
+        flagged = f"; the {len(test_bad)} test ones get a row flagged bad_input in submission.csv" if test_bad else ""
         log.warning("left out %d unreadable images (data.on_bad=skip; all listed in bad_inputs.csv in the run "
-                    "directory)%s:\n  %s", len(bad),
-                    f"; the {len(test_bad)} test ones get a row flagged bad_input in submission.csv" if test_bad else "",
-                    _list_bad(bad))
+                    "directory)%s:\n  %s", len(bad), flagged, _list_bad(bad))
     duplicates = find_duplicates(usable, content, test, test_content)
     _warn_duplicates(duplicates)
     return CheckedInputs(train=usable, images=decoded.images, content=content, test_bad=test_bad, bad=bad,
@@ -97,8 +97,9 @@ def check_test_set(test: pd.DataFrame, threads: int = 0, on_bad: str = "skip") -
     reasons, _ = check_images(test["path"].tolist(), threads)
     bad = _bad_table(test.iloc[:0], {}, test, reasons)
     if reasons and (on_bad == "error" or len(reasons) == len(test)):
+        policy = " (data.on_bad=error in the run's config)" if on_bad == "error" else ""
         raise DataError(f"{len(reasons)} of {len(test)} images cannot be read:\n  {_list_bad(bad)}\n"
-                        "Fix or remove them" + (" (data.on_bad=error in the run's config)" if on_bad == "error" else ""))
+                        f"Fix or remove them{policy}")
     if reasons:
         log.warning("%d of %d images cannot be read; they get the prior P(fake) and flag=bad_input:\n  %s",
                     len(reasons), len(test), _list_bad(bad))

@@ -48,7 +48,8 @@ def mixed(tmp_path):
         rows.insert(3 + 4 * k, (str(tmp_path / "train" / name), k % 2))
     train = pd.DataFrame(rows, columns=["path", "label"])
     test_good = _write_images(tmp_path / "test", 4, "t")
-    test_paths = test_good[:2] + [str(tmp_path / "train" / "error-page.jpg")] + test_good[2:] + [str(tmp_path / "gone.jpg")]
+    test_paths = test_good[:2] + [str(tmp_path / "train" / "error-page.jpg")] + test_good[2:] + \
+        [str(tmp_path / "gone.jpg")]
     test = pd.DataFrame({"path": test_paths, "image": [Path(p).name for p in test_paths]})
     return train, test, good, broken
 
