@@ -56,8 +56,9 @@ class DecodedCache:
     def nbytes(self) -> int:
         return len(self.paths) * self.size * self.size * 3
 
-    def load(self, threads: int = 0) -> np.ndarray:
-        """The (N, size, size, 3) uint8 array, memory-mapped read-only; decoded first if not cached yet.
+    def load(self, threads: int = 0, decoded: Optional[np.ndarray] = None) -> np.ndarray:
+        """The (N, size, size, 3) uint8 array, memory-mapped read-only; decoded first if not cached yet
+        (or taken from `decoded`, when the caller has just decoded these very paths).
 
         A file lock makes concurrent callers on one node (several folds) decode it once between them.
         """
@@ -66,7 +67,7 @@ class DecodedCache:
         with FileLock(str(path) + ".lock"):
             if not path.exists():
                 t0 = time.time()
-                images = decode_images(self.paths, self.size, threads)
+                images = decoded if decoded is not None else decode_images(self.paths, self.size, threads)
                 tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
                 with open(tmp, "wb") as f:  # np.save to a temp file, then rename: never half a cache file
                     np.save(f, images)

@@ -13,7 +13,10 @@ import pandas as pd
 
 from raydf.errors import DataError
 
-IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+# What a folder scan lists. HEIC and SVG are listed too, though they cannot be decoded: the pre-flight check
+# then reports them by name (bad_inputs.csv) instead of the scan leaving them out silently.
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif",
+                                     ".avif", ".heic", ".heif", ".svg")
 
 PATH_COLUMNS: tuple[str, ...] = ("path", "filepath", "file_path", "image_path", "file", "filename", "image", "img")
 LABEL_COLUMNS: tuple[str, ...] = ("label", "target", "class", "is_fake")
@@ -24,22 +27,29 @@ _MISSING = {"", "nan", "na", "n/a", "none", "null"}
 _FORMATS = "a CSV with columns path,label (or path,real,fake), or a folder with real/ and fake/ subfolders"
 
 
-def read_train(spec: str | os.PathLike, image_root: str | os.PathLike | None = None) -> pd.DataFrame:
+def read_train(spec: str | os.PathLike, image_root: str | os.PathLike | None = None,
+               group_by: str | None = None) -> pd.DataFrame:
     """Read a labelled training set.
 
     Args:
         spec: a CSV (`path,label`, `path,real,fake`, optional `group`) or a folder with `real/` and `fake/`.
         image_root: folder that relative CSV paths resolve against (default: the CSV's folder).
+        group_by: the CSV column naming each image's source (`train.group_by`); default: a `group` column
+            if there is one.
 
     Returns:
         Columns `path` (absolute str), `label` (int64, 1 = fake, 0 = real) and, when the CSV has one,
         `group` (str); RangeIndex 0..n-1.
 
     Raises:
-        DataError: the spec is missing or unreadable, or a column, cell or class is unusable.
+        DataError: the spec is missing or unreadable, or a column, cell or class is unusable, or one
+            image is listed twice.
     """
     src = _existing(spec)
     if src.is_dir():
+        if group_by is not None:
+            raise DataError(f"train.group_by={group_by} names a CSV column, but data.train {src} is a folder; "
+                            "list the images in a CSV with that column, or drop train.group_by")
         classes = _class_dirs(src)
         if classes is None:
             raise DataError(
@@ -53,10 +63,11 @@ def read_train(spec: str | os.PathLike, image_root: str | os.PathLike | None = N
         labels = _labels(table, src, required=True)
         assert labels is not None
         df["label"] = labels
-        group = _find(table, ("group",))
+        _reject_repeated_paths(df, table.index, src)
+        group = _group_column(table, src, group_by)
         if group is not None:
             df["group"] = _group(table, group, src)
-    _check_two_classes(df, src)
+    check_two_classes(df, f"training set {src}")
     return df.reset_index(drop=True)
 
 
@@ -223,6 +234,33 @@ def _reject_bad(raw: pd.Series, bad: pd.Series, col: str, src: Path, accepted: s
     )
 
 
+def _reject_repeated_paths(df: pd.DataFrame, lines: pd.Index, src: Path) -> None:
+    """One image listed twice would sit on both sides of a fold split (or carry two labels): name the lines."""
+    repeated = df[df["path"].duplicated(keep=False)]
+    if repeated.empty:
+        return
+    shown = []
+    for path, rows in list(repeated.groupby("path", sort=False))[:5]:
+        where = ", ".join(_line(lines[i]) for i in rows.index)
+        conflict = " with conflicting labels" if rows["label"].nunique() > 1 else ""
+        shown.append(f"{path} at {where}{conflict}")
+    n = repeated["path"].nunique()
+    more = f" and {n - 5} more" if n > 5 else ""
+    raise DataError(f"CSV {src} lists the same image more than once: {'; '.join(shown)}{more}; "
+                    "keep one row per image (with its correct label)")
+
+
+def _group_column(table: pd.DataFrame, src: Path, group_by: str | None) -> str | None:
+    """The column naming each image's source: `group_by` (must exist), else a `group` column if any."""
+    if group_by is None:
+        return _find(table, ("group",))
+    col = _find(table, (group_by.lower(),))
+    if col is None:
+        raise DataError(f"train.group_by={group_by} but CSV {src} has no such column: found columns "
+                        f"{list(table.columns)}; set train.group_by to one of them")
+    return col
+
+
 def _group(table: pd.DataFrame, col: str, src: Path) -> list[str]:
     """Group ids as strings; an empty one would silently pool unrelated images into one group."""
     empty = [i for i, v in table[col].items() if not v.strip()]
@@ -272,15 +310,15 @@ def _scan_classes(src: Path, classes: dict[int, Path]) -> pd.DataFrame:
     return df
 
 
-def _check_two_classes(df: pd.DataFrame, src: Path) -> None:
-    """A classifier needs both classes; say which one is present and how often."""
+def check_two_classes(df: pd.DataFrame, what: str) -> None:
+    """A classifier needs both classes; say which one is present and how often (`what` names the set)."""
     n_fake, n_real = int((df["label"] == 1).sum()), int((df["label"] == 0).sum())
     if n_fake == 0 and n_real == 0:
         exts = ", ".join(IMAGE_EXTENSIONS)
-        raise DataError(f"training set {src} contains no images ({exts}); add real and fake images")
+        raise DataError(f"{what} contains no images ({exts}); add real and fake images")
     if n_fake == 0 or n_real == 0:
         present, count, missing = ("fake", n_fake, "real") if n_real == 0 else ("real", n_real, "fake")
         raise DataError(
-            f"training set {src} has only one class: {count} {present} images and no {missing} images; "
+            f"{what} has only one class: {count} {present} images and no {missing} images; "
             "add examples of both real (0) and fake (1) faces"
         )

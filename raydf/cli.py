@@ -36,6 +36,8 @@ def run_cli(main: Callable[[argparse.Namespace], int], args: argparse.Namespace)
         if args.debug:
             raise
         print(f"raydf: error: {e}", file=sys.stderr)
+        if e.log_file:
+            print(f"raydf: the traceback is in {e.log_file} (or rerun with --debug)", file=sys.stderr)
         code = e.exit_code
     except KeyboardInterrupt:
         print("raydf: interrupted", file=sys.stderr)

@@ -36,6 +36,7 @@ class DataConfig:
     decode_threads: int = 0  # threads decoding images on the driver; 0 = one per core
     cache: str = "auto"  # auto | memory (object store) | disk (memory-mapped file per node) | off (decode each run)
     cache_dir: Optional[str] = None  # where decoded arrays are kept; None = $RAYDF_CACHE/decoded or ~/.cache/raydf
+    on_bad: str = "skip"  # unreadable image: skip (leave it out, list it in bad_inputs.csv) | error (stop)
 
 
 @dataclass
@@ -56,6 +57,7 @@ class TrainConfig:
     patience: int = 7  # epochs without a lower validation loss before a fold stops
     seed: int = 42
     split: str = "kfold"  # kfold (the seed's) | stratified | group (needs a group column)
+    group_by: Optional[str] = None  # training CSV column naming each image's source (default: `group`, if any)
     augment: bool = True  # the seed's albumentations pipeline; false = resize + crop only
     fast_augment: bool = True  # the same augmentations computed on the crop (raydf.transforms.FastTrainTransform)
     compile: bool = False  # torch.compile the model (GPU; pays a compile time per fold)
@@ -213,6 +215,8 @@ def validate(cfg: Config) -> None:
     _require(cfg.train.patience >= 1, "train.patience", f"must be at least 1 (got {cfg.train.patience})")
     _require(cfg.train.split in ("kfold", "stratified", "group"), "train.split",
              f"must be one of kfold, stratified, group (got '{cfg.train.split}')")
+    _require(cfg.data.on_bad in ("skip", "error"), "data.on_bad", f"must be skip or error (got '{cfg.data.on_bad}')")
+    _require(cfg.data.decode_threads >= 0, "data.decode_threads", "must be >= 0 (0 = one per core)")
     _require(cfg.train.precision in ("auto", "fp32", "bf16", "fp16"), "train.precision",
              f"must be one of auto, fp32, bf16, fp16 (got '{cfg.train.precision}')")
     _require(cfg.data.cache in ("auto", "memory", "disk", "off"), "data.cache",
@@ -240,6 +244,29 @@ def validate(cfg: Config) -> None:
     _require(cfg.ray.scale_up_timeout_s >= 0, "ray.scale_up_timeout_s", "must be >= 0 (seconds; 0 = do not wait)")
     _require(cfg.demo.n_train >= 4 * cfg.train.folds or cfg.data.train is not None, "demo.n_train",
              f"must be at least 4 x train.folds = {4 * cfg.train.folds}")
+
+
+_DATA_PATHS = {
+    "data.train": ("a CSV (path,label) or a folder with real/ and fake/", False),
+    "data.test": ("a folder of images, a CSV of paths or a Kaggle submission template", False),
+    "data.train_root": ("the folder the training CSV's relative paths resolve against", True),
+    "data.test_root": ("the folder the test CSV's relative paths resolve against", True),
+}
+
+
+def check_data_paths(cfg: Config) -> None:
+    """Each data path that is set must exist (the roots must be folders); the error names the key.
+
+    Not part of `validate`: a finished run's saved config must load even after its data has moved.
+    """
+    for key, (what, folder) in _DATA_PATHS.items():
+        value = getattr(cfg.data, key.split(".")[1])
+        if value is None:
+            continue
+        path = Path(value).expanduser()
+        shown = value if path.is_absolute() else f"{value} (in {Path.cwd()})"
+        _require(path.exists(), key, f"{shown} does not exist; it must be {what}")
+        _require(path.is_dir() or not folder, key, f"{shown} is not a folder; it must be {what}")
 
 
 def to_yaml(cfg: Config) -> str:

@@ -1,49 +1,204 @@
-"""Decoding: each image is read once with OpenCV, converted to RGB and resized to the pipeline's first size."""
+"""Decoding: each image is read once, checked, converted to RGB and resized to the pipeline's first size.
+
+Reading is also the pre-flight check: the bytes are read once, checked for truncation, decoded (OpenCV,
+then Pillow for what OpenCV cannot read) and hashed, so an unreadable file is found, with its reason,
+before any training starts, and byte-identical files can be reported.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence, TypeVar
 
 import cv2
 import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from raydf.errors import DataError
 
+T = TypeVar("T")
+
+# OpenCV logs an [ERROR] line per file it cannot decode; every such file is reported here with its reason.
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+
+
+class BadImage(DataError):
+    """One file that is not a usable image; `reason` says why in a few words."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"cannot decode {path}: {reason}. Fix or remove it from the data set.")
+        self.path, self.reason = path, reason
+
+    def __reduce__(self):  # pickled by Ray with its two arguments, not the formatted message
+        return BadImage, (self.path, self.reason)
+
+
+def read_image(path: str) -> tuple[np.ndarray, str]:
+    """Read one image file as (H, W, 3) uint8 RGB at its own size, and the SHA-256 of its bytes.
+
+    OpenCV's `IMREAD_COLOR` applies EXIF rotation and turns grey, grey+alpha, RGBA, palette, 16-bit and
+    CMYK images into 8-bit BGR (alpha is dropped); BMP, WebP, TIFF and (OpenCV >= 4.11) GIF included.
+    Pillow decodes what OpenCV refuses (e.g. ICO, GIF on older OpenCV, a PNG without its end chunk).
+
+    Raises:
+        BadImage: missing, empty, truncated, not an image, or a format neither library reads.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise BadImage(path, "file not found") from None
+    except IsADirectoryError:
+        raise BadImage(path, "is a folder, not an image file") from None
+    except OSError as e:
+        raise BadImage(path, f"cannot be read ({e.strerror or e})") from None
+    if not data:
+        raise BadImage(path, "empty file (0 bytes)")
+    if _truncated_jpeg(data):
+        # libjpeg only warns ("Premature end of JPEG file"): depending on the OpenCV version and on
+        # imread/imdecode, a cut-off JPEG comes back as None or as an image whose lower part is grey.
+        raise BadImage(path, "truncated JPEG: the file ends before the image data does (incomplete download or copy?)")
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is not None:
+        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    else:
+        rgb = _pillow_rgb(data, path)
+    return rgb, hashlib.sha256(data).hexdigest()
+
+
+def _truncated_jpeg(data: bytes) -> bool:
+    """A JPEG is complete when an end-of-image marker (FF D9) follows its last start-of-scan (FF DA).
+
+    Inside entropy-coded data every FF byte is followed by 00 or a restart code, so neither marker can
+    occur there: a file cut anywhere inside (or after) its last scan has no FF D9 after the last FF DA.
+    """
+    if not data.startswith(b"\xff\xd8\xff"):
+        return False
+    last_scan = data.rfind(b"\xff\xda")
+    return last_scan < 0 or data.find(b"\xff\xd9", last_scan) < 0
+
+
+def _pillow_rgb(data: bytes, path: str) -> np.ndarray:
+    """Pillow's decode of what OpenCV refused, EXIF-rotated and converted to RGB; or BadImage saying why."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            fmt = im.format or "image"
+            try:
+                im.load()  # raises on truncated data (unless a library set ImageFile.LOAD_TRUNCATED_IMAGES)
+                return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+                raise BadImage(path, f"corrupt {fmt} file ({e})") from None
+    except UnidentifiedImageError:
+        raise BadImage(path, _not_an_image(data)) from None
+
+
+# Formats users meet in scraped or exported folders that neither OpenCV nor Pillow (without plug-ins) reads.
+_SIGNATURES = ((b"%PDF", "a PDF document"), (b"PK\x03\x04", "a ZIP archive"), (b"\x1f\x8b", "a gzip archive"),
+               (b"8BPS", "a Photoshop PSD file"))
+_BRANDS = {b"heic": "HEIC", b"heix": "HEIC", b"mif1": "HEIF", b"avif": "AVIF", b"isom": "MP4 video",
+           b"mp42": "MP4 video", b"qt  ": "QuickTime video"}
+
+
+def _not_an_image(data: bytes) -> str:
+    """Name what a file that is not a readable image seems to be, from its first bytes."""
+    for magic, what in _SIGNATURES:
+        if data.startswith(magic):
+            return f"unsupported format: {what}, not an image"
+    if data[4:8] == b"ftyp":
+        brand = data[8:12]
+        name = _BRANDS.get(brand, brand.decode("latin-1").strip() or "ISO media")
+        return f"unsupported format: {name}; convert it to JPEG or PNG"
+    head = data[:512]
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is not None and all(c.isprintable() or c.isspace() for c in text):
+        shown = " ".join(text.split())[:40]
+        if "<svg" in text:
+            return "unsupported format: SVG (vector graphics); convert it to PNG"
+        if shown.startswith("<"):  # typically a failed download: the server's error page under the image's name
+            return f"HTML or XML, not an image (starts with {shown!r}): download it again"
+        return f"text, not an image (starts with {shown!r})"
+    return f"not a recognised image format (starts with bytes {data[:8].hex(' ')})"
+
+
+def resize_square(rgb: np.ndarray, size: int) -> np.ndarray:
+    """Resize to (size, size, 3): INTER_AREA when shrinking (no aliasing), INTER_LINEAR when enlarging."""
+    h, w = rgb.shape[:2]
+    if (h, w) == (size, size):
+        return rgb
+    interp = cv2.INTER_AREA if h > size and w > size else cv2.INTER_LINEAR
+    return cv2.resize(rgb, (size, size), interpolation=interp)
+
 
 def decode_image(path: str, size: int) -> np.ndarray:
-    """Read one image as (size, size, 3) uint8 RGB.
+    """Read one image as (size, size, 3) uint8 RGB; BadImage (a DataError naming the file) if unreadable.
 
-    `cv2.IMREAD_COLOR` applies EXIF rotation and turns grey, palette and 16-bit images into 8-bit BGR;
-    the seed passed `cv2.COLOR_BGR2RGB` as the read flag, so its images stayed BGR. We convert.
+    The seed passed `cv2.COLOR_BGR2RGB` as the read flag, so its images stayed BGR; these are RGB.
     """
-    bgr = cv2.imread(path, cv2.IMREAD_COLOR)
-    if bgr is None:
-        reason = "file not found" if not os.path.exists(path) else "not a readable image"
-        raise DataError(f"cannot decode {path}: {reason}. Fix or remove it from the data set.")
-    h, w = bgr.shape[:2]
-    if (h, w) != (size, size):
-        # INTER_AREA averages when shrinking (no aliasing); INTER_LINEAR is the better choice when enlarging.
-        interp = cv2.INTER_AREA if h > size and w > size else cv2.INTER_LINEAR
-        bgr = cv2.resize(bgr, (size, size), interpolation=interp)
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return resize_square(read_image(path)[0], size)
+
+
+def _each(paths: Sequence[str], work: Callable[[int], T], threads: int) -> list[T | BadImage]:
+    """`work(i)` for every row on a thread pool (OpenCV and hashlib release the GIL); BadImage kept as a value."""
+    def guarded(i: int) -> T | BadImage:
+        try:
+            return work(i)
+        except BadImage as e:
+            return e
+
+    with ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 1) as pool:
+        return list(pool.map(guarded, range(len(paths))))
+
+
+@dataclass
+class DecodedSet:
+    """The outcome of decoding a set of files: the usable images, and why the others are not."""
+
+    images: np.ndarray  # (n_usable, size, size, 3) uint8, the usable rows in their original order
+    usable: np.ndarray  # (n,) bool, one per input path
+    reasons: dict[int, str]  # input row -> why it is not usable
+    sha256: list[Optional[str]]  # (n,) content hash of every input path (None if unreadable)
+
+
+def decode_checked(paths: Sequence[str], size: int, threads: int = 0) -> DecodedSet:
+    """Decode every path once into one array, in parallel, keeping going past unreadable files."""
+    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+
+    def work(i: int) -> str:
+        rgb, digest = read_image(paths[i])
+        out[i] = resize_square(rgb, size)
+        return digest
+
+    results = _each(paths, work, threads)
+    usable = np.array([not isinstance(r, BadImage) for r in results], dtype=bool)
+    if not usable.all():
+        # Compact in place (bad rows are few): no second full-size array next to the first.
+        for dst, src in enumerate(np.flatnonzero(usable)):
+            if dst != src:
+                out[dst] = out[src]
+        out = out[: int(usable.sum())]
+    return DecodedSet(images=out, usable=usable,
+                      reasons={i: r.reason for i, r in enumerate(results) if isinstance(r, BadImage)},
+                      sha256=[None if isinstance(r, BadImage) else r for r in results])
+
+
+def check_images(paths: Sequence[str], threads: int = 0) -> tuple[dict[int, str], list[Optional[str]]]:
+    """Read and fully decode every path without keeping the pixels: (row -> reason, content hash per row)."""
+    results = _each(paths, lambda i: read_image(paths[i])[1], threads)
+    reasons = {i: r.reason for i, r in enumerate(results) if isinstance(r, BadImage)}
+    return reasons, [None if isinstance(r, BadImage) else r for r in results]
 
 
 def decode_images(paths: Sequence[str], size: int, threads: int = 0) -> np.ndarray:
-    """Decode many images in parallel into one (N, size, size, 3) uint8 array (OpenCV releases the GIL)."""
-    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
-    errors: list[str] = []
-
-    def work(i: int) -> None:
-        try:
-            out[i] = decode_image(paths[i], size)
-        except DataError as e:
-            errors.append(f"row {i}: {e}")
-
-    with ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 1) as pool:
-        list(pool.map(work, range(len(paths))))
-    if errors:
-        shown = "\n  ".join(sorted(errors)[:10])
-        raise DataError(f"{len(errors)} of {len(paths)} images cannot be decoded:\n  {shown}")
-    return out
+    """Decode many images in parallel into one (N, size, size, 3) uint8 array; DataError if any is unreadable."""
+    decoded = decode_checked(paths, size, threads)
+    if decoded.reasons:
+        shown = "\n  ".join(f"row {i}: {paths[i]}: {r}" for i, r in sorted(decoded.reasons.items())[:10])
+        raise DataError(f"{len(decoded.reasons)} of {len(paths)} images cannot be decoded:\n  {shown}")
+    return decoded.images

@@ -6,11 +6,12 @@ ones continue from their last saved epoch, and only missing outputs are produced
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
 import time
-from typing import Optional
+from typing import Collection, Optional
 
 import numpy as np
 import pandas as pd
@@ -18,17 +19,20 @@ import ray
 
 from raydf.catalog import read_test, read_train
 from raydf.checkpoint import save_fold_checkpoint, try_load_fold_checkpoint
-from raydf.config import Config, to_dict, to_yaml
+from raydf.config import Config, check_data_paths, to_dict, to_yaml
 from raydf.demo import ensure_demo
 from raydf.distributed.cluster import check_readable_on_every_node
 from raydf.distributed.data import share_images
 from raydf.distributed.folds import run_folds
 from raydf.distributed.inference import soft_vote_predict
 from raydf.distributed.session import RaySession, fold_resources, ray_session
-from raydf.errors import ConfigError, DataError, RaydfError
-from raydf.folds import assign_folds
+from raydf.errors import ConfigError, DataError, RaydfError, find_user_error
+from raydf.folds import assign_folds, check_splittable
 from raydf.metrics import classification_metrics
+from raydf.preflight import check_test_set, preflight
+from raydf.runlog import run_log
 from raydf.storage import RunStorage
+from raydf.submission import build_submission
 
 log = logging.getLogger(__name__)
 
@@ -68,28 +72,40 @@ def _check_fold_sizes(folds: np.ndarray, batch_size: int) -> None:
                             f"lower train.batch_size or train.folds, or add images")
 
 
-def _start_run(cfg: Config) -> tuple[RunStorage, pd.DataFrame, Optional[str]]:
-    """A new run: read the data, assign folds, write config.yaml and folds.csv. Returns the fold table."""
+def _start_run(cfg: Config) -> tuple[RunStorage, pd.DataFrame, Optional[pd.DataFrame], dict, Optional[np.ndarray]]:
+    """A new run: check every input (config paths, tables, then each image: the pre-flight), assign folds to
+    the usable images, write config.yaml, folds.csv, bad_inputs.csv and duplicates.csv.
+
+    Returns the fold table, the test table, the unreadable test rows and the decoded training images.
+    """
     train_spec, test_spec = data_specs(cfg)
-    table = read_train(train_spec, cfg.data.train_root)
-    table["fold"] = assign_folds(table, cfg.train.folds, cfg.train.seed, cfg.train.split)
-    _check_fold_sizes(table["fold"].to_numpy(), cfg.train.batch_size)
+    table = read_train(train_spec, cfg.data.train_root, cfg.train.group_by)
+    test_df = read_test(test_spec, cfg.data.test_root) if test_spec else None
+    check_splittable(table, cfg.train.folds, cfg.train.split)  # table errors first: they cost no decoding
     cfg.run_dir = cfg.run_dir or time.strftime("runs/%Y%m%d-%H%M%S")
     storage = RunStorage(cfg.run_dir)
     if storage.listdir():
         raise ConfigError(f"run_dir {cfg.run_dir} already exists and is not empty: choose another run_dir, or "
                           f"continue it with resume={cfg.run_dir} (finished runs are never overwritten)")
+    inputs = preflight(table, test_df, cfg.data.resize, cfg.data.decode_threads, cfg.data.on_bad)
+    table = inputs.train.assign(fold=assign_folds(inputs.train, cfg.train.folds, cfg.train.seed, cfg.train.split,
+                                                  content=inputs.content))
+    _check_fold_sizes(table["fold"].to_numpy(), cfg.train.batch_size)
     storage.write_text("config.yaml", to_yaml(cfg))
     write_csv(storage, "folds.csv", table)
-    return storage, table, test_spec
+    write_csv(storage, "bad_inputs.csv", inputs.bad)  # written even when empty: "checked, none found"
+    write_csv(storage, "duplicates.csv", inputs.duplicates)
+    return storage, table, test_df, inputs.test_bad, inputs.images
 
 
-def _reopen_run(cfg: Config) -> tuple[RunStorage, pd.DataFrame, Optional[str]]:
+def _reopen_run(cfg: Config) -> tuple[RunStorage, pd.DataFrame, Optional[pd.DataFrame], dict, None]:
     """A resumed run: its own folds.csv is the training table (same images, same folds)."""
     storage = RunStorage(cfg.run_dir)
     table = read_csv(storage, "folds.csv")
     _, test_spec = data_specs(cfg)
-    return storage, table, test_spec
+    test_df = read_test(test_spec, cfg.data.test_root) if test_spec else None
+    test_bad = check_test_set(test_df, cfg.data.decode_threads, cfg.data.on_bad) if test_df is not None else {}
+    return storage, table, test_df, test_bad, None
 
 
 def _finished_folds(storage: RunStorage, n_folds: int) -> dict[int, tuple[dict, dict]]:
@@ -107,41 +123,55 @@ def _finished_folds(storage: RunStorage, n_folds: int) -> dict[int, tuple[dict, 
 def train(cfg: Config) -> str:
     """Run (or resume) the whole K-fold training and inference; returns the run directory."""
     t_start = time.time()
-    storage, table, test_spec = _reopen_run(cfg) if cfg.resume else _start_run(cfg)
+    check_data_paths(cfg)
+    storage, table, test_df, test_bad, images = _reopen_run(cfg) if cfg.resume else _start_run(cfg)
     folds = table["fold"].to_numpy()
-    test_df = read_test(test_spec, cfg.data.test_root) if test_spec else None
     finished = _finished_folds(storage, cfg.train.folds) if cfg.resume else {}
     todo = [k for k in range(cfg.train.folds) if k not in finished]
-    log.info("run directory %s: %d training images in %d folds%s%s", cfg.run_dir, len(table), cfg.train.folds,
-             f", {len(test_df)} test images" if test_df is not None else "",
-             f"; resuming, folds {sorted(finished)} already finished" if cfg.resume else "")
+    bad = read_csv(storage, "bad_inputs.csv") if storage.exists("bad_inputs.csv") else pd.DataFrame({"set": []})
+    n_bad = {s: int((bad["set"] == s).sum()) for s in ("train", "test")}
+    # RUN_DIR/raydf.log keeps the log and the traceback of whatever stops the run (off the console).
+    logged = run_log(storage.local_path("raydf.log")) if storage.local else contextlib.nullcontext()
     try:
-        with ray_session(cfg.ray.address) as session:
+        with logged, ray_session(cfg.ray.address) as session:
+            log.info("run directory %s: %d training images in %d folds%s%s%s", cfg.run_dir, len(table), cfg.train.folds,
+                     f" ({n_bad['train']} unreadable left out)" if n_bad["train"] else "",
+                     f", {len(test_df)} test images" + (f" ({n_bad['test']} unreadable, flagged)" if n_bad["test"] else "")
+                     if test_df is not None else "",
+                     f"; resuming, folds {sorted(finished)} already finished" if cfg.resume else "")
             if test_df is not None:  # decoded by Ray Data on any node: fail now, not after the training
-                check_readable_on_every_node(test_df["path"].tolist(), "data.test")
-            infos, weight_refs = _train_folds(cfg, session, storage, table, folds, todo, finished)
+                check_readable_on_every_node([p for i, p in enumerate(test_df["path"]) if i not in test_bad],
+                                             "data.test")
+            infos, weight_refs = _train_folds(cfg, session, storage, table, folds, todo, finished, images)
+            del images
             summary = _summarize(cfg, storage, table, folds, infos)
             if test_df is not None:
-                summary["test"] = _predict_test(cfg, storage, test_df, weight_refs)
+                prior = float(table["label"].mean())  # P(fake) of an unreadable test image
+                summary["test"] = _predict_test(cfg, storage, test_df, weight_refs, test_bad, prior)
                 if summary["test"] is None:
                     del summary["test"]
     except KeyboardInterrupt:
         raise RunInterrupted(f"interrupted: running folds were cancelled; finished folds and every completed "
                              f"epoch are saved in {cfg.run_dir}. Resume with:\n  python -m raydf.train "
                              f"resume={cfg.run_dir}") from None
+    summary["bad_inputs"] = n_bad
     summary["wall_seconds"] = time.time() - t_start
     storage.write_text("summary.json", json.dumps(summary, indent=2))
     return cfg.run_dir
 
 
 def _train_folds(cfg: Config, session: RaySession, storage: RunStorage, table: pd.DataFrame, folds: np.ndarray, todo: list[int],
-                 finished: dict[int, tuple[dict, dict]]) -> tuple[list[dict], list[ray.ObjectRef]]:
-    """Train the folds in `todo` in parallel; returns every fold's info and best-weights ref, in fold order."""
+                 finished: dict[int, tuple[dict, dict]],
+                 images: Optional[np.ndarray]) -> tuple[list[dict], list[ray.ObjectRef]]:
+    """Train the folds in `todo` in parallel; returns every fold's info and best-weights ref, in fold order.
+
+    `images`: the training set the pre-flight decoded (None on resume: then it comes from the cache).
+    """
     infos = {k: info for k, (_, info) in finished.items()}
     refs = {k: ray.put(weights) for k, (weights, _) in finished.items()}
     if todo:
         resources = fold_resources(cfg, session)
-        images_ref = share_images(table["path"].tolist(), cfg)
+        images_ref = share_images(table["path"].tolist(), cfg, images)
         labels_ref = ray.put(table["label"].to_numpy(np.int64))
 
         def on_done(info: dict, weights_ref: ray.ObjectRef) -> None:
@@ -173,29 +203,44 @@ def _summarize(cfg: Config, storage: RunStorage, table: pd.DataFrame, folds: np.
             "cv": classification_metrics(oof["label"], oof["prob_fake"])}
 
 
-def _predict_test(cfg: Config, storage: RunStorage, test_df: pd.DataFrame,
-                  weight_refs: list[ray.ObjectRef]) -> Optional[dict]:
-    """submission.csv by the distributed soft vote (kept as it is when a resumed run already has it)."""
+def _predict_test(cfg: Config, storage: RunStorage, test_df: pd.DataFrame, weight_refs: list[ray.ObjectRef],
+                  test_bad: Collection[int], prior: float) -> Optional[dict]:
+    """submission.csv by the distributed soft vote (kept as it is when a resumed run already has it).
+
+    Unreadable test rows are never dropped: they get `prior` and a flag. Test metrics score the submission
+    as written (those rows count with the prior).
+    """
     if cfg.resume and storage.exists("submission.csv"):
         log.info("submission.csv exists: not predicted again")
         prob_fake = read_csv(storage, "submission.csv")["prob_fake"]
     else:
         t0 = time.time()
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 and cfg.resources.gpus_per_fold != 0 else 0.0
-        pred = soft_vote_predict(test_df["path"].tolist(), weight_refs, resize=cfg.data.resize, crop=cfg.data.crop,
-                                 dropout=cfg.model.dropout, batch_size=cfg.predict.batch_size,
-                                 actors=cfg.predict.actors, gpus_per_actor=gpus, precision=cfg.train.precision)
-        write_submission(storage, "submission.csv", test_df, pred)
-        log.info("soft vote over %d test images in %.1fs", len(test_df), time.time() - t0)
-        prob_fake = pred["prob_fake"]
+        readable = [p for i, p in enumerate(test_df["path"]) if i not in test_bad]
+        try:
+            pred = soft_vote_predict(readable, weight_refs, resize=cfg.data.resize, crop=cfg.data.crop,
+                                     dropout=cfg.model.dropout, batch_size=cfg.predict.batch_size,
+                                     actors=cfg.predict.actors, gpus_per_actor=gpus, precision=cfg.train.precision)
+        except Exception as e:  # a test file changed since the pre-flight: say so, and how to go on
+            user = find_user_error(e)
+            if user is None:
+                raise
+            raise DataError(f"predicting the test set failed: {user}\nThe fold checkpoints are saved: once "
+                            f"fixed, run python -m raydf.train resume={cfg.run_dir}") from e
+        sub = write_submission(storage, "submission.csv", test_df, pred, test_bad, prior)
+        log.info("soft vote over %d test images in %.1fs", len(readable), time.time() - t0)
+        prob_fake = sub["prob_fake"]
     if "label" not in test_df.columns:
         return None
     return classification_metrics(test_df["label"], prob_fake)
 
 
-def write_submission(storage: RunStorage, rel: str, test_df: pd.DataFrame, pred: pd.DataFrame) -> pd.DataFrame:
-    """`image,label,prob_fake` in the test table's row order (label: argmax of the soft vote, 1 = fake)."""
-    sub = pd.DataFrame({"image": test_df["image"].to_numpy(), "label": (pred["prob_fake"] > 0.5).astype(int),
-                        "prob_fake": pred["prob_fake"].to_numpy()})
+def write_submission(storage: RunStorage, rel: str, test_df: pd.DataFrame, pred: pd.DataFrame,
+                     bad_rows: Collection[int] = (), prior: float = 0.5) -> pd.DataFrame:
+    """`image,label,prob_fake` in the test table's row order (label: argmax of the soft vote, 1 = fake).
+
+    `pred` holds the readable rows only; `bad_rows` get `prior` and `flag=bad_input` (`raydf.submission`).
+    """
+    sub = build_submission(test_df, pred["prob_fake"].to_numpy(), bad_rows, prior)
     write_csv(storage, rel, sub)
     return sub

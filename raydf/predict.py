@@ -34,6 +34,8 @@ def predict(run_dir: str, images: str, out: str, image_root: Optional[str] = Non
     from raydf.distributed.inference import soft_vote_predict
     from raydf.distributed.session import ray_session
     from raydf.pipeline import write_submission
+    from raydf.pipeline import read_csv
+    from raydf.preflight import check_test_set
     from raydf.resume import resume_config
     from raydf.storage import RunStorage
 
@@ -44,16 +46,20 @@ def predict(run_dir: str, images: str, out: str, image_root: Optional[str] = Non
         raise ConfigError(f"{run_dir} is not a finished raydf run: checkpoints of folds {missing} are missing "
                           f"(finish it with python -m raydf.train resume={run_dir})")
     test_df = read_test(images, image_root)
+    bad = check_test_set(test_df, cfg.data.decode_threads, cfg.data.on_bad)  # before Ray starts
+    # The prior an unreadable image gets: the fraction of fakes among the run's training images.
+    prior = float(read_csv(storage, "folds.csv")["label"].mean())
     with ray_session(address or cfg.ray.address):
-        check_readable_on_every_node(test_df["path"].tolist(), "--images")  # Ray Data decodes them on any node
+        check_readable_on_every_node([p for i, p in enumerate(test_df["path"]) if i not in bad], "--images")  # Ray Data decodes them on any node
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
         refs = [ray.put({k: v.numpy() for k, v in load_fold_checkpoint(storage, fold)[0].items()})
                 for fold in range(cfg.train.folds)]
-        pred = soft_vote_predict(test_df["path"].tolist(), refs, resize=cfg.data.resize, crop=cfg.data.crop,
+        readable = [p for i, p in enumerate(test_df["path"]) if i not in bad]
+        pred = soft_vote_predict(readable, refs, resize=cfg.data.resize, crop=cfg.data.crop,
                                  dropout=cfg.model.dropout, batch_size=cfg.predict.batch_size,
                                  actors=cfg.predict.actors, gpus_per_actor=gpus, precision=cfg.train.precision)
-    write_submission(*RunStorage.for_file(out), test_df, pred)
-    log.info("wrote %d predictions of %d folds to %s", len(pred), cfg.train.folds, out)
+    write_submission(*RunStorage.for_file(out), test_df, pred, bad, prior)
+    log.info("wrote %d predictions of %d folds to %s", len(test_df), cfg.train.folds, out)
     return str(out)
 
 

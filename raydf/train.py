@@ -41,6 +41,10 @@ def main(args: argparse.Namespace) -> int:
     run_dir = train(cfg)
     summary = json.loads(RunStorage(run_dir).read_text("summary.json"))
     print(f"\nrun directory: {run_dir}")
+    bad = summary.get("bad_inputs", {})
+    if any(bad.values()):
+        print(f"left out: {bad['train']} training and {bad['test']} test images that cannot be read "
+              f"(listed in {run_dir}/bad_inputs.csv; the test ones are flagged in submission.csv)")
     for name in ("cv", "test"):
         if name in summary:
             m = summary[name]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 
 import albumentations as A
+from albumentations.augmentations.crops.transforms import CropSizeError
 import cv2
 import numpy as np
 
@@ -99,6 +100,9 @@ class FastTrainTransform:
 
     def __call__(self, *, image: np.ndarray) -> dict[str, np.ndarray]:
         h, w = image.shape[:2]
+        if h < self.crop or w < self.crop:  # the reference's CenterCrop refuses this too
+            raise CropSizeError(f"Crop size (height, width) exceeds image dimensions (height, width): "
+                                f"{(self.crop, self.crop)} vs {(h, w)}")
         c, top, left = self.crop, (h - self.crop) // 2, (w - self.crop) // 2
         matrix = np.eye(3)
         if self.py_random.random() < self.flip_p:

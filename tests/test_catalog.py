@@ -105,7 +105,9 @@ def test_train_folder_real_fake_recursive_sorted_ignores_non_images(tmp_path):
 
 
 def test_image_extensions_cover_common_formats():
-    assert set(IMAGE_EXTENSIONS) == {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+    # HEIC and SVG are not decodable: a folder scan lists them so the pre-flight check reports them by name.
+    assert set(IMAGE_EXTENSIONS) == {".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif",
+                                     ".avif", ".heic", ".heif", ".svg"}
 
 
 # ---------------------------------------------------------------- test formats
@@ -260,3 +262,35 @@ def test_error_train_only_one_class_folder(tmp_path):
 def test_error_train_only_one_class_csv(tmp_path):
     msg = _error(read_train, _csv(tmp_path / "t.csv", "path,label\na.jpg,real\nb.jpg,0\nc.jpg,REAL\n"))
     assert "t.csv" in msg and "3 real" in msg and "no fake" in msg
+
+
+def test_error_same_image_listed_twice_names_the_lines(tmp_path):
+    spec = _csv(tmp_path / "t.csv", "path,label\na.jpg,0\nb.jpg,1\n./a.jpg,0\nc.jpg,1\nsub/../b.jpg,0\n")
+    msg = _error(read_train, spec)
+    assert "t.csv" in msg and "more than once" in msg
+    assert f"{(tmp_path / 'a.jpg').resolve()} at line 2, line 4;" in msg
+    assert f"{(tmp_path / 'b.jpg').resolve()} at line 3, line 6 with conflicting labels" in msg
+
+
+def test_group_by_names_the_group_column(tmp_path):
+    spec = _csv(tmp_path / "t.csv", "path,label,video,group\na.jpg,0,v1,x\nb.jpg,1,v1,y\nc.jpg,1,v2,z\n")
+    assert read_train(spec, group_by="Video")["group"].tolist() == ["v1", "v1", "v2"]
+    assert read_train(spec)["group"].tolist() == ["x", "y", "z"]  # default: the `group` column
+
+
+def test_error_group_by_column_missing(tmp_path):
+    spec = _csv(tmp_path / "t.csv", "path,label,source\na.jpg,0,s\nb.jpg,1,s\n")
+    msg = _error(read_train, spec, group_by="video")
+    assert "train.group_by=video" in msg and "['path', 'label', 'source']" in msg
+
+
+def test_error_group_by_with_a_folder(tmp_path):
+    _touch(tmp_path / "d" / "real" / "a.jpg", tmp_path / "d" / "fake" / "b.jpg")
+    assert "train.group_by=video" in _error(read_train, tmp_path / "d", group_by="video")
+
+
+def test_folder_scan_lists_images_the_decoder_will_refuse(tmp_path):
+    """A HEIC photo in real/ is listed (the pre-flight then reports it by name), not skipped silently."""
+    _touch(tmp_path / "d" / "real" / "a.HEIC", tmp_path / "d" / "real" / "b.jfif", tmp_path / "d" / "fake" / "c.gif")
+    names = [Path(p).name for p in read_train(tmp_path / "d")["path"]]
+    assert names == ["c.gif", "a.HEIC", "b.jfif"]  # sorted by path: fake/ before real/

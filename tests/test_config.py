@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from raydf.config import load_config, valid_keys
+from raydf.config import check_data_paths, load_config, valid_keys
 from raydf.errors import ConfigError
 
 CONTRACT_KEYS = ["run_dir", "data.train", "data.test", "data.resize", "data.crop", "train.folds", "train.epochs",
@@ -51,7 +51,8 @@ def test_wrong_type_names_key():
 @pytest.mark.parametrize("override, key", [
     ("train.folds=1", "train.folds"), ("optim.lr=-0.1", "optim.lr"), ("model.dropout=1.5", "model.dropout"),
     ("data.crop=64", "data.crop"), ("data.resize=78", "data.resize"), ("train.split=random", "train.split"),
-    ("train.batch_size=1", "train.batch_size"),
+    ("train.batch_size=1", "train.batch_size"), ("data.on_bad=ignore", "data.on_bad"),
+    ("data.decode_threads=-1", "data.decode_threads"),
 ])
 def test_invalid_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
@@ -70,3 +71,27 @@ def test_print_config_round_trips(tmp_path):
     saved = tmp_path / "config.yaml"
     saved.write_text(proc.stdout)
     assert load_config(saved).train.epochs == 7
+
+
+@pytest.mark.parametrize("key", ["data.train", "data.test", "data.train_root", "data.test_root"])
+def test_data_path_that_does_not_exist_names_the_key(tmp_path, key):
+    cfg = load_config(None, [f"{key}={tmp_path / 'nope'}"])  # loads: a saved run's data may have moved since
+    with pytest.raises(ConfigError, match=rf"'{key}': {tmp_path / 'nope'} does not exist; it must be"):
+        check_data_paths(cfg)
+
+
+def test_data_root_must_be_a_folder(tmp_path):
+    (tmp_path / "f.csv").write_text("path,label\n")
+    with pytest.raises(ConfigError, match=r"'data\.test_root': .*f\.csv is not a folder"):
+        check_data_paths(load_config(None, [f"data.test_root={tmp_path / 'f.csv'}"]))
+
+
+def test_relative_data_path_error_shows_the_current_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=rf"'data\.train': faces\.csv \(in {tmp_path}\) does not exist"):
+        check_data_paths(load_config(None, ["data.train=faces.csv"]))
+
+
+def test_existing_data_paths_pass(tmp_path):
+    (tmp_path / "t.csv").write_text("path,label\n")
+    check_data_paths(load_config(None, [f"data.train={tmp_path / 't.csv'}", f"data.test_root={tmp_path}"]))

@@ -15,7 +15,7 @@ import torch
 from raydf.cache import DecodedCache
 from raydf.config import Config
 from raydf.distributed.data import ImagesHandle, resolve_images
-from raydf.errors import RaydfError
+from raydf.errors import RaydfError, find_user_error
 from raydf.fold import train_fold
 from raydf.fold_state import FoldStateStore
 from raydf.storage import RunStorage
@@ -51,7 +51,19 @@ def _fold_task(images: np.ndarray | DecodedCache, labels: np.ndarray, fold: int,
 
 
 class FoldFailed(RaydfError):
-    """A fold task raised; the message carries the fold and the worker's error."""
+    """A fold task raised; the message carries the fold and the worker's error (its traceback stays in the log)."""
+
+
+def _describe(e: ray.exceptions.RayError) -> str:
+    """One line for a failed task: a user error's own message, else the worker exception's type and first line."""
+    user = find_user_error(e)
+    if user is not None:
+        return str(user)
+    cause = getattr(e, "cause", None)  # RayTaskError: the exception the task raised
+    if isinstance(cause, BaseException):
+        first = (str(cause).strip().splitlines() or [""])[0]
+        return f"{type(cause).__name__}: {first}"
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]  # e.g. the worker died (out of memory)
 
 
 def run_folds(images_ref: ImagesHandle, labels_ref: ray.ObjectRef, splits: dict[int, tuple[np.ndarray, np.ndarray]],
@@ -85,11 +97,23 @@ def run_folds(images_ref: ImagesHandle, labels_ref: ray.ObjectRef, splits: dict[
             try:
                 info = ray.get(done[0])
             except ray.exceptions.RayError as e:
-                raise FoldFailed(f"fold {k} failed: {e}") from e
+                raise FoldFailed(f"fold {k} failed: {_describe(e)}") from e
             results[k] = (weights_ref, info)
             if on_done:
                 on_done(info, weights_ref)
     finally:
         for ref in pending:  # on error or Ctrl-C, do not leave folds training in the background
             ray.cancel(ref, force=True)
+        if len(results) < len(splits):
+            _fetch_errors(pending + [w for k, w in submitted.values() if k not in results])
     return dict(sorted(results.items()))
+
+
+def _fetch_errors(refs: list[ray.ObjectRef]) -> None:
+    """Fetch and drop the outcome of failed or cancelled tasks: Ray prints a traceback ("Unhandled error")
+    for every error object nobody fetched, and the error has already been reported in one line."""
+    for ref in refs:
+        try:
+            ray.get(ref, timeout=5)
+        except Exception:  # noqa: BLE001 (the failure being discarded)
+            pass
