@@ -41,7 +41,7 @@ def read_image(path: str) -> tuple[np.ndarray, str]:
     """Read one image file as (H, W, 3) uint8 RGB at its own size, and the SHA-256 of its bytes.
 
     OpenCV's `IMREAD_COLOR` applies EXIF rotation and turns grey, grey+alpha, RGBA, palette, 16-bit and
-    CMYK images into 8-bit BGR (alpha is dropped); BMP, WebP, TIFF and (OpenCV >= 4.11) GIF included.
+    CMYK images into 8-bit BGR (alpha is dropped); BMP, WebP, TIFF and, in recent OpenCV, GIF included.
     Pillow decodes what OpenCV refuses (e.g. ICO, GIF on older OpenCV, a PNG without its end chunk).
 
     Raises:

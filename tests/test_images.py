@@ -14,7 +14,7 @@ from PIL import Image
 from raydf.errors import DataError
 from raydf.images import BadImage, check_images, decode_checked, decode_image, decode_images, read_image
 
-SHARED = Path(__file__).resolve().parents[2] / "shared/data/ffhq-stylegan-2200"
+SHARED = (Path(__file__).resolve().parents[2] / "shared/data/ffhq-stylegan-2200").resolve()  # ../shared may be a link
 
 
 def _picture(h: int = 96, w: int = 96) -> np.ndarray:

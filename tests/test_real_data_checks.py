@@ -1,4 +1,9 @@
-"""End to end: a real data set mixed with every kind of broken and odd file, through training and the CLI."""
+"""End to end: a real data set mixed with every kind of broken and odd file, through training and the CLI.
+
+Named to run after test_ray_pipeline.py: Ray turns a pool worker into each inference actor and ends it with
+the actor, so after a soft vote one fold task of the next run cold-starts its worker (~15 s on a loaded
+2-core machine) and test_fold_tasks_overlap_in_time, which needs both folds to start together, fails.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ from conftest import tiny_overrides
 from raydf.config import load_config
 from raydf.errors import DataError
 
-SHARED = Path(__file__).resolve().parents[2] / "shared/data/ffhq-stylegan-2200"
+SHARED = (Path(__file__).resolve().parents[2] / "shared/data/ffhq-stylegan-2200").resolve()  # ../shared may be a link
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared data set not found at {SHARED}")
 
 # Broken files: name -> start of the reason bad_inputs.csv must give.
