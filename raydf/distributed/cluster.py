@@ -51,7 +51,11 @@ def check_readable_on_every_node(paths: Sequence[str], key: str, sample: int = 3
     nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) > 0]
     checks = [_unreadable.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
               .remote(picked) for node in nodes]
-    for ip, missing in ray.get(checks):
+    for check in checks:
+        try:
+            ip, missing = ray.get(check)
+        except ray.exceptions.RayError:  # the node went away meanwhile: nothing learnt about the files
+            continue
         if missing:
             raise DataError(
                 f"{key}: {len(missing)} of {len(picked)} sampled images cannot be read on node {ip} of the Ray "

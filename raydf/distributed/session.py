@@ -109,8 +109,10 @@ def ray_session(address: Optional[str]) -> Iterator[RaySession]:
     try:
         where = "started a local Ray instance" if not session.existing_cluster else \
             f"connected to the Ray cluster at {address} ({source})"
-        dashboard = getattr(context, "dashboard_url", None)
-        log.info("%s%s\n%s", where, f", dashboard http://{dashboard}" if dashboard else "", describe_cluster())
+        dashboard = getattr(context, "dashboard_url", None) or ""
+        if dashboard and "://" not in dashboard:
+            dashboard = f"http://{dashboard}"
+        log.info("%s%s\n%s", where, f", dashboard {dashboard}" if dashboard else "", describe_cluster())
         yield session
     finally:
         if session.requested_resources:
@@ -134,10 +136,14 @@ def fold_resources(cfg: Config, session: Optional[RaySession] = None) -> dict[st
     waited = ""
     if wait_s > 0 and not any(fits(n) for n in alive_nodes()):
         bundle = {"CPU": float(cpus), **({"GPU": float(gpus)} if gpus else {})}
-        _request_resources([bundle] * cfg.train.folds)
-        session.requested_resources = True
-        log.warning("no node of the Ray cluster can run a fold (%s) yet: asked the autoscaler for %d of them, "
-                    "waiting up to %gs for a node (watch `ray status`)", bundle, cfg.train.folds, wait_s)
+        try:
+            _request_resources([bundle] * cfg.train.folds)
+            session.requested_resources = True
+        except Exception as e:  # e.g. through Ray Client; pending fold tasks still make an autoscaler scale up
+            log.warning("could not ask the autoscaler for nodes (%s)", e)
+        asked = f"asked the autoscaler for {cfg.train.folds} of them, " if session.requested_resources else ""
+        log.warning("no node of the Ray cluster can run a fold (%s) yet: %swaiting up to %gs for a node "
+                    "(watch `ray status`)", bundle, asked, wait_s)
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline and not any(fits(n) for n in alive_nodes()):
             time.sleep(2)
