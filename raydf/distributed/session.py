@@ -24,7 +24,10 @@ def ray_session(address: Optional[str]) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
-    kwargs = {"address": address} if address else {"include_dashboard": False}
+    # No address means a fresh local instance, as ray.address documents. Ray's own default (address=None)
+    # would join any instance already running on the machine, e.g. someone else's.
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    kwargs = {"address": address} if address else {"address": "local", "include_dashboard": False}
     # Ray folds log lines that differ only in numbers into "[repeated 2x]": that would hide a fold's progress.
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     ray.init(logging_level=logging.WARNING, log_to_driver=True, **kwargs)
