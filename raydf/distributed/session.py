@@ -28,8 +28,6 @@ def ray_session(address: Optional[str]) -> Iterator[None]:
     # would join any instance already running on the machine, e.g. someone else's.
     address = address or os.environ.get("RAY_ADDRESS") or None
     kwargs = {"address": address} if address else {"address": "local", "include_dashboard": False}
-    # Ray folds log lines that differ only in numbers into "[repeated 2x]": that would hide a fold's progress.
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     ray.init(logging_level=logging.WARNING, log_to_driver=True, **kwargs)
     try:
         res = ray.cluster_resources()
