@@ -88,6 +88,8 @@ class ResourcesConfig:
 class PredictConfig:
     batch_size: int = 128
     actors: int = 0  # inference actors; 0 = one per GPU, or one on a CPU-only cluster
+    tta: bool = False  # also predict the horizontally flipped image and average the two probabilities
+    actor_restarts: int = 0  # times a dead inference actor is restarted (-1: forever; > 0 makes Ray log an error)
 
 
 @dataclass
@@ -223,6 +225,7 @@ def validate(cfg: Config) -> None:
     _require(cfg.resources.loader_workers >= 0, "resources.loader_workers", "must be >= 0")
     _require(cfg.predict.batch_size >= 1, "predict.batch_size", "must be at least 1")
     _require(cfg.predict.actors >= 0, "predict.actors", "must be >= 0 (0 = automatic)")
+    _require(cfg.predict.actor_restarts >= -1, "predict.actor_restarts", "must be >= 0, or -1 for unlimited")
     _require(cfg.ray.max_retries >= -1, "ray.max_retries", "must be >= 0, or -1 for unlimited")
     _require(cfg.demo.n_train >= 4 * cfg.train.folds or cfg.data.train is not None, "demo.n_train",
              f"must be at least 4 x train.folds = {4 * cfg.train.folds}")

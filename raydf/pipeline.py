@@ -15,6 +15,7 @@ import ray
 from raydf.catalog import read_test, read_train
 from raydf.checkpoint import atomic_write, save_fold_checkpoint
 from raydf.config import Config, to_dict, to_yaml
+from raydf.console import CountProgress, FoldProgress
 from raydf.demo import ensure_demo
 from raydf.distributed.folds import run_folds
 from raydf.distributed.inference import soft_vote_predict
@@ -23,6 +24,8 @@ from raydf.errors import ConfigError, DataError
 from raydf.folds import assign_folds
 from raydf.images import decode_images
 from raydf.metrics import classification_metrics
+from raydf.report import TEST_LABELS, build_report
+from raydf.tensorboard_log import TensorBoardLog
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +88,9 @@ def train(cfg: Config) -> Path:
     t0 = time.time()
     images = decode_images(train_df["path"].tolist(), cfg.data.resize, cfg.data.decode_threads)
     labels = train_df["label"].to_numpy(np.int64)
+    timings = {"decode_seconds": time.time() - t0}
     log.info("decoded %d images to %dx%d in %.1fs (%.0f MB, shared by every fold)", len(images), cfg.data.resize,
-             cfg.data.resize, time.time() - t0, images.nbytes / 2**20)
+             cfg.data.resize, timings["decode_seconds"], images.nbytes / 2**20)
 
     with ray_session(cfg.ray.address):
         resources = fold_resources(cfg)
@@ -95,13 +99,21 @@ def train(cfg: Config) -> Path:
 
         def on_done(info: dict, weights_ref: ray.ObjectRef) -> None:
             meta = {k: info[k] for k in SUMMARY_FOLD_KEYS} | {"config": to_dict(cfg)}
-            save_fold_checkpoint(run_dir / "checkpoints" / f"fold{info['fold']}.pt", ray.get(weights_ref), meta)
-            log.info("fold %d done: best epoch %d, val loss %.4f, val acc %.3f (%d epochs, %.0fs)", info["fold"],
-                     info["best_epoch"], info["val_loss"], info["val_acc"], info["epochs_run"],
-                     info["finished_at"] - info["started_at"])
+            path = run_dir / "checkpoints" / f"fold{info['fold']}.pt"
+            save_fold_checkpoint(path, ray.get(weights_ref), meta)
+            log.debug("fold %d: best weights (epoch %d) written to %s", info["fold"], info["best_epoch"], path)
 
         splits = [(np.flatnonzero(folds != k), np.flatnonzero(folds == k)) for k in range(cfg.train.folds)]
-        results = run_folds(images_ref, labels_ref, splits, cfg, resources, on_done=on_done)
+        t0 = time.time()
+        # Progress events from the fold tasks feed the live display and the TensorBoard files, both on the driver.
+        with (FoldProgress(cfg.train.folds, cfg.train.epochs) as display,
+              TensorBoardLog(run_dir / "tensorboard") as tensorboard):
+            def on_events(events: list[dict]) -> None:
+                display(events)
+                tensorboard(events)
+
+            results = run_folds(images_ref, labels_ref, splits, cfg, resources, on_done=on_done, on_events=on_events)
+        timings["folds_seconds"] = time.time() - t0
         infos = [info for _, info in results]
         del images_ref
 
@@ -113,17 +125,30 @@ def train(cfg: Config) -> Path:
         }
         if test_df is not None:
             t0 = time.time()
-            pred = soft_vote_predict(
-                test_df["path"].tolist(), [ref for ref, _ in results], resize=cfg.data.resize, crop=cfg.data.crop,
-                dropout=cfg.model.dropout, batch_size=cfg.predict.batch_size, actors=cfg.predict.actors,
-                gpus_per_actor=1.0 if resources["num_gpus"] > 0 else 0.0, precision=cfg.train.precision)
+            pred = predict_paths(cfg, test_df["path"].tolist(), [ref for ref, _ in results],
+                                 gpus_per_actor=1.0 if resources["num_gpus"] > 0 else 0.0)
+            timings["inference_seconds"] = time.time() - t0
             write_submission(run_dir / "submission.csv", test_df, pred)
-            log.info("soft vote over %d test images in %.1fs", len(test_df), time.time() - t0)
+            log.info("soft vote over %d test images in %.1fs", len(test_df), timings["inference_seconds"])
             if "label" in test_df.columns:
                 summary["test"] = classification_metrics(test_df["label"], pred["prob_fake"])
+                _write_csv(run_dir / TEST_LABELS, test_df[["image", "label"]])
+    summary["timings"] = timings
     summary["wall_seconds"] = time.time() - t_start
     _write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
+    build_report(run_dir)
     return run_dir
+
+
+def predict_paths(cfg: Config, paths: list[str], weight_refs: list[ray.ObjectRef], gpus_per_actor: float,
+                  tta: Optional[bool] = None) -> pd.DataFrame:
+    """The distributed soft vote of `weight_refs` over `paths` with the config's predict settings, with progress."""
+    with CountProgress(len(paths), f"soft vote of {len(weight_refs)} folds") as progress:
+        return soft_vote_predict(
+            paths, weight_refs, resize=cfg.data.resize, crop=cfg.data.crop, dropout=cfg.model.dropout,
+            batch_size=cfg.predict.batch_size, actors=cfg.predict.actors, gpus_per_actor=gpus_per_actor,
+            precision=cfg.train.precision, tta=cfg.predict.tta if tta is None else tta,
+            actor_restarts=cfg.predict.actor_restarts, on_rows=progress.update)
 
 
 def _write_oof(run_dir: Path, train_df: pd.DataFrame, folds: np.ndarray, infos: list[dict]) -> pd.DataFrame:

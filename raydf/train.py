@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Optional, Sequence
 
 from raydf.cli import add_common_args, run_cli
@@ -25,15 +24,10 @@ def main(args: argparse.Namespace) -> int:
         print(to_yaml(cfg), end="")
         return 0
     from raydf.pipeline import train  # imports torch and Ray: only when there is work to do
+    from raydf.report import short_report
 
     run_dir = train(cfg)
-    summary = json.loads((run_dir / "summary.json").read_text())
-    print(f"\nrun directory: {run_dir}")
-    for name in ("cv", "test"):
-        if name in summary:
-            m = summary[name]
-            auc = f"{m['auc']:.4f}" if m["auc"] is not None else "n/a"
-            print(f"{name:>4}: accuracy {m['accuracy']:.4f}  auc {auc}  log loss {m['log_loss']:.4f}")
+    print("\n" + short_report(run_dir))
     return 0
 
 

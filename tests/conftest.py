@@ -34,6 +34,18 @@ def tiny_demo(tmp_path_factory):
     return ensure_demo(tmp_path_factory.mktemp("demo"), n_train=64, n_test=32, size=128)
 
 
+@pytest.fixture(scope="session")
+def finished_run(ray_local, tiny_demo, tmp_path_factory):
+    """One tiny training run (2 folds x 1 epoch), shared by every test that reads a finished run directory."""
+    from raydf.config import load_config
+    from raydf.pipeline import train
+
+    run_dir = tmp_path_factory.mktemp("runs") / "run"
+    cfg = load_config(None, tiny_overrides(run_dir, tiny_demo))
+    assert train(cfg) == run_dir
+    return run_dir, cfg
+
+
 def tiny_overrides(run_dir, demo) -> list[str]:
     """Overrides for a fast run: 2 folds x 1 epoch at 80 px on the tiny demo set, CPU only."""
     return [f"run_dir={run_dir}", f"data.train={demo.train}", f"data.test={demo.test}", "data.resize=96",
