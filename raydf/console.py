@@ -64,7 +64,9 @@ class _FoldState:
             return 0.0
         if self.per_epoch is None:
             return None
-        return self.per_epoch * (self.epochs - self.epoch) - (now - self.last_seen)
+        left = self.epochs - self.epoch
+        # The epoch under way counts down from its average; if it overruns, the epochs after it still remain.
+        return max(self.per_epoch * left - (now - self.last_seen), self.per_epoch * (left - 1), 0.0)
 
     def elapsed(self, now: float) -> Optional[float]:
         if self.started is None:
@@ -142,7 +144,7 @@ class FoldProgress:
         if kind == "epoch":
             return (f"fold {fold} epoch {event['epoch']}/{state.epochs}: train loss {event['train_loss']:.4f} | "
                     f"val loss {event['val_loss']:.4f} acc {event['val_acc']:.3f} | best epoch {event['best_epoch']} "
-                    f"| {event['seconds']:.1f}s | ETA {_fmt_seconds(state.eta(now))}")
+                    f"| {event['seconds']:.1f}s this epoch | ETA {_fmt_seconds(state.eta(now))}")
         return (f"fold {fold} done: best epoch {event['best_epoch']}, val loss {event['val_loss']:.4f}, "
                 f"val acc {event['val_acc']:.3f} ({event['epochs_run']} epochs, {_fmt_seconds(state.elapsed(now))})")
 
@@ -155,8 +157,8 @@ class FoldProgress:
             return state.status
         r = state.row
         return (f"train loss {r['train_loss']:.4f} | val loss {r['val_loss']:.4f} acc {r['val_acc']:.3f} "
-                f"| best epoch {r['best_epoch']} | {_fmt_seconds(state.elapsed(now))} "
-                f"ETA {_fmt_seconds(state.eta(now))}")
+                f"| best epoch {r['best_epoch']} | elapsed {_fmt_seconds(state.elapsed(now))} "
+                f"| ETA {_fmt_seconds(state.eta(now))}")
 
     def _refresh(self, now: Optional[float] = None) -> None:
         now = now or time.time()
@@ -178,12 +180,14 @@ class CountProgress:
         self.live = self.enabled and _use_bars(self.stream, live)
         self.n = 0
         self._bar: Optional[tqdm] = None
+        self._stack = contextlib.ExitStack()
         self._start = self._last_log = time.time()
 
     def __enter__(self) -> "CountProgress":
         if self.live:
-            self._bar = tqdm(total=self.total, desc=self.desc, unit=f" {self.unit}", file=self.stream,
-                             **_size(self.stream))
+            self._stack.enter_context(logging_redirect_tqdm())
+            self._bar = self._stack.enter_context(tqdm(total=self.total, desc=self.desc, unit=f" {self.unit}",
+                                                       file=self.stream, **_size(self.stream)))
         return self
 
     def update(self, n: int) -> None:
@@ -199,5 +203,4 @@ class CountProgress:
                          100 * self.n / max(self.total, 1), rate, self.unit)
 
     def __exit__(self, *exc) -> None:
-        if self._bar is not None:
-            self._bar.close()
+        self._stack.close()

@@ -59,7 +59,7 @@ def test_plain_mode_logs_one_line_per_event_with_metrics_and_eta(caplog):
     lines = [r.getMessage() for r in caplog.records if r.name == "raydf.console"]
     assert lines == [
         "fold 0 started (node abcdef01, pid 42)",
-        "fold 0 epoch 1/3: train loss 0.6000 | val loss 0.7000 acc 0.650 | best epoch 1 | 1.5s | ETA 00:20",
+        "fold 0 epoch 1/3: train loss 0.6000 | val loss 0.7000 acc 0.650 | best epoch 1 | 1.5s this epoch | ETA 00:20",
         "fold 0 done: best epoch 1, val loss 0.7000, val acc 0.650 (2 epochs, 00:20)"]
 
 
