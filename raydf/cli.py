@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import warnings
 from typing import Callable
@@ -11,13 +12,28 @@ from typing import Callable
 from raydf.errors import RaydfError
 
 
+# Ray loggers kept quiet unless -v: the INFO chatter of Ray Data's executor, the notice that token auth is on
+# (the secure default of a local instance) and Ray Data's own progress output (raydf shows its own).
+QUIET_RAY_LOGGERS = {"ray": logging.WARNING, "ray.data": logging.WARNING, "ray.tune": logging.WARNING,
+                     "ray._private.authentication.authentication_token_setup": logging.ERROR,
+                     "ray.data._internal.progress": logging.ERROR}
+
+
+# Libraries whose DEBUG output is noise even at -vv (matplotlib scores every font it finds).
+NOISY_AT_DEBUG = ("matplotlib", "PIL")
+
+
 def setup_logging(verbosity: int) -> None:
-    level = {-1: logging.WARNING, 0: logging.INFO}.get(verbosity, logging.DEBUG)
+    """-q: warnings only; default: raydf at INFO, Ray at WARNING; -v: Ray at INFO too; -vv: raydf at DEBUG."""
+    level = logging.WARNING if verbosity < 0 else logging.INFO if verbosity < 2 else logging.DEBUG
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    # Ray prints a warning per deprecated internal and a token-auth notice on every start; keep them for -v.
+    for name in NOISY_AT_DEBUG:
+        logging.getLogger(name).setLevel(max(level, logging.INFO))
     if verbosity < 1:
-        for name in ("ray", "ray.data", "ray.tune"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+        # Importing ray.data resets the "ray.data" logger to DEBUG unless RAY_DATA_LOG_LEVEL says otherwise.
+        os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
+        for name, name_level in QUIET_RAY_LOGGERS.items():
+            logging.getLogger(name).setLevel(name_level)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 

@@ -96,6 +96,8 @@ class ResourcesConfig:
 class PredictConfig:
     batch_size: int = 128
     actors: int = 0  # inference actors; 0 = one per GPU, or one on a CPU-only cluster
+    tta: bool = False  # also predict the horizontally flipped image and average the two probabilities
+    actor_restarts: int = 0  # times a dead inference actor is restarted (-1: forever; > 0 makes Ray log an error)
 
 
 @dataclass
@@ -240,6 +242,7 @@ def validate(cfg: Config) -> None:
              "must be >= 0, or null for automatic")
     _require(cfg.predict.batch_size >= 1, "predict.batch_size", "must be at least 1")
     _require(cfg.predict.actors >= 0, "predict.actors", "must be >= 0 (0 = automatic)")
+    _require(cfg.predict.actor_restarts >= -1, "predict.actor_restarts", "must be >= 0, or -1 for unlimited")
     _require(cfg.ray.max_retries >= -1, "ray.max_retries", "must be >= 0, or -1 for unlimited")
     _require(cfg.ray.scale_up_timeout_s >= 0, "ray.scale_up_timeout_s", "must be >= 0 (seconds; 0 = do not wait)")
     _require(cfg.demo.n_train >= 4 * cfg.train.folds or cfg.data.train is not None, "demo.n_train",

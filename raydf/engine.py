@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -93,3 +93,23 @@ def evaluate(model: torch.nn.Module, loader: Iterable, device: torch.device,
     metrics = {"loss": F.cross_entropy(logits, labels).item(),
                "acc": (logits.argmax(1) == labels).float().mean().item()}
     return metrics, torch.softmax(logits, dim=1).numpy()
+
+
+@torch.inference_mode()
+def fold_prob_fake(models: Sequence[torch.nn.Module], x: torch.Tensor, device: torch.device,
+                   precision: Precision = Precision(), tta: bool = False) -> list[np.ndarray]:
+    """P(fake) of a normalised batch `x` (B, 3, H, W) under each model: K arrays of shape (B,).
+
+    With `tta` the horizontally flipped batch goes through every model too, and each model's two
+    probabilities are averaged (a face is as fake mirrored as it is upright).
+    """
+    views = [x, torch.flip(x, dims=[3])] if tta else [x]
+    probs = []
+    for model in models:
+        per_view = []
+        for view in views:
+            with precision.autocast(device):
+                per_view.append(torch.softmax(model(view).float(), dim=1)[:, 1])
+        p = per_view[0] if len(per_view) == 1 else torch.stack(per_view).mean(0)
+        probs.append(p.cpu().numpy())
+    return probs

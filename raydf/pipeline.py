@@ -20,6 +20,7 @@ import ray
 from raydf.catalog import read_test, read_train
 from raydf.checkpoint import save_fold_checkpoint, try_load_fold_checkpoint
 from raydf.config import Config, check_data_paths, to_dict, to_yaml
+from raydf.console import CountProgress, FoldProgress
 from raydf.demo import ensure_demo
 from raydf.distributed.cluster import check_readable_on_every_node
 from raydf.distributed.data import share_images
@@ -30,9 +31,11 @@ from raydf.errors import ConfigError, DataError, RaydfError, find_user_error
 from raydf.folds import assign_folds, check_splittable
 from raydf.metrics import classification_metrics
 from raydf.preflight import check_test_set, preflight
+from raydf.report import TEST_LABELS, build_report
 from raydf.runlog import run_log
 from raydf.storage import RunStorage
 from raydf.submission import build_submission
+from raydf.tensorboard_log import TensorBoardLog
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +126,10 @@ def _finished_folds(storage: RunStorage, n_folds: int) -> dict[int, tuple[dict, 
 def train(cfg: Config) -> str:
     """Run (or resume) the whole K-fold training and inference; returns the run directory."""
     t_start = time.time()
+    timings: dict[str, float] = {}
     check_data_paths(cfg)
     storage, table, test_df, test_bad, images = _reopen_run(cfg) if cfg.resume else _start_run(cfg)
+    timings["preflight_seconds"] = time.time() - t_start  # tables, every image decoded and checked, folds
     folds = table["fold"].to_numpy()
     finished = _finished_folds(storage, cfg.train.folds) if cfg.resume else {}
     todo = [k for k in range(cfg.train.folds) if k not in finished]
@@ -142,12 +147,12 @@ def train(cfg: Config) -> str:
             if test_df is not None:  # decoded by Ray Data on any node: fail now, not after the training
                 check_readable_on_every_node([p for i, p in enumerate(test_df["path"]) if i not in test_bad],
                                              "data.test")
-            infos, weight_refs = _train_folds(cfg, session, storage, table, folds, todo, finished, images)
+            infos, weight_refs = _train_folds(cfg, session, storage, table, folds, todo, finished, images, timings)
             del images
             summary = _summarize(cfg, storage, table, folds, infos)
             if test_df is not None:
                 prior = float(table["label"].mean())  # P(fake) of an unreadable test image
-                summary["test"] = _predict_test(cfg, storage, test_df, weight_refs, test_bad, prior)
+                summary["test"] = _predict_test(cfg, storage, test_df, weight_refs, test_bad, prior, timings)
                 if summary["test"] is None:
                     del summary["test"]
     except KeyboardInterrupt:
@@ -155,14 +160,19 @@ def train(cfg: Config) -> str:
                              f"epoch are saved in {cfg.run_dir}. Resume with:\n  python -m raydf.train "
                              f"resume={cfg.run_dir}") from None
     summary["bad_inputs"] = n_bad
+    summary["timings"] = timings
     summary["wall_seconds"] = time.time() - t_start
     storage.write_text("summary.json", json.dumps(summary, indent=2))
+    if storage.local:
+        build_report(storage.local_path())
+    else:
+        log.info("plots and report.md: copy the run directory to a local folder and run python -m raydf.report")
     return cfg.run_dir
 
 
-def _train_folds(cfg: Config, session: RaySession, storage: RunStorage, table: pd.DataFrame, folds: np.ndarray, todo: list[int],
-                 finished: dict[int, tuple[dict, dict]],
-                 images: Optional[np.ndarray]) -> tuple[list[dict], list[ray.ObjectRef]]:
+def _train_folds(cfg: Config, session: RaySession, storage: RunStorage, table: pd.DataFrame, folds: np.ndarray,
+                 todo: list[int], finished: dict[int, tuple[dict, dict]], images: Optional[np.ndarray],
+                 timings: dict) -> tuple[list[dict], list[ray.ObjectRef]]:
     """Train the folds in `todo` in parallel; returns every fold's info and best-weights ref, in fold order.
 
     `images`: the training set the pre-flight decoded (None on resume: then it comes from the cache).
@@ -171,20 +181,33 @@ def _train_folds(cfg: Config, session: RaySession, storage: RunStorage, table: p
     refs = {k: ray.put(weights) for k, (weights, _) in finished.items()}
     if todo:
         resources = fold_resources(cfg, session)
+        t0 = time.time()
         images_ref = share_images(table["path"].tolist(), cfg, images)
         labels_ref = ray.put(table["label"].to_numpy(np.int64))
+        timings["share_images_seconds"] = time.time() - t0
 
         def on_done(info: dict, weights_ref: ray.ObjectRef) -> None:
             meta = {k: v for k, v in info.items() if k not in ("val_index", "val_prob_fake")}
             meta.update(val_index=info["val_index"].tolist(), val_prob_fake=info["val_prob_fake"].tolist(),
                         config=to_dict(cfg))
             save_fold_checkpoint(storage, info["fold"], ray.get(weights_ref), meta)
-            log.info("fold %d done: best epoch %d, val loss %.4f, val acc %.3f (%d epochs, %.0fs, attempt %d)",
-                     info["fold"], info["best_epoch"], info["val_loss"], info["val_acc"], info["epochs_run"],
-                     info["finished_at"] - info["started_at"], info["attempts"])
+            log.debug("fold %d: best weights (epoch %d, attempt %d) saved", info["fold"], info["best_epoch"],
+                      info["attempts"])
 
         splits = {k: (np.flatnonzero(folds != k), np.flatnonzero(folds == k)) for k in todo}
-        for k, (ref, info) in run_folds(images_ref, labels_ref, splits, cfg, resources, storage, on_done).items():
+        t0 = time.time()
+        # Progress events from the fold tasks feed the live display and the TensorBoard files, both on the driver
+        # (TensorBoard files only for a local run directory: the writer needs a local folder).
+        tb_dir = storage.local_path("tensorboard")
+        with (FoldProgress(cfg.train.folds, cfg.train.epochs) as display,
+              TensorBoardLog(tb_dir) if tb_dir else contextlib.nullcontext(lambda events: None) as tensorboard):
+            def on_events(events: list[dict]) -> None:
+                display(events)
+                tensorboard(events)
+
+            results = run_folds(images_ref, labels_ref, splits, cfg, resources, storage, on_done, on_events)
+        timings["folds_seconds"] = time.time() - t0
+        for k, (ref, info) in results.items():
             infos[k], refs[k] = info, ref
     order = sorted(infos)
     return [infos[k] for k in order], [refs[k] for k in order]
@@ -204,7 +227,7 @@ def _summarize(cfg: Config, storage: RunStorage, table: pd.DataFrame, folds: np.
 
 
 def _predict_test(cfg: Config, storage: RunStorage, test_df: pd.DataFrame, weight_refs: list[ray.ObjectRef],
-                  test_bad: Collection[int], prior: float) -> Optional[dict]:
+                  test_bad: Collection[int], prior: float, timings: dict) -> Optional[dict]:
     """submission.csv by the distributed soft vote (kept as it is when a resumed run already has it).
 
     Unreadable test rows are never dropped: they get `prior` and a flag. Test metrics score the submission
@@ -218,9 +241,7 @@ def _predict_test(cfg: Config, storage: RunStorage, test_df: pd.DataFrame, weigh
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 and cfg.resources.gpus_per_fold != 0 else 0.0
         readable = [p for i, p in enumerate(test_df["path"]) if i not in test_bad]
         try:
-            pred = soft_vote_predict(readable, weight_refs, resize=cfg.data.resize, crop=cfg.data.crop,
-                                     dropout=cfg.model.dropout, batch_size=cfg.predict.batch_size,
-                                     actors=cfg.predict.actors, gpus_per_actor=gpus, precision=cfg.train.precision)
+            pred = predict_paths(cfg, readable, weight_refs, gpus)
         except Exception as e:  # a test file changed since the pre-flight: say so, and how to go on
             user = find_user_error(e)
             if user is None:
@@ -228,11 +249,24 @@ def _predict_test(cfg: Config, storage: RunStorage, test_df: pd.DataFrame, weigh
             raise DataError(f"predicting the test set failed: {user}\nThe fold checkpoints are saved: once "
                             f"fixed, run python -m raydf.train resume={cfg.run_dir}") from e
         sub = write_submission(storage, "submission.csv", test_df, pred, test_bad, prior)
-        log.info("soft vote over %d test images in %.1fs", len(readable), time.time() - t0)
+        timings["inference_seconds"] = time.time() - t0
+        log.info("soft vote over %d test images in %.1fs", len(readable), timings["inference_seconds"])
         prob_fake = sub["prob_fake"]
     if "label" not in test_df.columns:
         return None
+    write_csv(storage, TEST_LABELS, test_df[["image", "label"]])  # for the report's test plots
     return classification_metrics(test_df["label"], prob_fake)
+
+
+def predict_paths(cfg: Config, paths: list[str], weight_refs: list[ray.ObjectRef], gpus_per_actor: float,
+                  tta: Optional[bool] = None) -> pd.DataFrame:
+    """The distributed soft vote of `weight_refs` over `paths` with the config's predict settings, with progress."""
+    with CountProgress(len(paths), f"soft vote of {len(weight_refs)} folds") as progress:
+        return soft_vote_predict(
+            paths, weight_refs, resize=cfg.data.resize, crop=cfg.data.crop, dropout=cfg.model.dropout,
+            batch_size=cfg.predict.batch_size, actors=cfg.predict.actors, gpus_per_actor=gpus_per_actor,
+            precision=cfg.train.precision, tta=cfg.predict.tta if tta is None else tta,
+            actor_restarts=cfg.predict.actor_restarts, on_rows=progress.update)
 
 
 def write_submission(storage: RunStorage, rel: str, test_df: pd.DataFrame, pred: pd.DataFrame,

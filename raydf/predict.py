@@ -19,22 +19,25 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--image-root", help="folder the CSV's relative paths resolve against (default: the CSV's)")
     parser.add_argument("--out", help="submission CSV to write (default: RUN_DIR/predictions.csv)")
     parser.add_argument("--address", help="Ray address of a running cluster (default: the run's ray.address)")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                        help="also predict each image flipped left-right and average (default: the run's predict.tta)")
     add_common_args(parser)
     return parser.parse_args(argv)
 
 
 def predict(run_dir: str, images: str, out: str, image_root: Optional[str] = None,
-            address: Optional[str] = None) -> str:
-    """Write `image,label,prob_fake` for `images` with the run's K fold checkpoints (paths or URIs)."""
+            address: Optional[str] = None, tta: Optional[bool] = None) -> str:
+    """Write `image,label,prob_fake` for `images` with the run's K fold checkpoints (paths or URIs).
+
+    `tta` (horizontal-flip test-time augmentation) defaults to the run's `predict.tta`.
+    """
     import ray
 
     from raydf.catalog import read_test
     from raydf.checkpoint import load_fold_checkpoint
     from raydf.distributed.cluster import check_readable_on_every_node
-    from raydf.distributed.inference import soft_vote_predict
     from raydf.distributed.session import ray_session
-    from raydf.pipeline import write_submission
-    from raydf.pipeline import read_csv
+    from raydf.pipeline import predict_paths, read_csv, write_submission
     from raydf.preflight import check_test_set
     from raydf.resume import resume_config
     from raydf.storage import RunStorage
@@ -55,9 +58,7 @@ def predict(run_dir: str, images: str, out: str, image_root: Optional[str] = Non
         refs = [ray.put({k: v.numpy() for k, v in load_fold_checkpoint(storage, fold)[0].items()})
                 for fold in range(cfg.train.folds)]
         readable = [p for i, p in enumerate(test_df["path"]) if i not in bad]
-        pred = soft_vote_predict(readable, refs, resize=cfg.data.resize, crop=cfg.data.crop,
-                                 dropout=cfg.model.dropout, batch_size=cfg.predict.batch_size,
-                                 actors=cfg.predict.actors, gpus_per_actor=gpus, precision=cfg.train.precision)
+        pred = predict_paths(cfg, readable, refs, gpus_per_actor=gpus, tta=tta)
     write_submission(*RunStorage.for_file(out), test_df, pred, bad, prior)
     log.info("wrote %d predictions of %d folds to %s", len(test_df), cfg.train.folds, out)
     return str(out)
@@ -65,7 +66,7 @@ def predict(run_dir: str, images: str, out: str, image_root: Optional[str] = Non
 
 def main(args: argparse.Namespace) -> int:
     out = args.out or f"{args.run.rstrip('/')}/predictions.csv"
-    print(predict(args.run, args.images, out, args.image_root, args.address))
+    print(predict(args.run, args.images, out, args.image_root, args.address, args.tta))
     return 0
 
 

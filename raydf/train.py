@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Optional, Sequence
 
 from raydf.cli import add_common_args, run_cli
@@ -35,21 +34,17 @@ def main(args: argparse.Namespace) -> int:
         print(to_yaml(cfg), end="")
         return 0
     from raydf.pipeline import train  # imports torch and Ray: only when there is work to do
-
+    from raydf.report import short_report
     from raydf.storage import RunStorage
 
     run_dir = train(cfg)
-    summary = json.loads(RunStorage(run_dir).read_text("summary.json"))
-    print(f"\nrun directory: {run_dir}")
-    bad = summary.get("bad_inputs", {})
-    if any(bad.values()):
-        print(f"left out: {bad['train']} training and {bad['test']} test images that cannot be read "
-              f"(listed in {run_dir}/bad_inputs.csv; the test ones are flagged in submission.csv)")
-    for name in ("cv", "test"):
-        if name in summary:
-            m = summary[name]
-            auc = f"{m['auc']:.4f}" if m["auc"] is not None else "n/a"
-            print(f"{name:>4}: accuracy {m['accuracy']:.4f}  auc {auc}  log loss {m['log_loss']:.4f}")
+    storage = RunStorage(run_dir)
+    if storage.local:
+        print("\n" + short_report(storage.local_path()))
+    else:  # the report reads local files; a URI run prints its headline numbers
+        summary = json.loads(storage.read_text("summary.json"))
+        print(f"\nrun directory: {run_dir}")
+        print(json.dumps({k: summary[k] for k in ("cv", "test", "bad_inputs") if k in summary}, indent=2))
     return 0
 
 

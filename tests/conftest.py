@@ -34,6 +34,25 @@ def tiny_demo(tmp_path_factory):
     return ensure_demo(tmp_path_factory.mktemp("demo"), n_train=64, n_test=32, size=128)
 
 
+@pytest.fixture(scope="session")
+def finished_run(ray_local, tiny_demo, tmp_path_factory):
+    """One tiny training run (2 folds x 1 epoch), shared by every test that reads a finished run directory."""
+    from raydf.config import load_config
+    from raydf.pipeline import train
+
+    # Two idle workers up front so both fold tasks start at once: a cold worker start can outlast a 1-epoch tiny
+    # fold on a busy 2-core machine, which would hide the overlap the tests check.
+    @ray_local.remote(num_cpus=1)
+    def warm() -> int:  # defined here: cloudpickle ships it by value (conftest is not importable by workers)
+        return os.getpid()
+
+    ray_local.get([warm.remote() for _ in range(2)])
+    run_dir = tmp_path_factory.mktemp("runs") / "run"
+    cfg = load_config(None, tiny_overrides(run_dir, tiny_demo))
+    assert train(cfg) == str(run_dir)
+    return run_dir, cfg
+
+
 def tiny_overrides(run_dir, demo) -> list[str]:
     """Overrides for a fast run: 2 folds x 1 epoch at 80 px on the tiny demo set, CPU only."""
     return [f"run_dir={run_dir}", f"data.train={demo.train}", f"data.test={demo.test}", "data.resize=96",

@@ -97,3 +97,26 @@ def test_metrics_weighted_per_sample():
     m = classification_metrics(np.array([0, 0, 1, 1]), np.array([0.1, 0.6, 0.8, 0.9]))
     assert m["accuracy"] == 0.75 and m["auc"] == 1.0
     assert classification_metrics(np.array([1, 1]), np.array([0.9, 0.8]))["auc"] is None
+
+
+def test_flip_tta_averages_each_model_over_the_image_and_its_mirror():
+    from raydf.engine import fold_prob_fake
+
+    torch.manual_seed(0)
+    models = [torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 6, 2)).eval() for _ in range(2)]
+    x = torch.randn(5, 3, 4, 6)
+    device = torch.device("cpu")
+
+    def p(model, batch):
+        return torch.softmax(model(batch), dim=1)[:, 1].detach().numpy()
+
+    plain = fold_prob_fake(models, x, device)
+    for got, model in zip(plain, models):
+        np.testing.assert_array_equal(got, p(model, x))  # without TTA: exactly the one forward pass
+    tta = fold_prob_fake(models, x, device, tta=True)
+    for got, model in zip(tta, models):
+        np.testing.assert_allclose(got, (p(model, x) + p(model, torch.flip(x, dims=[3]))) / 2, rtol=1e-6)
+    assert not np.allclose(tta, plain)
+    mirror = torch.cat([x[..., :3], torch.flip(x[..., :3], dims=[3])], dim=3)  # a left-right symmetric image
+    np.testing.assert_allclose(fold_prob_fake(models, mirror, device, tta=True), fold_prob_fake(models, mirror, device),
+                               rtol=1e-6)

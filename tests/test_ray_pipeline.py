@@ -21,16 +21,6 @@ FOLD_KEYS = {"fold", "best_epoch", "val_loss", "val_acc", "epochs_run", "started
 METRIC_KEYS = {"accuracy", "auc", "log_loss"}
 
 
-@pytest.fixture(scope="module")
-def finished_run(ray_local, tiny_demo, tmp_path_factory):
-    from raydf.pipeline import train
-
-    run_dir = tmp_path_factory.mktemp("runs") / "run"
-    cfg = load_config(None, tiny_overrides(run_dir, tiny_demo))
-    assert train(cfg) == str(run_dir)
-    return run_dir, cfg
-
-
 def test_run_directory_follows_the_contract(finished_run, tiny_demo):
     run_dir, cfg = finished_run
     for name in ("config.yaml", "folds.csv", "oof.csv", "submission.csv", "summary.json",
@@ -113,3 +103,16 @@ def test_predict_reproduces_the_submission(finished_run, tiny_demo, tmp_path):
     run_dir, _ = finished_run
     out = predict(str(run_dir), str(tiny_demo.test), str(tmp_path / "pred.csv"))
     pd.testing.assert_frame_equal(pd.read_csv(out), pd.read_csv(run_dir / "submission.csv"))
+
+
+def test_predict_with_flip_tta_changes_the_probabilities_and_stays_a_valid_submission(finished_run, tiny_demo,
+                                                                                        tmp_path):
+    from raydf.predict import main, parse_args
+
+    run_dir, _ = finished_run
+    out = tmp_path / "tta.csv"
+    assert main(parse_args(["--run", str(run_dir), "--images", str(tiny_demo.test), "--out", str(out), "--tta"])) == 0
+    tta, plain = pd.read_csv(out), pd.read_csv(run_dir / "submission.csv")
+    assert list(tta.columns) == ["image", "label", "prob_fake"] and tta["image"].tolist() == plain["image"].tolist()
+    assert tta["prob_fake"].between(0, 1).all() and (tta["label"] == (tta["prob_fake"] > 0.5)).all()
+    assert not np.allclose(tta["prob_fake"], plain["prob_fake"], rtol=0, atol=1e-6)

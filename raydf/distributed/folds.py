@@ -15,6 +15,7 @@ import torch
 from raydf.cache import DecodedCache
 from raydf.config import Config
 from raydf.distributed.data import ImagesHandle, resolve_images
+from raydf.distributed.progress import EventSender, drain, start_progress_actor
 from raydf.errors import RaydfError, find_user_error
 from raydf.fold import train_fold
 from raydf.fold_state import FoldStateStore
@@ -24,8 +25,9 @@ log = logging.getLogger(__name__)
 
 
 @ray.remote(num_returns=2)
-def _fold_task(images: np.ndarray | DecodedCache, labels: np.ndarray, fold: int, train_idx: np.ndarray, val_idx: np.ndarray,
-               cfg: Config, storage: Optional[RunStorage]) -> tuple[dict[str, np.ndarray], dict]:
+def _fold_task(images: np.ndarray | DecodedCache, labels: np.ndarray, fold: int, train_idx: np.ndarray,
+               val_idx: np.ndarray, cfg: Config, storage: Optional[RunStorage],
+               progress: Optional[ray.actor.ActorHandle] = None) -> tuple[dict[str, np.ndarray], dict]:
     # `images` arrives as a zero-copy, read-only view of the object store, or names the node's memory-mapped
     # cache file: either way every fold on a node shares one copy.
     # Ray re-runs this task when its worker dies (max_retries); the state store makes the rerun resume.
@@ -35,13 +37,18 @@ def _fold_task(images: np.ndarray | DecodedCache, labels: np.ndarray, fold: int,
         {"attempts": 1, "first_started_at": time.time()}
     torch.set_num_threads(cfg.resources.cpus_per_fold)
     images = resolve_images(images)
+    events = EventSender(progress)
+    events.send({"type": "start", "fold": fold, "time": time.time(), "epochs": cfg.train.epochs,
+                 "node_id": ctx.get_node_id(), "pid": os.getpid(), "attempt": attempt["attempts"]})
 
-    def report(row: dict) -> None:
-        print(f"fold {fold} epoch {row['epoch']}/{cfg.train.epochs}: train loss {row['train_loss']:.4f} "
-              f"acc {row['train_acc']:.3f} | val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f} "
-              f"| best epoch {row['best_epoch']} | {row['seconds']:.1f}s", flush=True)
+    def on_epoch(row: dict) -> None:
+        log.debug("fold %d epoch %d: %s", fold, row["epoch"], row)
+        events.send({"type": "epoch", "time": time.time(), "epochs": cfg.train.epochs, **row})
 
-    outcome = train_fold(images, labels, train_idx, val_idx, cfg, fold, on_epoch=report, state=state)
+    try:
+        outcome = train_fold(images, labels, train_idx, val_idx, cfg, fold, on_epoch=on_epoch, state=state)
+    finally:
+        events.flush()  # the driver sees every epoch before it sees the fold finish
     info = asdict(outcome)
     del info["weights"]  # returned as its own object so inference actors can fetch it alone
     info.update(fold=fold, val_index=np.asarray(val_idx), started_at=attempt["first_started_at"],
@@ -68,11 +75,16 @@ def _describe(e: ray.exceptions.RayError) -> str:
 
 def run_folds(images_ref: ImagesHandle, labels_ref: ray.ObjectRef, splits: dict[int, tuple[np.ndarray, np.ndarray]],
               cfg: Config, resources: dict[str, float], storage: Optional[RunStorage] = None,
-              on_done: Optional[Callable[[dict, ray.ObjectRef], None]] = None) -> dict[int, tuple[ray.ObjectRef, dict]]:
+              on_done: Optional[Callable[[dict, ray.ObjectRef], None]] = None,
+              on_events: Optional[Callable[[list[dict]], None]] = None,
+              poll_seconds: float = 0.5) -> dict[int, tuple[ray.ObjectRef, dict]]:
     """Train the folds `splits` ({fold: (train rows, val rows)}) at once; returns {fold: (best-weights ref, info)}.
 
     With `storage` (the run directory) every fold saves its state per epoch and resumes from it when Ray
     retries it. `on_done(info, weights_ref)` runs on the driver as each fold finishes (completion order).
+    `on_events(events)` runs on the driver every `poll_seconds` with the progress events that arrived
+    (possibly none, so a display can tick): `start` and `epoch` events from the fold tasks, then a `done`
+    event per fold after its `on_done`.
     """
     # SPREAD: Ray's default policy prefers the node that holds a task's arguments (the driver's, where the
     # decoded images are) until that node is half busy; on a 3-node ray.cluster_utils.Cluster it put two
@@ -82,9 +94,10 @@ def run_folds(images_ref: ImagesHandle, labels_ref: ray.ObjectRef, splits: dict[
     # not already in its node's object store (one pull per object id: src/ray/object_manager/pull_manager.h),
     # and every worker on the node maps that one copy read-only (docs: ray-core/objects, serialization).
     task = _fold_task.options(max_retries=cfg.ray.max_retries, scheduling_strategy="SPREAD", **resources)
+    progress = start_progress_actor() if on_events else None
     submitted = {}
     for k, (train_idx, val_idx) in splits.items():
-        weights_ref, info_ref = task.remote(images_ref, labels_ref, k, train_idx, val_idx, cfg, storage)
+        weights_ref, info_ref = task.remote(images_ref, labels_ref, k, train_idx, val_idx, cfg, storage, progress)
         submitted[info_ref] = (k, weights_ref)
     log.info("submitted %d fold tasks (%g CPU, %g GPU each)", len(splits), resources["num_cpus"],
              resources["num_gpus"])
@@ -92,7 +105,11 @@ def run_folds(images_ref: ImagesHandle, labels_ref: ray.ObjectRef, splits: dict[
     pending = list(submitted)
     try:
         while pending:
-            done, pending = ray.wait(pending, num_returns=1)
+            done, pending = ray.wait(pending, num_returns=1, timeout=poll_seconds if progress is not None else None)
+            if progress is not None:
+                on_events(drain(progress))
+            if not done:
+                continue
             k, weights_ref = submitted[done[0]]
             try:
                 info = ray.get(done[0])
@@ -101,11 +118,15 @@ def run_folds(images_ref: ImagesHandle, labels_ref: ray.ObjectRef, splits: dict[
             results[k] = (weights_ref, info)
             if on_done:
                 on_done(info, weights_ref)
+            if progress is not None:
+                on_events([{"type": "done", "fold": k, "time": info["finished_at"],
+                            **{key: info[key] for key in ("best_epoch", "val_loss", "val_acc", "epochs_run")}}])
     finally:
         for ref in pending:  # on error or Ctrl-C, do not leave folds training in the background
             ray.cancel(ref, force=True)
         if len(results) < len(splits):
             _fetch_errors(pending + [w for k, w in submitted.values() if k not in results])
+        del progress  # the actor ends with its last handle (no ray.kill: a worker may still hold one)
     return dict(sorted(results.items()))
 
 

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+import warnings
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 import ray
 import torch
 
-from raydf.engine import Precision, to_input
+from raydf.engine import Precision, fold_prob_fake, to_input
 from raydf.fold import default_device
 from raydf.images import decode_image
 from raydf.model import build_model
@@ -28,12 +29,13 @@ def _decode_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarr
 class SoftVotePredictor:
     """Callable class for `map_batches`: K models loaded once per actor, one decoded batch through all of them."""
 
-    def __init__(self, weight_refs: Sequence[ray.ObjectRef], dropout: float, crop: int, precision: str = "auto"):
+    def __init__(self, weight_refs: Sequence[ray.ObjectRef], dropout: float, crop: int, precision: str = "auto",
+                 tta: bool = False):
         # Ray Data does not resolve ObjectRefs in constructor arguments; fetch the K state dicts here.
         states = ray.get(list(weight_refs))
         self.device = default_device()
         self.precision = Precision.resolve(precision, self.device)
-        self.crop = crop
+        self.crop, self.tta = crop, tta
         self.models = []
         for state in states:
             model = build_model(dropout)
@@ -43,10 +45,7 @@ class SoftVotePredictor:
     @torch.inference_mode()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         x = to_input(torch.from_numpy(np.ascontiguousarray(center_crop(batch["image"], self.crop))), self.device)
-        probs = []
-        for model in self.models:
-            with self.precision.autocast(self.device):
-                probs.append(torch.softmax(model(x).float(), dim=1)[:, 1].cpu().numpy())  # (B,) P(fake)
+        probs = fold_prob_fake(self.models, x, self.device, self.precision, tta=self.tta)  # K x (B,) P(fake)
         out = {"row": batch["row"], "prob_fake": np.mean(probs, axis=0)}
         out.update({f"prob_fold{k}": p for k, p in enumerate(probs)})
         return out
@@ -54,10 +53,12 @@ class SoftVotePredictor:
 
 def soft_vote_predict(paths: Sequence[str], weight_refs: Sequence[ray.ObjectRef], *, resize: int, crop: int,
                       dropout: float, batch_size: int, actors: int = 0, gpus_per_actor: float = 0,
-                      precision: str = "auto") -> pd.DataFrame:
+                      precision: str = "auto", tta: bool = False, actor_restarts: int = 0,
+                      on_rows: Optional[Callable[[int], None]] = None) -> pd.DataFrame:
     """P(fake) of every path by the mean of the K fold softmaxes; columns row, prob_fake, prob_fold{k}.
 
     Decoding runs in Ray Data tasks, the models in `actors` actors (default: one per GPU, else one).
+    `tta` adds the horizontally flipped images; `on_rows(n)` is called on the driver as n more rows are done.
     """
     if actors <= 0:
         gpus = ray.cluster_resources().get("GPU", 0)
@@ -67,13 +68,29 @@ def soft_vote_predict(paths: Sequence[str], weight_refs: Sequence[ray.ObjectRef]
     n_blocks = max(1, min(len(frame), max(2 * actors, -(-len(frame) // batch_size))))
     bounds = np.linspace(0, len(frame), n_blocks + 1).astype(int)
     ds = ray.data.from_pandas([frame.iloc[a:b] for a, b in zip(bounds[:-1], bounds[1:]) if b > a])
+    if on_rows is not None:  # the caller shows progress: Ray Data's own bars would print a second display
+        ds.context.enable_progress_bars = False
     ds = ds.map_batches(_decode_batch, fn_kwargs={"size": resize}, batch_size=batch_size)
     # One actor per GPU lands on every GPU of the cluster: Ray Data creates actors with the SPREAD strategy
     # (ray/data/context.py DEFAULT_SCHEDULING_STRATEGY, applied in actor_pool_map_operator.py), and each
     # holds `gpus_per_actor`. The K weight refs reach each node's object store once, like the images.
-    ds = ds.map_batches(SoftVotePredictor, batch_size=batch_size,
-                        fn_constructor_kwargs={"weight_refs": list(weight_refs), "dropout": dropout, "crop": crop,
-                                               "precision": precision},
-                        compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=gpus_per_actor)
-    log.info("soft vote of %d models over %d images on %d actor(s)", len(weight_refs), len(frame), actors)
-    return ds.to_pandas().sort_values("row").reset_index(drop=True)
+    # Ray Data restarts a dead actor forever by default, and because its own constructor arguments sit in the
+    # object store, Ray then logs an error line per actor (ray-project/ray#53727). With actor_restarts=0 (the
+    # default of predict.actor_restarts) a lost actor fails inference instead; the checkpoints stay on disk for
+    # `python -m raydf.predict`. Ray 2.60 sets max_restarts only through the deprecated **ray_remote_args
+    # (Ray's own comment in ActorPoolMapOperator names it), so that one warning is silenced here.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated", category=DeprecationWarning)
+        ds = ds.map_batches(SoftVotePredictor, batch_size=batch_size,
+                            fn_constructor_kwargs={"weight_refs": list(weight_refs), "dropout": dropout,
+                                                   "crop": crop, "precision": precision, "tta": tta},
+                            compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=gpus_per_actor,
+                            max_restarts=actor_restarts)
+    log.info("soft vote of %d models over %d images on %d actor(s)%s", len(weight_refs), len(frame), actors,
+             " with flip TTA" if tta else "")
+    parts = []
+    for part in ds.iter_batches(batch_size=None, batch_format="pandas"):  # blocks as they finish: live progress
+        parts.append(part)
+        if on_rows:
+            on_rows(len(part))
+    return pd.concat(parts).sort_values("row").reset_index(drop=True)

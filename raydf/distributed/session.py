@@ -100,8 +100,6 @@ def ray_session(address: Optional[str]) -> Iterator[RaySession]:
         kwargs = {"address": address}
     else:
         kwargs = {"address": "local", "include_dashboard": False}
-    # Ray folds log lines that differ only in numbers into "[repeated 2x]": that would hide a fold's progress.
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     try:
         context = ray.init(logging_level=logging.WARNING, log_to_driver=True, **kwargs)
     except ConnectionError as e:

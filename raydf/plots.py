@@ -1,0 +1,126 @@
+"""The pictures of a run (PNG, matplotlib): learning curves, ROC, confusion matrices, test P(fake) histogram.
+
+Each function takes plain tables (the run directory's CSVs) and writes one file. Figures are built with
+`matplotlib.figure.Figure` (no pyplot, no global state, no display needed) at a fixed size, so a plot is
+always `figsize x DPI` pixels.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
+from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve
+
+DPI = 100
+CLASS_NAMES = ("real", "fake")  # label 0, 1
+THRESHOLD = 0.5
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI)  # no bbox_inches="tight": the pixel size stays figsize x DPI
+    return path
+
+
+def learning_curves(history: pd.DataFrame, best_epochs: dict[int, int], path: Path) -> Path:
+    """Train/val loss and val accuracy per epoch for every fold; each fold's best epoch starred (1200x450)."""
+    fig = Figure(figsize=(12, 4.5), layout="constrained")
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    for i, (fold, rows) in enumerate(history.sort_values(["fold", "epoch"]).groupby("fold")):
+        color = f"C{i % 10}"
+        ax_loss.plot(rows["epoch"], rows["train_loss"], "--", color=color, alpha=0.7)
+        ax_loss.plot(rows["epoch"], rows["val_loss"], "-o", color=color, markersize=3)
+        ax_acc.plot(rows["epoch"], rows["val_acc"], "-o", color=color, markersize=3)
+        best = rows[rows["epoch"] == best_epochs.get(int(fold), -1)]
+        ax_loss.plot(best["epoch"], best["val_loss"], "*", color=color, markersize=16, markeredgecolor="black")
+        ax_acc.plot(best["epoch"], best["val_acc"], "*", color=color, markersize=16, markeredgecolor="black")
+    ax_loss.set(title="Loss (cross-entropy)", xlabel="epoch", ylabel="loss")
+    ax_acc.set(title="Validation accuracy", xlabel="epoch", ylabel="accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    fold_ids = sorted(history["fold"].unique())
+    folds = [Line2D([], [], color=f"C{i % 10}", label=f"fold {f}") for i, f in enumerate(fold_ids)]
+    styles = [Line2D([], [], color="gray", ls="-", marker="o", markersize=3, label="validation"),
+              Line2D([], [], color="gray", ls="--", label="training"),
+              Line2D([], [], color="gray", ls="", marker="*", markersize=12, markeredgecolor="black",
+                     label="best epoch (lowest val loss)")]
+    ax_loss.legend(handles=folds + styles, fontsize=8)
+    ax_acc.legend(handles=folds + styles[:1] + styles[2:], fontsize=8, loc="lower right")
+    fig.suptitle(f"Learning curves of {len(folds)} folds")
+    return _save(fig, path)
+
+
+def _two_classes(labels: np.ndarray) -> bool:
+    return len(np.unique(labels)) == 2
+
+
+def roc(oof: pd.DataFrame, path: Path, test: Optional[pd.DataFrame] = None) -> Path:
+    """ROC of the out-of-fold P(fake), and of the test set when its labels are known; AUC in the legend (600x600)."""
+    fig = Figure(figsize=(6, 6), layout="constrained")
+    ax = fig.subplots()
+    curves = [("out-of-fold", oof, "C0")]
+    if test is not None:
+        curves.append(("test", test, "C3"))
+    for name, frame, color in curves:
+        y, p = frame["label"].to_numpy(int), frame["prob_fake"].to_numpy(float)
+        if not _two_classes(y):
+            ax.plot([], [], color=color, label=f"{name}: one class only, ROC undefined")
+            continue
+        fpr, tpr, _ = roc_curve(y, p)
+        ax.plot(fpr, tpr, color=color, lw=2, label=f"{name} ({len(y)} images): AUC {roc_auc_score(y, p):.4f}")
+    ax.plot([0, 1], [0, 1], ":", color="gray", label="chance (AUC 0.5)")
+    ax.set(title="ROC curve (positive class: fake)", xlabel="false positive rate (real images called fake)",
+           ylabel="true positive rate (fakes caught)", xlim=(0, 1), ylim=(0, 1.01), aspect="equal")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=9)
+    return _save(fig, path)
+
+
+def confusion(panels: dict[str, pd.DataFrame], path: Path) -> Path:
+    """Confusion matrices at P(fake) > 0.5, one panel per table (e.g. out-of-fold, test); 550 x 500 px per panel."""
+    fig = Figure(figsize=(5.5 * len(panels), 5), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    for ax, (name, frame) in zip(axes, panels.items()):
+        y = frame["label"].to_numpy(int)
+        pred = (frame["prob_fake"].to_numpy(float) > THRESHOLD).astype(int)
+        cm = confusion_matrix(y, pred, labels=[0, 1])
+        rows = cm.sum(axis=1, keepdims=True)
+        share = np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0)
+        ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+        for i in range(2):
+            for j in range(2):
+                ax.text(j, i, f"{cm[i, j]}\n{share[i, j]:.1%} of true {CLASS_NAMES[i]}", ha="center",
+                        va="center", fontsize=11, color="white" if share[i, j] > 0.5 else "black")
+        accuracy = np.trace(cm) / max(cm.sum(), 1)
+        ax.set(title=f"{name}: {cm.sum()} images, accuracy {accuracy:.4f}", xlabel="predicted",
+               ylabel="true", xticks=[0, 1], yticks=[0, 1], xticklabels=CLASS_NAMES, yticklabels=CLASS_NAMES)
+    fig.suptitle(f"Confusion matrix at P(fake) > {THRESHOLD}")
+    return _save(fig, path)
+
+
+def probability_histogram(submission: pd.DataFrame, path: Path, labels: Optional[np.ndarray] = None) -> Path:
+    """Histogram of the test set's soft-vote P(fake), split by true class when `labels` are known (800x450)."""
+    fig = Figure(figsize=(8, 4.5), layout="constrained")
+    ax = fig.subplots()
+    bins = np.linspace(0, 1, 41)
+    p = submission["prob_fake"].to_numpy(float)
+    if labels is None:
+        ax.hist(p, bins=bins, color="C0", alpha=0.8, label=f"all test images ({len(p)})")
+    else:
+        labels = np.asarray(labels, dtype=int)
+        for value, color in ((0, "C0"), (1, "C3")):
+            ax.hist(p[labels == value], bins=bins, color=color, alpha=0.6,
+                    label=f"true {CLASS_NAMES[value]} ({int((labels == value).sum())})")
+    ax.axvline(THRESHOLD, color="black", ls="--", label=f"threshold {THRESHOLD}")
+    ax.set(title="Test set: soft-vote P(fake)", xlabel="P(fake), mean of the fold softmaxes",
+           ylabel="images", xlim=(0, 1))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
