@@ -67,28 +67,51 @@ def _check_fold_sizes(folds: np.ndarray, batch_size: int) -> None:
                             f"lower train.batch_size or train.folds, or add images")
 
 
-def _start_run(cfg: Config) -> tuple[RunStorage, pd.DataFrame, Optional[str]]:
-    """A new run: read the data, assign folds, write config.yaml and folds.csv. Returns the fold table."""
+def read_fold_table(cfg: Config) -> tuple[pd.DataFrame, Optional[str]]:
+    """The training table with its `fold` column, and the test spec (the demo set is generated if needed)."""
     train_spec, test_spec = data_specs(cfg)
     table = read_train(train_spec, cfg.data.train_root)
     table["fold"] = assign_folds(table, cfg.train.folds, cfg.train.seed, cfg.train.split)
     _check_fold_sizes(table["fold"].to_numpy(), cfg.train.batch_size)
-    cfg.run_dir = cfg.run_dir or time.strftime("runs/%Y%m%d-%H%M%S")
+    return table, test_spec
+
+
+def create_run_dir(cfg: Config, table: pd.DataFrame, default: str = "runs/%Y%m%d-%H%M%S") -> RunStorage:
+    """A new run directory (`run_dir`, else `default` with the time filled in) with config.yaml and folds.csv.
+
+    Refuses a non-empty one: finished runs are never overwritten.
+    """
+    cfg.run_dir = cfg.run_dir or time.strftime(default)
     storage = RunStorage(cfg.run_dir)
     if storage.listdir():
         raise ConfigError(f"run_dir {cfg.run_dir} already exists and is not empty: choose another run_dir, or "
                           f"continue it with resume={cfg.run_dir} (finished runs are never overwritten)")
     storage.write_text("config.yaml", to_yaml(cfg))
     write_csv(storage, "folds.csv", table)
-    return storage, table, test_spec
+    return storage
 
 
-def _reopen_run(cfg: Config) -> tuple[RunStorage, pd.DataFrame, Optional[str]]:
+def reopen_run_dir(cfg: Config) -> tuple[RunStorage, pd.DataFrame, Optional[str]]:
     """A resumed run: its own folds.csv is the training table (same images, same folds)."""
     storage = RunStorage(cfg.run_dir)
     table = read_csv(storage, "folds.csv")
     _, test_spec = data_specs(cfg)
     return storage, table, test_spec
+
+
+def decode_table(cfg: Config, table: pd.DataFrame) -> np.ndarray:
+    """The training images decoded once, (N, resize, resize, 3) uint8, for every fold (or trial) to share."""
+    t0 = time.time()
+    images = decode_images(table["path"].tolist(), cfg.data.resize, cfg.data.decode_threads)
+    log.info("decoded %d images to %dx%d in %.1fs (%.0f MB, shared by every fold)", len(images),
+             cfg.data.resize, cfg.data.resize, time.time() - t0, images.nbytes / 2**20)
+    return images
+
+
+def _start_run(cfg: Config) -> tuple[RunStorage, pd.DataFrame, Optional[str]]:
+    """A new run: read the data, assign folds, write config.yaml and folds.csv. Returns the fold table."""
+    table, test_spec = read_fold_table(cfg)
+    return create_run_dir(cfg, table), table, test_spec
 
 
 def _finished_folds(storage: RunStorage, n_folds: int) -> dict[int, tuple[dict, dict]]:
@@ -106,7 +129,7 @@ def _finished_folds(storage: RunStorage, n_folds: int) -> dict[int, tuple[dict, 
 def train(cfg: Config) -> str:
     """Run (or resume) the whole K-fold training and inference; returns the run directory."""
     t_start = time.time()
-    storage, table, test_spec = _reopen_run(cfg) if cfg.resume else _start_run(cfg)
+    storage, table, test_spec = reopen_run_dir(cfg) if cfg.resume else _start_run(cfg)
     folds = table["fold"].to_numpy()
     test_df = read_test(test_spec, cfg.data.test_root) if test_spec else None
     finished = _finished_folds(storage, cfg.train.folds) if cfg.resume else {}
@@ -138,10 +161,7 @@ def _train_folds(cfg: Config, storage: RunStorage, table: pd.DataFrame, folds: n
     refs = {k: ray.put(weights) for k, (weights, _) in finished.items()}
     if todo:
         resources = fold_resources(cfg)
-        t0 = time.time()
-        images = decode_images(table["path"].tolist(), cfg.data.resize, cfg.data.decode_threads)
-        log.info("decoded %d images to %dx%d in %.1fs (%.0f MB, shared by every fold)", len(images),
-                 cfg.data.resize, cfg.data.resize, time.time() - t0, images.nbytes / 2**20)
+        images = decode_table(cfg, table)
         images_ref, labels_ref = ray.put(images), ray.put(table["label"].to_numpy(np.int64))
         del images  # the object store holds the one copy the folds read
 

@@ -39,22 +39,27 @@ def ray_session(address: Optional[str]) -> Iterator[None]:
 
 
 def fold_resources(cfg: Config) -> dict[str, float]:
-    """CPUs and GPUs for one fold task; `gpus_per_fold: null` means one GPU if the cluster has any.
+    """CPUs and GPUs for one fold task; `gpus_per_fold: null` means one GPU if the cluster has any."""
+    return checked_resources(cfg.resources.cpus_per_fold, cfg.resources.gpus_per_fold, "resources.cpus_per_fold",
+                             "resources.gpus_per_fold")
 
-    Ray only waits (forever) for resources no node has, so impossible requests are refused here.
+
+def checked_resources(cpus: int, gpus: Optional[float], cpu_key: str, gpu_key: str) -> dict[str, float]:
+    """`{"num_cpus", "num_gpus"}` one task (or trial) asks for; `gpus=None` means 1 if the cluster has GPUs, else 0.
+
+    Ray (and Tune) only wait, forever, for resources no node has, so impossible requests are refused here,
+    naming the config keys.
     """
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     max_gpu = max((n.get("GPU", 0) for n in nodes), default=0)
     max_cpu = max((n.get("CPU", 0) for n in nodes), default=0)
-    gpus = cfg.resources.gpus_per_fold
     if gpus is None:
         gpus = 1.0 if max_gpu >= 1 else 0.0
     if gpus > max_gpu:
         where = "no node has a GPU" if max_gpu == 0 else f"the largest node has {max_gpu:g} GPU(s)"
-        raise ConfigError(f"resources.gpus_per_fold={gpus:g} but {where} in the Ray cluster: "
-                          f"set resources.gpus_per_fold=0 to train on CPU, or add GPU nodes")
-    cpus = cfg.resources.cpus_per_fold
+        raise ConfigError(f"{gpu_key}={gpus:g} but {where} in the Ray cluster: "
+                          f"set {gpu_key}=0 to run on CPU, or add GPU nodes")
     if cpus > max_cpu:
-        raise ConfigError(f"resources.cpus_per_fold={cpus} but the largest node of the Ray cluster has "
-                          f"{max_cpu:g} CPU(s): lower resources.cpus_per_fold")
+        raise ConfigError(f"{cpu_key}={cpus} but the largest node of the Ray cluster has "
+                          f"{max_cpu:g} CPU(s): lower {cpu_key}")
     return {"num_cpus": cpus, "num_gpus": gpus}
