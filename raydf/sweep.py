@@ -1,9 +1,10 @@
 """What a sweep leaves behind: the trial table, the plot, and the best configuration as a training config.
 
 Plain pandas and matplotlib; the Ray layer (`raydf.distributed.tune`) hands over one record per trial:
-`{"trial", "params": {key: value}, "epochs": [{"epoch", "val_loss", "val_acc", "folds_training"}], "error"}`,
-where `folds_training` counts the trial's folds that go on after that epoch (0 before the last
-epoch: they all stopped early on patience).
+`{"trial", "params": {key: value}, "epochs": [{"epoch", "val_loss", "val_acc", "folds_training",
+"best_val_loss", "best_val_acc", "best_epoch"}], "error"}`, where `folds_training` counts the trial's folds
+that go on after that epoch (0 before the last epoch: they all stopped early on patience) and `best_*`
+sum up the trial's epochs so far (so its last row is right even where Tune lost earlier rows in a crash).
 """
 
 from __future__ import annotations
@@ -32,21 +33,20 @@ def trials_table(records: list[dict], keys: list[str], max_epochs: int) -> pd.Da
     was reached), epochs run, whether it stopped before `max_epochs` and why (asha, patience, error)."""
     rows = []
     for r in records:
-        epochs = r["epochs"]
-        best = min(epochs, key=lambda e: e["val_loss"]) if epochs else None
-        n = max((e["epoch"] for e in epochs), default=0)
+        last = max(r["epochs"], key=lambda e: e["epoch"]) if r["epochs"] else None
+        n = last["epoch"] if last else 0
         if r["error"]:
             status = STATUS_ERROR
         elif n >= max_epochs:
             status = STATUS_DONE
         else:  # its folds stopped on patience after the last epoch it reported, or else ASHA stopped it
-            status = STATUS_PATIENCE if epochs[-1].get("folds_training", 1) == 0 else STATUS_ASHA
+            status = STATUS_PATIENCE if last["folds_training"] == 0 else STATUS_ASHA
         rows.append({"trial": r["trial"], **{k: r["params"].get(k) for k in keys},
-                     "best_val_loss": best["val_loss"] if best else math.nan,
-                     "val_acc": best["val_acc"] if best else math.nan,
-                     "best_epoch": best["epoch"] if best else 0, "epochs_run": n,
+                     "best_val_loss": last["best_val_loss"] if last else math.nan,
+                     "val_acc": last["best_val_acc"] if last else math.nan,
+                     "best_epoch": last["best_epoch"] if last else 0, "epochs_run": n,
                      "stopped_early": n < max_epochs, "status": status,
-                     "diverged": any(e["val_loss"] >= DIVERGED_LOSS for e in epochs)})
+                     "diverged": any(e["val_loss"] >= DIVERGED_LOSS for e in r["epochs"])})
     table = pd.DataFrame(rows)
     return table.sort_values(["best_val_loss", "trial"], na_position="last", kind="stable").reset_index(drop=True)
 

@@ -9,6 +9,7 @@ can continue it after an interruption.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 
 EXPERIMENT = "tune"  # Tune's own results: RUN_DIR/tune
 METRIC = "val_loss"
+EPOCH_KEYS = ("epoch", METRIC, "val_acc", "folds_training", "best_val_loss", "best_val_acc", "best_epoch")
+HISTORY = "trial.json"  # the trial's per-epoch means, in its checkpoint next to the fold states
 
 
 def search_space(space: dict[str, dict]) -> dict[str, Any]:
@@ -70,6 +73,7 @@ def _trial(params: dict[str, Any], *, images: np.ndarray, labels: np.ndarray, fo
         if checkpoint:  # restored or retried: the folds continue after the last reported epoch
             checkpoint.to_directory(work)
         storage = RunStorage(work)
+        history = json.loads(storage.read_text(HISTORY)) if storage.exists(HISTORY) else []
         stores = {k: FoldStateStore(storage, k) for k in trial_folds(cfg)}
         splits = {k: (np.flatnonzero(folds != k), np.flatnonzero(folds == k)) for k in stores}
         with contextlib.closing(lockstep_folds(images, labels, splits, cfg, stores)) as epochs:
@@ -79,6 +83,10 @@ def _trial(params: dict[str, Any], *, images: np.ndarray, labels: np.ndarray, fo
                     storage.delete(store.previous)
                 if not math.isfinite(metrics[METRIC]):
                     metrics[METRIC] = DIVERGED_LOSS
+                history.append({"epoch": metrics["epoch"], METRIC: metrics[METRIC], "val_acc": metrics["val_acc"]})
+                best = min(history, key=lambda h: h[METRIC])
+                metrics.update(best_val_loss=best[METRIC], best_val_acc=best["val_acc"], best_epoch=best["epoch"])
+                storage.write_text(HISTORY, json.dumps(history))
                 print(f"{tune.get_context().get_trial_name()} epoch {metrics['epoch']}/{cfg.train.epochs}: "
                       f"val loss {metrics[METRIC]:.4f} acc {metrics['val_acc']:.3f} | {_short(params)}", flush=True)
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(work))
@@ -138,7 +146,7 @@ def trial_records(results: tune.ResultGrid, keys: list[str]) -> list[dict]:
     for result in results:
         frame = result.metrics_dataframe
         epochs = [] if frame is None or METRIC not in frame else \
-            frame.dropna(subset=[METRIC])[["epoch", METRIC, "val_acc", "folds_training"]].to_dict("records")
+            frame.dropna(subset=[METRIC])[[*EPOCH_KEYS]].to_dict("records")
         records.append({"trial": os.path.basename(result.path.rstrip("/")),
                         "params": {k: result.config.get(k) for k in keys}, "epochs": epochs,
                         "error": None if result.error is None else f"{type(result.error).__name__}: {result.error}"})
