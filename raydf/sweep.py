@@ -18,14 +18,20 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 
 from raydf.config import Config, to_yaml, with_values  # noqa: E402
+from raydf.errors import RaydfError  # noqa: E402
 from raydf.storage import RunStorage  # noqa: E402
 
 STATUS_DONE, STATUS_ASHA, STATUS_PATIENCE, STATUS_ERROR = "done", "asha", "patience", "error"
 # ASHA ranks trials with np.nanpercentile: a NaN loss would never stop its trial and an infinite one breaks
 # the cutoff, so an epoch whose loss is not finite (the trial diverged) reports this instead.
 DIVERGED_LOSS = 1e9
+
+
+class SweepFailed(RaydfError):
+    """No trial gave a usable result (all errored, or diverged from their first epoch)."""
 
 
 def trials_table(records: list[dict], keys: list[str], max_epochs: int) -> pd.DataFrame:
@@ -56,7 +62,8 @@ def best_row(table: pd.DataFrame) -> pd.Series:
     never counts)."""
     ok = _usable(table)
     if ok.empty:
-        raise ValueError("no trial finished an epoch with a finite validation loss")
+        raise SweepFailed("no trial finished an epoch with a finite validation loss: every one failed or "
+                          "diverged (see trials.csv); lower the learning rates in tune.space")
     return ok.loc[ok["best_val_loss"].idxmin()]
 
 
@@ -114,11 +121,11 @@ def plot_sweep(table: pd.DataFrame, history: pd.DataFrame, space: dict[str, dict
             if part.any():
                 scatter = ax.scatter(x[part], ok["best_val_loss"][part].clip(upper=cap), marker=marker, s=60,
                                      c=colours[part], cmap="viridis", vmin=vmin, vmax=vmax, edgecolors="black",
-                                     linewidths=0.5, label="stopped early" if stopped else "all epochs")
+                                     linewidths=0.5)
         if best is not None:
             bx, _ = _positions(pd.Series([best[key]]), labels)
             ax.scatter(bx, [best["best_val_loss"]], marker="*", s=280, c="red", edgecolors="black",
-                       linewidths=0.5, zorder=3, label="best")
+                       linewidths=0.5, zorder=3)
         if labels is not None:
             ax.set_xticks(range(len(labels)), labels, rotation=30)
         elif space[key]["type"] == "loguniform" or _wide_positive(ok[key]):
@@ -126,7 +133,9 @@ def plot_sweep(table: pd.DataFrame, history: pd.DataFrame, space: dict[str, dict
         ax.set_xlabel(key)
         _clip_line(ax, cap, ok["best_val_loss"])
     axes[0].set_ylabel("best validation loss of the trial")
-    axes[0].legend(fontsize=8, loc="best")
+    marker = lambda m, c, s: Line2D([], [], ls="", marker=m, color=c, markeredgecolor="black", markersize=s)  # noqa: E731
+    axes[0].legend([marker("o", "lightgrey", 8), marker("v", "lightgrey", 8), marker("*", "red", 14)],
+                   ["all epochs", "stopped early", "best"], fontsize=8, loc="best")
     if scatter is not None:
         fig.colorbar(scatter, ax=list(axes[:len(keys)]), label=colour_key, pad=0.01, aspect=30)
     ax = axes[-1]
@@ -195,11 +204,12 @@ def write_report(storage: RunStorage, cfg: Config, records: list[dict]) -> Confi
     table = trials_table(records, keys, cfg.train.epochs)
     storage.write_text("trials.csv", table.to_csv(index=False))
     storage.write_bytes("sweep.png", plot_sweep(table, history_frame(records), cfg.tune.space, cfg.train.epochs))
+    print(f"\n{format_table(table)}\n", flush=True)
     row = best_row(table)
     best = best_config(cfg, {k: _plain(row[k]) for k in keys}, f"{cfg.run_dir.rstrip('/')}/train")
     storage.write_text("best.yaml", best_yaml(best, cfg.run_dir, row, keys))
-    print(f"\n{format_table(table)}\n\nbest: {row['trial']} (validation loss {row['best_val_loss']:.4f}); "
-          f"{cfg.run_dir}/best.yaml, trials.csv, sweep.png written", flush=True)
+    print(f"best: {row['trial']} (validation loss {row['best_val_loss']:.4f}); {cfg.run_dir}/best.yaml, "
+          f"trials.csv, sweep.png written", flush=True)
     return best
 
 

@@ -31,7 +31,7 @@ from raydf.lockstep import lockstep_folds
 from raydf.pipeline import create_run_dir, decode_table, read_fold_table, reopen_run_dir, train
 from raydf.resume import resume_config
 from raydf.storage import RunStorage
-from raydf.sweep import DIVERGED_LOSS, write_report
+from raydf.sweep import DIVERGED_LOSS, SweepFailed, write_report
 
 log = logging.getLogger(__name__)
 
@@ -130,10 +130,6 @@ def make_tuner(cfg: Config, storage: RunStorage, images: np.ndarray, labels: np.
             failure_config=tune.FailureConfig(max_failures=cfg.ray.max_retries), verbose=1))
 
 
-class SweepFailed(RaydfError):
-    """No trial of the sweep produced a result."""
-
-
 class SweepInterrupted(RaydfError):
     """Ctrl-C: Tune saved the sweep's state; `resume=RUN_DIR` continues it."""
 
@@ -141,7 +137,7 @@ class SweepInterrupted(RaydfError):
 
 
 def trial_records(results: tune.ResultGrid, keys: list[str]) -> list[dict]:
-    """Per trial (see `raydf.sweep`): name, sampled values, per-epoch metrics, divergence, and its error."""
+    """Per trial (see `raydf.sweep`): its name, sampled values, per-epoch metrics and error."""
     records = []
     for result in results:
         frame = result.metrics_dataframe
