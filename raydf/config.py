@@ -124,6 +124,9 @@ class TuneConfig:
     grace_period: int = 1  # ASHA: epochs every trial runs before it can be stopped
     reduction_factor: float = 2.0  # ASHA: at each rung only the best 1/reduction_factor of trials go on
     seed: Optional[int] = 0  # seed of the random draws; null = different every run
+    # The first trial runs the config's own values of the searched keys (grid keys excepted): the sweep then
+    # never returns a configuration worse than the one it started from, on its validation folds.
+    baseline: bool = True
     then_train: bool = False  # after the sweep, train all folds with the best config into RUN_DIR/train
 
 
@@ -234,6 +237,15 @@ def normalize_space(space: dict[str, Any]) -> dict[str, Any]:
             spec = {k: v for k, v in spec.items() if k not in known or k in SPACE_TYPES[spec["type"]]}
         out[key] = spec
     return out
+
+
+def value_of(cfg: Config, key: str) -> Any:
+    """The value of a dotted key (`optim.lr`) in `cfg`."""
+    _check_keys([key], "a lookup")
+    node: Any = cfg
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
 
 
 def with_values(cfg: Config, values: dict[str, Any], source: str = "the search space") -> Config:
@@ -353,7 +365,8 @@ def _validate_space_entry(cfg: Config, key: str, spec: Any) -> None:
         number = (int,) if kind == "randint" else (int, float)
         _require(all(isinstance(v, number) and not isinstance(v, bool) for v in (low, high)), where,
                  f"low and high must be {'integers' if kind == 'randint' else 'numbers'} (got {low}, {high})")
-        _require(low < high or (kind == "randint" and low == high), where, f"low must be below high (got {low}, {high})")
+        _require(low < high or (kind == "randint" and low == high), where,
+                 f"low must be below high (got {low}, {high})")
         _require(kind != "loguniform" or low > 0, where, f"loguniform needs low > 0 (got {low})")
         current = OmegaConf.select(OmegaConf.structured(cfg), key)
         _require(kind == "randint" or not isinstance(current, int) or isinstance(current, bool), where,

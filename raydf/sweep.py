@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import math
-from typing import Any
+from typing import Any, Optional
 
 import matplotlib
 
@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from raydf.config import Config, to_yaml, with_values  # noqa: E402
+from raydf.config import Config, to_yaml, value_of, with_values  # noqa: E402
 from raydf.errors import RaydfError  # noqa: E402
 from raydf.storage import RunStorage  # noqa: E402
 
@@ -34,9 +34,19 @@ class SweepFailed(RaydfError):
     """No trial gave a usable result (all errored, or diverged from their first epoch)."""
 
 
-def trials_table(records: list[dict], keys: list[str], max_epochs: int) -> pd.DataFrame:
+def baseline_point(cfg: Config) -> dict[str, Any]:
+    """What the first trial runs with `tune.baseline` (else {}): the config's own values of the searched keys
+    other than grid keys (Tune runs every grid value with them)."""
+    if not cfg.tune.baseline:
+        return {}
+    return {k: value_of(cfg, k) for k, spec in cfg.tune.space.items() if spec["type"] != "grid"}
+
+
+def trials_table(records: list[dict], keys: list[str], max_epochs: int,
+                 baseline: Optional[dict[str, Any]] = None) -> pd.DataFrame:
     """One row per trial, best first: its values of `keys`, best val loss (and the val acc and epoch where it
-    was reached), epochs run, whether it stopped before `max_epochs` and why (asha, patience, error)."""
+    was reached), epochs run, whether it stopped before `max_epochs` and why (asha, patience, error), and
+    whether it ran exactly the `baseline` values (the config's own)."""
     rows = []
     for r in records:
         last = max(r["epochs"], key=lambda e: e["epoch"]) if r["epochs"] else None
@@ -52,7 +62,8 @@ def trials_table(records: list[dict], keys: list[str], max_epochs: int) -> pd.Da
                      "val_acc": last["best_val_acc"] if last else math.nan,
                      "best_epoch": last["best_epoch"] if last else 0, "epochs_run": n,
                      "stopped_early": n < max_epochs, "status": status,
-                     "diverged": any(e["val_loss"] >= DIVERGED_LOSS for e in r["epochs"])})
+                     "diverged": any(e["val_loss"] >= DIVERGED_LOSS for e in r["epochs"]),
+                     "baseline": bool(baseline) and all(r["params"].get(k) == v for k, v in baseline.items())})
     table = pd.DataFrame(rows)
     return table.sort_values(["best_val_loss", "trial"], na_position="last", kind="stable").reset_index(drop=True)
 
@@ -133,8 +144,7 @@ def plot_sweep(table: pd.DataFrame, history: pd.DataFrame, space: dict[str, dict
         ax.set_xlabel(key)
         _clip_line(ax, cap, ok["best_val_loss"])
     axes[0].set_ylabel("best validation loss of the trial")
-    marker = lambda m, c, s: Line2D([], [], ls="", marker=m, color=c, markeredgecolor="black", markersize=s)  # noqa: E731
-    axes[0].legend([marker("o", "lightgrey", 8), marker("v", "lightgrey", 8), marker("*", "red", 14)],
+    axes[0].legend([_marker("o", "lightgrey", 8), _marker("v", "lightgrey", 8), _marker("*", "red", 14)],
                    ["all epochs", "stopped early", "best"], fontsize=8, loc="best")
     if scatter is not None:
         fig.colorbar(scatter, ax=list(axes[:len(keys)]), label=colour_key, pad=0.01, aspect=30)
@@ -157,6 +167,10 @@ def plot_sweep(table: pd.DataFrame, history: pd.DataFrame, space: dict[str, dict
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     return buf.getvalue()
+
+
+def _marker(shape: str, colour: str, size: float) -> Line2D:
+    return Line2D([], [], ls="", marker=shape, color=colour, markeredgecolor="black", markersize=size)
 
 
 def _cap(losses: pd.Series) -> float:
@@ -201,14 +215,15 @@ def write_report(storage: RunStorage, cfg: Config, records: list[dict]) -> Confi
     """trials.csv, sweep.png and best.yaml in the sweep's run directory; prints the table; returns the best
     config (a training config writing into RUN_DIR/train)."""
     keys = list(cfg.tune.space)
-    table = trials_table(records, keys, cfg.train.epochs)
+    table = trials_table(records, keys, cfg.train.epochs, {k: value_of(cfg, k) for k in keys})
     storage.write_text("trials.csv", table.to_csv(index=False))
     storage.write_bytes("sweep.png", plot_sweep(table, history_frame(records), cfg.tune.space, cfg.train.epochs))
     print(f"\n{format_table(table)}\n", flush=True)
     row = best_row(table)
     best = best_config(cfg, {k: _plain(row[k]) for k in keys}, f"{cfg.run_dir.rstrip('/')}/train")
     storage.write_text("best.yaml", best_yaml(best, cfg.run_dir, row, keys))
-    print(f"best: {row['trial']} (validation loss {row['best_val_loss']:.4f}); {cfg.run_dir}/best.yaml, "
+    note = ": the config's own values, no trial beat them" if row["baseline"] else ""
+    print(f"best: {row['trial']} (validation loss {row['best_val_loss']:.4f}){note}; {cfg.run_dir}/best.yaml, "
           f"trials.csv, sweep.png written", flush=True)
     return best
 

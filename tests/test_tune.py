@@ -50,6 +50,14 @@ def test_search_space_can_be_narrowed_widened_and_extended():
                               "optim.weight_decay": {"type": "loguniform", "low": 1e-6, "high": 1e-3}}
 
 
+def test_baseline_trial_runs_the_configs_own_values():
+    from raydf.sweep import baseline_point
+
+    cfg = load_config("tune", ["optim.lr=0.002", "tune.space[sched.t_max]={type: grid, values: [2, 4]}"])
+    assert baseline_point(cfg) == {"optim.lr": 0.002, "model.dropout": 0.6}  # grid keys: every value is run
+    assert baseline_point(load_config("tune", ["tune.baseline=false"])) == {}
+
+
 def test_randint_bounds_are_inclusive():
     from raydf.distributed.tune import search_space
 
@@ -119,8 +127,10 @@ def _records():
 def test_trial_table_ranks_trials_and_says_why_they_stopped():
     from raydf.sweep import best_row, trials_table
 
-    table = trials_table(_records(), ["optim.lr", "model.dropout", "sched.t_max"], max_epochs=4)
+    config_values = {"optim.lr": 5e-4, "model.dropout": 0.2, "sched.t_max": 8}  # what t_patience ran
+    table = trials_table(_records(), ["optim.lr", "model.dropout", "sched.t_max"], 4, baseline=config_values)
     assert table["trial"].tolist() == ["t_full", "t_patience", "t_asha", "t_diverged", "t_error"]
+    assert table["baseline"].tolist() == [False, True, False, False, False]
     row = table.set_index("trial")
     assert row.loc["t_full", ["best_val_loss", "val_acc", "best_epoch"]].tolist() == [0.50, 0.6, 2]
     assert row.loc[["t_full", "t_asha", "t_patience", "t_diverged", "t_error"], "status"].tolist() == \
@@ -174,7 +184,7 @@ def sweep(ray_local, tiny_demo, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("sweeps") / "grid"
     grid = "{type: grid, values: [%s]}" % ", ".join(str(v) for v in [GOOD_LR, *ABSURD_LRS])
     cfg = load_config("tune", _sweep_overrides(run_dir, tiny_demo) + [f"tune.space[optim.lr]={grid}",
-                                                                       "tune.then_train=true"])
+                                                                       "tune.then_train=true", "tune.baseline=false"])
     assert run_sweep(cfg) == str(run_dir)
     return run_dir, cfg
 
@@ -291,3 +301,5 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tiny_demo, tmp_p
     assert (last["epoch"], last["training_iteration"], last["iterations_since_restore"]) == (2, 2, 1)
     table = pd.read_csv(run_dir / "trials.csv")
     assert table["epochs_run"].tolist() == [2, 2] and (run_dir / "best.yaml").exists()
+    cfg = load_config(run_dir / "config.yaml")  # tune.baseline: the first (only) sample ran the config's values
+    assert (table["model.dropout"] == cfg.model.dropout).all() and (table["sched.t_max"] == cfg.sched.t_max).all()

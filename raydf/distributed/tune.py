@@ -25,13 +25,13 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from raydf.config import Config, with_values
 from raydf.distributed.session import checked_resources, ray_session
-from raydf.errors import RaydfError
+from raydf.errors import ConfigError, RaydfError
 from raydf.fold_state import FoldStateStore
 from raydf.lockstep import lockstep_folds
 from raydf.pipeline import create_run_dir, decode_table, read_fold_table, reopen_run_dir, train
 from raydf.resume import resume_config
 from raydf.storage import RunStorage
-from raydf.sweep import DIVERGED_LOSS, SweepFailed, write_report
+from raydf.sweep import DIVERGED_LOSS, SweepFailed, baseline_point, write_report
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def make_tuner(cfg: Config, storage: RunStorage, images: np.ndarray, labels: np.
         log.info("resuming the sweep in %s: finished trials are kept, unfinished ones continue from their last "
                  "epoch", path)
         return tune.Tuner.restore(path, trainable, resume_unfinished=True)
-    t = cfg.tune
+    t, point = cfg.tune, baseline_point(cfg)
     scheduler = ASHAScheduler(time_attr="epoch", max_t=cfg.train.epochs, grace_period=t.grace_period,
                               reduction_factor=t.reduction_factor)
     return tune.Tuner(
@@ -122,7 +122,8 @@ def make_tuner(cfg: Config, storage: RunStorage, images: np.ndarray, labels: np.
         tune_config=tune.TuneConfig(
             metric=METRIC, mode="min", scheduler=scheduler, num_samples=t.num_samples,
             # The limit goes to the generator: Tune ignores max_concurrent_trials when given a search_alg.
-            search_alg=BasicVariantGenerator(max_concurrent=t.max_concurrent, random_state=t.seed),
+            search_alg=BasicVariantGenerator(max_concurrent=t.max_concurrent, random_state=t.seed,
+                                             points_to_evaluate=[point] if point else None),
             trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
         run_config=tune.RunConfig(
             name=EXPERIMENT, storage_path=root,
@@ -164,6 +165,9 @@ def run_sweep(cfg: Config) -> str:
                                       "tune.gpus_per_trial")
         if cfg.resume:
             storage, table, _ = reopen_run_dir(cfg)
+            if storage.exists("checkpoints") or storage.exists("state"):
+                raise ConfigError(f"resume={cfg.run_dir} is a training run, not a sweep: continue it with "
+                                  f"python -m raydf.train resume={cfg.run_dir}")
         else:
             table, _ = read_fold_table(cfg)
             storage = create_run_dir(cfg, table, default="runs/tune-%Y%m%d-%H%M%S")
