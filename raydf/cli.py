@@ -7,9 +7,12 @@ import logging
 import os
 import sys
 import warnings
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Optional
 
 from raydf.errors import RaydfError
+
+if TYPE_CHECKING:
+    from raydf.config import Config
 
 
 # Ray loggers kept quiet unless -v: the INFO chatter of Ray Data's executor, the notice that token auth is on
@@ -41,6 +44,18 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     parser.add_argument("--debug", action="store_true", help="show the Python traceback of user errors")
+
+
+def config_from_args(config: Optional[str], overrides: list[str], default: Optional[str] = None) -> "Config":
+    """The config of a command line: `--config` (else `default`) and overrides, or with `resume=RUN_DIR` that
+    run's own config plus overrides that do not change its results."""
+    from raydf.config import load_config
+    from raydf.resume import resume_config
+
+    resume = [o.split("=", 1)[1] for o in overrides if o.startswith("resume=")]
+    if resume:
+        return resume_config(resume[-1], config, [o for o in overrides if not o.startswith("resume=")])
+    return load_config(config or default, overrides)
 
 
 def run_cli(main: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> None:

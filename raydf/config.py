@@ -109,6 +109,40 @@ class RayConfig:
     scale_up_timeout_s: float = 900.0
 
 
+# Search-space entry types (`tune.space`) and the fields each one reads.
+SPACE_TYPES = {"loguniform": ("low", "high"), "uniform": ("low", "high"), "randint": ("low", "high"),
+               "choice": ("values",), "grid": ("values",)}
+# Sections a sweep may vary. Not tunable: what every trial is compared on (data, folds, seed, the epoch
+# budget) and where or how it runs (resources, ray, predict, run_dir, tune itself).
+TUNABLE_PREFIXES = ("model.", "optim.", "sched.", "train.", "data.crop")
+UNTUNABLE_KEYS = ("train.epochs", "train.folds", "train.split", "train.seed")
+
+
+@dataclass
+class TuneConfig:
+    """`python -m raydf.tune`: random/grid search with ASHA early stopping on validation loss."""
+
+    # Dotted config key -> {type: loguniform | uniform | randint (low/high inclusive) | choice | grid, low, high,
+    # values}. A key set to null is removed (entries merge with these defaults).
+    space: dict[str, Any] = field(default_factory=lambda: {
+        "optim.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
+        "model.dropout": {"type": "uniform", "low": 0.2, "high": 0.8},
+        "sched.t_max": {"type": "randint", "low": 10, "high": 60},
+    })
+    num_samples: int = 16  # trials drawn (with grid keys: times the whole grid is repeated)
+    max_concurrent: int = 0  # trials at once; 0 = as many as the cluster's resources allow
+    cpus_per_trial: int = 1  # also the torch thread count of a trial on CPU
+    gpus_per_trial: Optional[float] = None  # None = 1 when the cluster has GPUs, else 0; fractions share a GPU
+    folds: Any = field(default_factory=lambda: [0])  # folds each trial trains (metric: their mean), or "all"
+    grace_period: int = 1  # ASHA: epochs every trial runs before it can be stopped
+    reduction_factor: float = 2.0  # ASHA: at each rung only the best 1/reduction_factor of trials go on
+    seed: Optional[int] = 0  # seed of the random draws; null = different every run
+    # The first trial runs the config's own values of the searched keys (grid keys excepted): the sweep then
+    # never returns a configuration worse than the one it started from, on its validation folds.
+    baseline: bool = True
+    then_train: bool = False  # after the sweep, train all folds with the best config into RUN_DIR/train
+
+
 @dataclass
 class Config:
     run_dir: Optional[str] = None  # None = runs/<timestamp>; a path or a URI (s3://, gs://, file://)
@@ -122,6 +156,7 @@ class Config:
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
 
 def valid_keys(node: Any = Config, prefix: str = "") -> list[str]:
@@ -198,7 +233,47 @@ def load_config(config: str | os.PathLike | None = None, overrides: list[str] = 
             raise ConfigError(f"cannot parse overrides {list(overrides)}: {e}") from None
         cfg = _merge(cfg, dot, "the command line")
     result: Config = OmegaConf.to_object(cfg)
+    result.tune.space = normalize_space(result.tune.space)
     validate(result)
+    return result
+
+
+def normalize_space(space: dict[str, Any]) -> dict[str, Any]:
+    """Drop keys set to null, and the fields another type reads (left over when an entry's type was changed:
+    entries merge with the defaults). Unknown fields stay, for validation to name them."""
+    known = {f for fields in SPACE_TYPES.values() for f in fields}
+    out = {}
+    for key, spec in space.items():
+        if spec is None:
+            continue
+        if isinstance(spec, dict) and spec.get("type") in SPACE_TYPES:
+            spec = {k: v for k, v in spec.items() if k not in known or k in SPACE_TYPES[spec["type"]]}
+        out[key] = spec
+    return out
+
+
+def value_of(cfg: Config, key: str) -> Any:
+    """The value of a dotted key (`optim.lr`) in `cfg`."""
+    _check_keys([key], "a lookup")
+    node: Any = cfg
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def with_values(cfg: Config, values: dict[str, Any], source: str = "the search space") -> Config:
+    """A copy of `cfg` with dotted keys set (`{"optim.lr": 0.001}`), type-checked and validated."""
+    node = OmegaConf.structured(cfg)
+    _check_keys(list(values), source)
+    for key, value in values.items():
+        value = value.item() if hasattr(value, "item") else value  # numpy scalars from a sampler
+        try:
+            OmegaConf.update(node, key, value, merge=False)
+        except OmegaConfBaseException as e:
+            first_line = str(getattr(e, "msg", e)).splitlines()[0]
+            raise ConfigError(f"config key '{key}' in {source}: {first_line}") from None
+    result: Config = OmegaConf.to_object(node)
+    _validate_values(result)
     return result
 
 
@@ -209,6 +284,11 @@ def _require(ok: bool, key: str, message: str) -> None:
 
 def validate(cfg: Config) -> None:
     """Value checks the types cannot express; each failure names the key and the accepted values."""
+    _validate_values(cfg)
+    _validate_tune(cfg)
+
+
+def _validate_values(cfg: Config) -> None:
     _require(cfg.train.folds >= 2, "train.folds", f"must be at least 2 (got {cfg.train.folds})")
     _require(cfg.train.epochs >= 1, "train.epochs", f"must be at least 1 (got {cfg.train.epochs})")
     _require(cfg.train.batch_size >= 2, "train.batch_size",
@@ -280,3 +360,63 @@ def to_yaml(cfg: Config) -> str:
 def to_dict(cfg: Config) -> dict:
     """Plain nested dict of the config (for checkpoint metadata and summary)."""
     return dataclasses.asdict(cfg)
+
+
+def _validate_tune(cfg: Config) -> None:
+    t = cfg.tune
+    _require(t.num_samples >= 1, "tune.num_samples", f"must be at least 1 (got {t.num_samples})")
+    _require(t.max_concurrent >= 0, "tune.max_concurrent", "must be >= 0 (0 = as many as resources allow)")
+    _require(t.cpus_per_trial >= 1, "tune.cpus_per_trial", "must be at least 1")
+    g = t.gpus_per_trial
+    _require(g is None or 0 <= g <= 1, "tune.gpus_per_trial",
+             f"must be in [0, 1] (a trial trains on one device) or null for auto (got {g})")
+    _require(1 <= t.grace_period <= cfg.train.epochs, "tune.grace_period",
+             f"must be in [1, train.epochs={cfg.train.epochs}] (got {t.grace_period})")
+    _require(t.reduction_factor > 1, "tune.reduction_factor", f"must be > 1 (got {t.reduction_factor})")
+    folds_ok = t.folds == "all" or (isinstance(t.folds, list) and len(t.folds) > 0 and len(set(t.folds)) == len(t.folds)
+                                    and all(isinstance(k, int) and 0 <= k < cfg.train.folds for k in t.folds))
+    _require(folds_ok, "tune.folds", f"must be 'all' or a list of distinct fold indices in [0, "
+                                     f"train.folds={cfg.train.folds}) (got {t.folds})")
+    _require(len(t.space) > 0, "tune.space", "is empty: give at least one key to search (e.g. optim.lr)")
+    for key, spec in t.space.items():
+        _validate_space_entry(cfg, key, spec)
+
+
+def _validate_space_entry(cfg: Config, key: str, spec: Any) -> None:
+    where = f"tune.space[{key}]"
+    if key not in valid_keys():
+        close = difflib.get_close_matches(key, valid_keys(), n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"config key '{where}': '{key}' is not a config key.{hint}")
+    tunable = key.startswith(TUNABLE_PREFIXES) and key not in UNTUNABLE_KEYS
+    _require(tunable, where, f"'{key}' cannot be tuned: trials must share data, folds, seed and the epoch budget "
+                             f"(train.epochs); tunable are model.*, optim.*, sched.*, data.crop and train.* except "
+                             f"{', '.join(UNTUNABLE_KEYS)}")
+    _require(isinstance(spec, dict) and spec.get("type") in SPACE_TYPES, where,
+             f"needs a type, one of {', '.join(SPACE_TYPES)} (got {spec})")
+    kind, fields = spec["type"], SPACE_TYPES[spec["type"]]
+    unknown = set(spec) - {"type", *fields}
+    _require(not unknown, where, f"type {kind} takes {', '.join(fields)}; unknown: {', '.join(sorted(unknown))}")
+    missing = [f for f in fields if spec.get(f) is None]
+    _require(not missing, where, f"type {kind} needs {', '.join(missing)}")
+    if fields == ("values",):
+        _require(isinstance(spec["values"], list) and len(spec["values"]) > 0, where,
+                 "values must be a non-empty list")
+        samples = spec["values"]
+    else:
+        low, high = spec["low"], spec["high"]
+        number = (int,) if kind == "randint" else (int, float)
+        _require(all(isinstance(v, number) and not isinstance(v, bool) for v in (low, high)), where,
+                 f"low and high must be {'integers' if kind == 'randint' else 'numbers'} (got {low}, {high})")
+        _require(low < high or (kind == "randint" and low == high), where,
+                 f"low must be below high (got {low}, {high})")
+        _require(kind != "loguniform" or low > 0, where, f"loguniform needs low > 0 (got {low})")
+        current = OmegaConf.select(OmegaConf.structured(cfg), key)
+        _require(kind == "randint" or not isinstance(current, int) or isinstance(current, bool), where,
+                 f"'{key}' is an integer: {kind} draws fractions, use randint, choice or grid")
+        samples = [low, high]
+    for value in samples:  # every end of the range must give a valid config (e.g. dropout below 1)
+        try:
+            with_values(cfg, {key: value}, source=where)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {value!r} is not a valid value: {e}") from None

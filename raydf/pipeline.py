@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import ray
 
+from raydf.cache import DecodedCache
 from raydf.catalog import read_test, read_train
 from raydf.checkpoint import save_fold_checkpoint, try_load_fold_checkpoint
 from raydf.config import Config, check_data_paths, to_dict, to_yaml
@@ -29,8 +30,9 @@ from raydf.distributed.inference import soft_vote_predict
 from raydf.distributed.session import RaySession, fold_resources, ray_session
 from raydf.errors import ConfigError, DataError, RaydfError, find_user_error
 from raydf.folds import assign_folds, check_splittable
+from raydf.images import decode_images
 from raydf.metrics import classification_metrics
-from raydf.preflight import check_test_set, preflight
+from raydf.preflight import CheckedInputs, check_test_set, preflight
 from raydf.report import TEST_LABELS, build_report
 from raydf.runlog import run_log
 from raydf.storage import RunStorage
@@ -75,37 +77,83 @@ def _check_fold_sizes(folds: np.ndarray, batch_size: int) -> None:
                             f"lower train.batch_size or train.folds, or add images")
 
 
-def _start_run(cfg: Config) -> tuple[RunStorage, pd.DataFrame, Optional[pd.DataFrame], dict, Optional[np.ndarray]]:
-    """A new run: check every input (config paths, tables, then each image: the pre-flight), assign folds to
-    the usable images, write config.yaml, folds.csv, bad_inputs.csv and duplicates.csv.
+def checked_table(cfg: Config, with_test: bool = True) -> tuple[pd.DataFrame, Optional[pd.DataFrame], CheckedInputs]:
+    """Every input checked (tables, then each image: the pre-flight) and folds assigned to the usable images.
 
-    Returns the fold table, the test table, the unreadable test rows and the decoded training images.
+    Returns the fold table (the usable training rows with a `fold` column), the test table, and the pre-flight's
+    result (its decoded training images, the unreadable rows, the duplicates).
     """
     train_spec, test_spec = data_specs(cfg)
     table = read_train(train_spec, cfg.data.train_root, cfg.train.group_by)
-    test_df = read_test(test_spec, cfg.data.test_root) if test_spec else None
+    test_df = read_test(test_spec, cfg.data.test_root) if test_spec and with_test else None
     check_splittable(table, cfg.train.folds, cfg.train.split)  # table errors first: they cost no decoding
-    cfg.run_dir = cfg.run_dir or time.strftime("runs/%Y%m%d-%H%M%S")
-    storage = RunStorage(cfg.run_dir)
-    if storage.listdir():
-        raise ConfigError(f"run_dir {cfg.run_dir} already exists and is not empty: choose another run_dir, or "
-                          f"continue it with resume={cfg.run_dir} (finished runs are never overwritten)")
     inputs = preflight(table, test_df, cfg.data.resize, cfg.data.decode_threads, cfg.data.on_bad)
     table = inputs.train.assign(fold=assign_folds(inputs.train, cfg.train.folds, cfg.train.seed, cfg.train.split,
                                                   content=inputs.content))
     _check_fold_sizes(table["fold"].to_numpy(), cfg.train.batch_size)
+    return table, test_df, inputs
+
+
+def create_run_dir(cfg: Config, table: pd.DataFrame, default: str = "runs/%Y%m%d-%H%M%S",
+                   inputs: Optional[CheckedInputs] = None) -> RunStorage:
+    """A new run directory (`run_dir`, else `default` with the time filled in) with config.yaml, folds.csv and,
+    given the pre-flight's `inputs`, bad_inputs.csv and duplicates.csv. Refuses a non-empty one."""
+    storage = _empty_run_dir(cfg, default)
     storage.write_text("config.yaml", to_yaml(cfg))
     write_csv(storage, "folds.csv", table)
-    write_csv(storage, "bad_inputs.csv", inputs.bad)  # written even when empty: "checked, none found"
-    write_csv(storage, "duplicates.csv", inputs.duplicates)
+    if inputs is not None:
+        write_csv(storage, "bad_inputs.csv", inputs.bad)  # written even when empty: "checked, none found"
+        write_csv(storage, "duplicates.csv", inputs.duplicates)
+    return storage
+
+
+def _empty_run_dir(cfg: Config, default: str) -> RunStorage:
+    cfg.run_dir = cfg.run_dir or time.strftime(default)
+    storage = RunStorage(cfg.run_dir)
+    if storage.listdir():
+        raise ConfigError(f"run_dir {cfg.run_dir} already exists and is not empty: choose another run_dir, or "
+                          f"continue it with resume={cfg.run_dir} (finished runs are never overwritten)")
+    return storage
+
+
+def read_fold_table(cfg: Config) -> tuple[pd.DataFrame, Optional[str]]:
+    """The checked fold table and the test spec, for a sweep; the decoded images go to the cache (`decode_table`)."""
+    check_data_paths(cfg)
+    table, _, inputs = checked_table(cfg, with_test=False)
+    if cfg.data.cache != "off":
+        DecodedCache.for_images(table["path"].tolist(), cfg.data.resize, cfg.data.cache_dir).load(
+            cfg.data.decode_threads, inputs.images)
+    return table, data_specs(cfg)[1]
+
+
+def decode_table(cfg: Config, table: pd.DataFrame) -> np.ndarray:
+    """The training images of `table`, (N, resize, resize, 3) uint8, from the decoded cache (decoded if missing)."""
+    if cfg.data.cache == "off":
+        return decode_images(table["path"].tolist(), cfg.data.resize, cfg.data.decode_threads)
+    cache = DecodedCache.for_images(table["path"].tolist(), cfg.data.resize, cfg.data.cache_dir)
+    return np.ascontiguousarray(cache.load(cfg.data.decode_threads))
+
+
+def reopen_run_dir(cfg: Config) -> tuple[RunStorage, pd.DataFrame, Optional[str]]:
+    """A resumed run: its own folds.csv is the training table (same images, same folds)."""
+    storage = RunStorage(cfg.run_dir)
+    return storage, read_csv(storage, "folds.csv"), data_specs(cfg)[1]
+
+
+def _start_run(cfg: Config) -> tuple[RunStorage, pd.DataFrame, Optional[pd.DataFrame], dict, Optional[np.ndarray]]:
+    """A new run: check every input, assign folds, write the run directory's first files.
+
+    Returns the fold table, the test table, the unreadable test rows and the decoded training images.
+    """
+    _empty_run_dir(cfg, "runs/%Y%m%d-%H%M%S")  # refuse a used run_dir before the (long) pre-flight
+    table, test_df, inputs = checked_table(cfg)
+    storage = create_run_dir(cfg, table, inputs=inputs)
     return storage, table, test_df, inputs.test_bad, inputs.images
 
 
 def _reopen_run(cfg: Config) -> tuple[RunStorage, pd.DataFrame, Optional[pd.DataFrame], dict, None]:
-    """A resumed run: its own folds.csv is the training table (same images, same folds)."""
-    storage = RunStorage(cfg.run_dir)
-    table = read_csv(storage, "folds.csv")
-    _, test_spec = data_specs(cfg)
+    """A resumed run: the saved fold table, the test set checked again (it is not stored in the run)."""
+    storage, table, test_spec = reopen_run_dir(cfg)
     test_df = read_test(test_spec, cfg.data.test_root) if test_spec else None
     test_bad = check_test_set(test_df, cfg.data.decode_threads, cfg.data.on_bad) if test_df is not None else {}
     return storage, table, test_df, test_bad, None

@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 from typing import Optional, Sequence
 
-from raydf.cli import add_common_args, run_cli
-from raydf.config import load_config, to_yaml
+from raydf.cli import add_common_args, config_from_args, run_cli
+from raydf.config import to_yaml
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -22,14 +22,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> int:
-    resume = [o.split("=", 1)[1] for o in args.overrides if o.startswith("resume=")]
-    if resume:  # the run's own config, plus overrides that do not change its results
-        from raydf.resume import resume_config
-
-        rest = [o for o in args.overrides if not o.startswith("resume=")]
-        cfg = resume_config(resume[-1], args.config, rest)
-    else:
-        cfg = load_config(args.config, args.overrides)
+    cfg = config_from_args(args.config, args.overrides)
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0

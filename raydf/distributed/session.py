@@ -121,25 +121,34 @@ def ray_session(address: Optional[str]) -> Iterator[RaySession]:
 def fold_resources(cfg: Config, session: Optional[RaySession] = None) -> dict[str, float]:
     """CPUs and GPUs for one fold task; `gpus_per_fold: null` means one GPU if the cluster has any.
 
-    Ray waits forever for resources no node has, so an impossible request is refused here. On a running
-    cluster (`session.existing_cluster`) the autoscaler may still start suitable nodes (a `ray up` cluster
-    starts its GPU workers on demand): ask it for them and wait up to `ray.scale_up_timeout_s` first.
+    On a running cluster (`session.existing_cluster`) the autoscaler may still start suitable nodes (a
+    `ray up` cluster starts its GPU workers on demand): ask it for one per fold and wait up to
+    `ray.scale_up_timeout_s` first.
     """
-    gpus = cfg.resources.gpus_per_fold
+    wait_s = cfg.ray.scale_up_timeout_s if session is not None and session.existing_cluster else 0
+    return checked_resources(cfg.resources.cpus_per_fold, cfg.resources.gpus_per_fold, "resources.cpus_per_fold",
+                             "resources.gpus_per_fold", session, wait_s, cfg.train.folds)
+
+
+def checked_resources(cpus: int, gpus: Optional[float], cpu_key: str, gpu_key: str,
+                      session: Optional[RaySession] = None, wait_s: float = 0, count: int = 1) -> dict[str, float]:
+    """`{"num_cpus", "num_gpus"}` one task (a fold, a trial) asks for; `gpus=None`: 1 if the cluster has GPUs.
+
+    Ray (and Tune) wait forever for resources no node has, so an impossible request is refused here, naming
+    the config keys; with `wait_s`, after asking the autoscaler for `count` such nodes and waiting that long.
+    """
     if gpus is None:
         gpus = 1.0 if max((n.get("GPU", 0) for n in alive_nodes()), default=0) >= 1 else 0.0
-    cpus = cfg.resources.cpus_per_fold
     fits = lambda n: n.get("GPU", 0) >= gpus and n.get("CPU", 0) >= cpus  # noqa: E731
-    wait_s = cfg.ray.scale_up_timeout_s if session is not None and session.existing_cluster else 0
     waited = ""
-    if wait_s > 0 and not any(fits(n) for n in alive_nodes()):
+    if wait_s > 0 and session is not None and not any(fits(n) for n in alive_nodes()):
         bundle = {"CPU": float(cpus), **({"GPU": float(gpus)} if gpus else {})}
         try:
-            _request_resources([bundle] * cfg.train.folds)
+            _request_resources([bundle] * count)
             session.requested_resources = True
-        except Exception as e:  # e.g. through Ray Client; pending fold tasks still make an autoscaler scale up
+        except Exception as e:  # e.g. through Ray Client; pending tasks still make an autoscaler scale up
             log.warning("could not ask the autoscaler for nodes (%s)", e)
-        asked = f"asked the autoscaler for {cfg.train.folds} of them, " if session.requested_resources else ""
+        asked = f"asked the autoscaler for {count} of them, " if session.requested_resources else ""
         log.warning("no node of the Ray cluster can run a fold (%s) yet: %swaiting up to %gs for a node "
                     "(watch `ray status`)", bundle, asked, wait_s)
         deadline = time.monotonic() + wait_s
@@ -151,16 +160,15 @@ def fold_resources(cfg: Config, session: Optional[RaySession] = None) -> dict[st
     max_cpu = max((n.get("CPU", 0) for n in nodes), default=0)
     if gpus > max_gpu:
         where = "no node has a GPU" if max_gpu == 0 else f"the largest node has {max_gpu:g} GPU(s)"
-        raise ConfigError(f"resources.gpus_per_fold={gpus:g} but {where} in the Ray cluster{waited}: "
-                          f"set resources.gpus_per_fold=0 to train on CPU, or add GPU nodes")
+        raise ConfigError(f"{gpu_key}={gpus:g} but {where} in the Ray cluster{waited}: "
+                          f"set {gpu_key}=0 to run on CPU, or add GPU nodes")
     if cpus > max_cpu:
-        raise ConfigError(f"resources.cpus_per_fold={cpus} but the largest node of the Ray cluster has "
-                          f"{max_cpu:g} CPU(s){waited}: lower resources.cpus_per_fold")
+        raise ConfigError(f"{cpu_key}={cpus} but the largest node of the Ray cluster has "
+                          f"{max_cpu:g} CPU(s){waited}: lower {cpu_key}")
     if not any(fits(n) for n in nodes):
         best = max((n.get("CPU", 0) for n in nodes if n.get("GPU", 0) >= gpus), default=0)
-        raise ConfigError(f"resources.cpus_per_fold={cpus} with resources.gpus_per_fold={gpus:g}: no node of the "
-                          f"Ray cluster has both; its nodes with {gpus:g} GPU(s) have at most {best:g} CPU(s)"
-                          f"{waited}: lower resources.cpus_per_fold")
+        raise ConfigError(f"{cpu_key}={cpus} with {gpu_key}={gpus:g}: no node of the Ray cluster has both; its "
+                          f"nodes with {gpus:g} GPU(s) have at most {best:g} CPU(s){waited}: lower {cpu_key}")
     return {"num_cpus": cpus, "num_gpus": gpus}
 
 
