@@ -137,8 +137,8 @@ class TuneConfig:
     grace_period: int = 1  # ASHA: epochs every trial runs before it can be stopped
     reduction_factor: float = 2.0  # ASHA: at each rung only the best 1/reduction_factor of trials go on
     seed: Optional[int] = 0  # seed of the random draws; null = different every run
-    # The first trial runs the config's own values of the searched keys (grid keys excepted): the sweep then
-    # never returns a configuration worse than the one it started from, on its validation folds.
+    # The first trial runs the config's own values of the searched keys (grid keys excepted), so the sweep
+    # hands back nothing with a higher validation loss than the configuration it started from.
     baseline: bool = True
     then_train: bool = False  # after the sweep, train all folds with the best config into RUN_DIR/train
 
