@@ -58,3 +58,15 @@ def tiny_overrides(run_dir, demo) -> list[str]:
     return [f"run_dir={run_dir}", f"data.train={demo.train}", f"data.test={demo.test}", "data.resize=96",
             "data.crop=80", "train.folds=2", "train.epochs=1", "train.batch_size=16", "train.eval_batch_size=32",
             "predict.batch_size=16", "resources.gpus_per_fold=0"]
+
+
+def wait_for(predicate, timeout: float = 180.0, interval: float = 0.05) -> bool:
+    """Poll `predicate` until it is true (True) or `timeout` seconds pass (False)."""
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False

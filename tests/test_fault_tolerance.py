@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import tiny_overrides
+from conftest import tiny_overrides, wait_for
 from raydf.config import load_config
 from raydf.fold_state import FoldStateStore
 from raydf.storage import RunStorage
@@ -33,13 +33,6 @@ FOLD_OVERRIDES = ["data.resize=80", "data.crop=76", "train.batch_size=14", "trai
                   "resources.gpus_per_fold=0", "ray.max_retries=2"]
 
 
-def _wait_for(predicate, timeout=180.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_killed_fold_worker_is_retried_and_resumes(ray_local, tmp_path):
@@ -52,7 +45,7 @@ def test_killed_fold_worker_is_retried_and_resumes(ray_local, tmp_path):
     killed = []
 
     def kill_after_first_epoch():
-        if _wait_for(lambda: storage.exists(store.current)):
+        if wait_for(lambda: storage.exists(store.current)):
             pid = json.loads(storage.read_text(store.attempt_file))["pid"]
             os.kill(pid, signal.SIGKILL)  # what the OOM killer or a lost spot instance does
             killed.append(pid)
@@ -79,7 +72,7 @@ def test_killed_driver_resumes_without_retraining_finished_folds(tiny_demo, tmp_
                               start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     storage = RunStorage(run_dir)
     try:
-        assert _wait_for(lambda: storage.exists("checkpoints/fold0.pt") and storage.exists("state/fold1.pt"))
+        assert wait_for(lambda: storage.exists("checkpoints/fold0.pt") and storage.exists("state/fold1.pt"))
     finally:
         os.killpg(driver.pid, signal.SIGKILL)  # kill -9 the driver and everything in its process group
         driver.wait()
@@ -168,7 +161,7 @@ def test_ctrl_c_cancels_and_prints_the_resume_command(tiny_demo, tmp_path):
                                "train.epochs=6"], cwd=REPO, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
     storage = RunStorage(run_dir)
-    assert _wait_for(lambda: storage.exists("state/fold0.pt"))
+    assert wait_for(lambda: storage.exists("state/fold0.pt"))
     driver.send_signal(signal.SIGINT)
     _, err = driver.communicate(timeout=120)
     assert driver.returncode == 130

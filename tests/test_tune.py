@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import tiny_overrides
+from conftest import tiny_overrides, wait_for
 from raydf.config import load_config, to_dict
 from raydf.errors import ConfigError
 
@@ -256,13 +256,6 @@ def _trial_states(run_dir: Path) -> dict[str, str]:
         return {}
 
 
-def _wait_for(predicate, timeout=300.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 @pytest.mark.slow
@@ -282,7 +275,7 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tiny_demo, tmp_p
         return first and '"status": "TERMINATED"' in first[0] and second and "checkpoint_000000" in second[0]
 
     try:
-        assert _wait_for(first_finished_second_checkpointed)
+        assert wait_for(first_finished_second_checkpointed, timeout=300.0)
     finally:
         os.killpg(driver.pid, signal.SIGKILL)  # kill -9 the driver, its Ray instance and the trials
         driver.wait()
