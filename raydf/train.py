@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from typing import Optional, Sequence
 
 from raydf.cli import add_common_args, config_from_args, run_cli

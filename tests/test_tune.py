@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -256,11 +256,14 @@ def _trial_states(run_dir: Path) -> dict[str, str]:
         return {}
 
 
+def _scratch_dirs() -> set[str]:
+    return set(glob.glob(f"{tempfile.gettempdir()}/raydf-tune-*"))
 
 
 @pytest.mark.slow
 def test_killed_sweep_resumes_without_rerunning_finished_trials(tiny_demo, tmp_path):
     run_dir = tmp_path / "sweep"
+    scratch_before = _scratch_dirs()
     overrides = _sweep_overrides(run_dir, tiny_demo, epochs=2) + [
         "tune.space[optim.lr]={type: grid, values: [0.001, 0.002]}", "tune.grace_period=2"]  # no ASHA stops
     env = dict(os.environ, RAY_AUTH_MODE="disabled")
@@ -296,3 +299,5 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tiny_demo, tmp_p
     assert table["epochs_run"].tolist() == [2, 2] and (run_dir / "best.yaml").exists()
     cfg = load_config(run_dir / "config.yaml")  # tune.baseline: the first (only) sample ran the config's values
     assert (table["model.dropout"] == cfg.model.dropout).all() and (table["sched.t_max"] == cfg.sched.t_max).all()
+    # The killed driver's trials left their working fold states (~300 MB each) in /tmp: the resume removed them.
+    assert not [d for d in _scratch_dirs() - scratch_before if glob.glob(f"{d}/trial-*")]

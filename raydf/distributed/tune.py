@@ -9,6 +9,7 @@ can continue it after an interruption.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -175,7 +176,8 @@ def run_sweep(cfg: Config) -> str:
         labels, folds = table["label"].to_numpy(np.int64), table["fold"].to_numpy(np.int64)
         log.info("sweep in %s: %d trials of up to %d epochs on fold(s) %s, %g CPU and %g GPU each", cfg.run_dir,
                  num_trials(cfg), cfg.train.epochs, trial_folds(cfg), resources["num_cpus"], resources["num_gpus"])
-        scratch = tempfile.mkdtemp(prefix="raydf-tune-")  # trials' working fold states on this node
+        scratch = _scratch_dir(storage)
+        shutil.rmtree(scratch, ignore_errors=True)  # what a killed driver of this sweep left
         try:
             tuner = make_tuner(cfg, storage, images, labels, folds, resources, scratch)
             del images  # with_parameters put it in the object store
@@ -194,6 +196,13 @@ def run_sweep(cfg: Config) -> str:
             log.info("training all %d folds with the best configuration into %s", best.train.folds, best.run_dir)
             train(_resumable(best))
     return cfg.run_dir
+
+
+def _scratch_dir(storage: RunStorage) -> str:
+    """Node-local room for the trials' current fold states (Tune keeps their checkpoints in the run directory).
+    Named after the run directory, so that resuming a killed sweep also removes what it left."""
+    root = str(storage.local_path()) if storage.local else storage.root
+    return os.path.join(tempfile.gettempdir(), f"raydf-tune-{hashlib.sha1(root.encode()).hexdigest()[:12]}")
 
 
 def _resumable(best: Config) -> Config:
