@@ -20,22 +20,22 @@ from raydf.transforms import center_crop
 log = logging.getLogger(__name__)
 
 
-def _decode_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
-    """Ray Data task: paths -> decoded (B, size, size, 3) uint8 images."""
-    images = np.stack([decode_image(str(p), size) for p in batch["path"]])
-    return {"row": batch["row"], "image": images}
-
-
 class SoftVotePredictor:
-    """Callable class for `map_batches`: K models loaded once per actor, one decoded batch through all of them."""
+    """Callable class for `map_batches`: K models loaded once per actor; each batch of paths is decoded once
+    and goes through all of them.
 
-    def __init__(self, weight_refs: Sequence[ray.ObjectRef], dropout: float, crop: int, precision: str = "auto",
-                 tta: bool = False):
+    Decoding happens in the actor, not in separate Ray Data tasks: actors hold their CPUs for the whole pass,
+    so with as many actors as CPUs a separate decoding task would never be scheduled (a deadlock seen with
+    2 actors on 2 CPUs).
+    """
+
+    def __init__(self, weight_refs: Sequence[ray.ObjectRef], dropout: float, crop: int, resize: int,
+                 precision: str = "auto", tta: bool = False):
         # Ray Data does not resolve ObjectRefs in constructor arguments; fetch the K state dicts here.
         states = ray.get(list(weight_refs))
         self.device = default_device()
         self.precision = Precision.resolve(precision, self.device)
-        self.crop, self.tta = crop, tta
+        self.crop, self.resize, self.tta = crop, resize, tta
         self.models = []
         for state in states:
             model = build_model(dropout)
@@ -44,7 +44,8 @@ class SoftVotePredictor:
 
     @torch.inference_mode()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        x = to_input(torch.from_numpy(np.ascontiguousarray(center_crop(batch["image"], self.crop))), self.device)
+        images = np.stack([decode_image(str(p), self.resize) for p in batch["path"]])  # (B, resize, resize, 3)
+        x = to_input(torch.from_numpy(np.ascontiguousarray(center_crop(images, self.crop))), self.device)
         probs = fold_prob_fake(self.models, x, self.device, self.precision, tta=self.tta)  # K x (B,) P(fake)
         out = {"row": batch["row"], "prob_fake": np.mean(probs, axis=0)}
         out.update({f"prob_fold{k}": p for k, p in enumerate(probs)})
@@ -57,7 +58,7 @@ def soft_vote_predict(paths: Sequence[str], weight_refs: Sequence[ray.ObjectRef]
                       on_rows: Optional[Callable[[int], None]] = None) -> pd.DataFrame:
     """P(fake) of every path by the mean of the K fold softmaxes; columns row, prob_fake, prob_fold{k}.
 
-    Decoding runs in Ray Data tasks, the models in `actors` actors (default: one per GPU, else one).
+    Decoding and the models run in `actors` actors (default: one per GPU, else one).
     `tta` adds the horizontally flipped images; `on_rows(n)` is called on the driver as n more rows are done.
     """
     if actors <= 0:
@@ -70,7 +71,6 @@ def soft_vote_predict(paths: Sequence[str], weight_refs: Sequence[ray.ObjectRef]
     ds = ray.data.from_pandas([frame.iloc[a:b] for a, b in zip(bounds[:-1], bounds[1:]) if b > a])
     if on_rows is not None:  # the caller shows progress: Ray Data's own bars would print a second display
         ds.context.enable_progress_bars = False
-    ds = ds.map_batches(_decode_batch, fn_kwargs={"size": resize}, batch_size=batch_size)
     # One actor per GPU lands on every GPU of the cluster: Ray Data creates actors with the SPREAD strategy
     # (ray/data/context.py DEFAULT_SCHEDULING_STRATEGY, applied in actor_pool_map_operator.py), and each
     # holds `gpus_per_actor`. The K weight refs reach each node's object store once, like the images.
@@ -83,7 +83,7 @@ def soft_vote_predict(paths: Sequence[str], weight_refs: Sequence[ray.ObjectRef]
         warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated", category=DeprecationWarning)
         ds = ds.map_batches(SoftVotePredictor, batch_size=batch_size,
                             fn_constructor_kwargs={"weight_refs": list(weight_refs), "dropout": dropout,
-                                                   "crop": crop, "precision": precision, "tta": tta},
+                                                   "crop": crop, "resize": resize, "precision": precision, "tta": tta},
                             compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=gpus_per_actor,
                             max_restarts=actor_restarts)
     log.info("soft vote of %d models over %d images on %d actor(s)%s", len(weight_refs), len(frame), actors,
