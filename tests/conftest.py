@@ -70,3 +70,14 @@ def wait_for(predicate, timeout: float = 180.0, interval: float = 0.05) -> bool:
             return True
         time.sleep(interval)
     return False
+
+
+def separable_images(n: int = 40, size: int = 80):
+    """(n, size, size, 3) uint8 noise where the fakes (odd rows, label 1) carry a bright central square."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 120, (n, size, size, 3), dtype=np.uint8)
+    labels = np.arange(n) % 2
+    images[labels == 1, 30:50, 30:50] = 230
+    return images, labels

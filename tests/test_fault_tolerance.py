@@ -12,20 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import tiny_overrides, wait_for
+from conftest import separable_images, tiny_overrides, wait_for
 from raydf.config import load_config
 from raydf.fold_state import FoldStateStore
 from raydf.storage import RunStorage
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _data(n=40, size=80):
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 120, (n, size, size, 3), dtype=np.uint8)
-    labels = np.arange(n) % 2
-    images[labels == 1, 30:50, 30:50] = 230
-    return images, labels
 
 
 FOLD_OVERRIDES = ["data.resize=80", "data.crop=76", "train.batch_size=14", "train.epochs=3", "train.patience=5",
@@ -51,7 +43,7 @@ def test_killed_fold_worker_is_retried_and_resumes(ray_local, tmp_path):
 
     killer = threading.Thread(target=kill_after_first_epoch)
     killer.start()
-    images, labels = _data()
+    images, labels = separable_images()
     results = run_folds(ray_local.put(images), ray_local.put(labels), {0: (np.arange(12, 40), np.arange(12))},
                         cfg, fold_resources(cfg), storage)
     killer.join()

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import tiny_overrides, wait_for
+from conftest import separable_images, tiny_overrides, wait_for
 from raydf.config import load_config, to_dict
 from raydf.errors import ConfigError
 
@@ -67,21 +67,13 @@ def test_randint_bounds_are_inclusive():
 
 # --- folds in lockstep (no Ray) ---------------------------------------------------------------------------
 
-def _data(n=40, size=80):
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 120, (n, size, size, 3), dtype=np.uint8)
-    labels = np.arange(n) % 2
-    images[labels == 1, 30:50, 30:50] = 230
-    return images, labels
-
-
 def test_folds_in_lockstep_compute_what_they_compute_alone(tmp_path):
     from raydf.fold import train_fold
     from raydf.fold_state import FoldStateStore
     from raydf.lockstep import lockstep_folds
     from raydf.storage import RunStorage
 
-    images, labels = _data()
+    images, labels = separable_images()
     cfg = load_config(None, ["data.resize=80", "data.crop=76", "train.batch_size=10", "train.epochs=2",
                              "train.patience=5", "optim.lr=0.01"])
     splits = {0: (np.arange(20, 40), np.arange(20)), 1: (np.arange(20), np.arange(20, 40))}
