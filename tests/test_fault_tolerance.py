@@ -122,9 +122,9 @@ NODE_LOSS_SCRIPT = textwrap.dedent("""
     results = run_folds(ray.put(images), ray.put(labels), {0: (np.arange(12, 40), np.arange(12))}, cfg,
                         fold_resources(cfg), storage)
     info = results[0][1]
-    print(json.dumps({"removed": removed, "node_id": info["node_id"], "attempts": info["attempts"],
+    print("RESULT", json.dumps({"removed": removed, "node_id": info["node_id"], "attempts": info["attempts"],
                       "resumed_from_epoch": info["resumed_from_epoch"],
-                      "epochs": [h["epoch"] for h in info["history"]]}))
+                      "epochs": [h["epoch"] for h in info["history"]]}), flush=True)
     ray.shutdown()
     cluster.shutdown()
 """)
@@ -138,7 +138,8 @@ def test_fold_survives_the_loss_of_its_node(tmp_path):
     proc = subprocess.run([sys.executable, str(script), str(tmp_path / "run"), *FOLD_OVERRIDES], env=env,
                           capture_output=True, text=True, timeout=400, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    # The removed node's raylet may log to stdout after the result: take the marked line.
+    result = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])
     assert len(result["removed"]) == 1 and result["node_id"] != result["removed"][0]  # finished elsewhere
     assert result["attempts"] >= 2 and result["resumed_from_epoch"] >= 1
     assert result["epochs"] == [1, 2, 3]
