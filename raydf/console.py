@@ -55,7 +55,9 @@ class _FoldState:
     started: Optional[float] = None  # driver clock: when the start event arrived
     last_seen: Optional[float] = None  # driver clock: when the last epoch event arrived
     per_epoch: Optional[float] = None  # worker clock: mean seconds per epoch so far (set-up included)
-    worker_start: Optional[float] = None
+    worker_start: Optional[float] = None  # worker clock: when this attempt started
+    worker_first_start: Optional[float] = None  # worker clock: when the first attempt started
+    first_epoch: int = 0  # the last completed epoch when this attempt started (a retry resumes after it)
     done: Optional[dict] = None
 
     def eta(self, now: float) -> Optional[float]:
@@ -72,7 +74,7 @@ class _FoldState:
         if self.started is None:
             return None
         if self.done:
-            return self.done["time"] - self.worker_start
+            return self.done["time"] - self.worker_first_start
         return now - self.started
 
 
@@ -122,15 +124,20 @@ class FoldProgress:
     @staticmethod
     def _apply(state: _FoldState, event: dict, now: float) -> None:
         kind = event["type"]
-        if kind == "start":  # a retried fold starts again from its first epoch
+        if kind == "start":
+            # A retried fold resumes after its last saved epoch (every reported epoch was saved first), so the
+            # bar keeps its epochs; the ETA is measured again from this attempt's own epochs.
             state.attempts += 1
-            state.status, state.epoch, state.row, state.per_epoch, state.done = "starting", 0, None, None, None
-            state.started, state.worker_start = now, event["time"]
+            state.status = "starting" if state.attempts == 1 else f"attempt {state.attempts}: resuming"
+            state.per_epoch, state.done, state.first_epoch = None, None, state.epoch
+            state.worker_start = event["time"]
+            state.worker_first_start = state.worker_first_start or event["time"]
+            state.started = state.started or now
             state.epochs = event.get("epochs", state.epochs)
         elif kind == "epoch":
             state.status, state.epoch, state.row, state.last_seen = "training", event["epoch"], event, now
-            if state.worker_start is not None:
-                state.per_epoch = (event["time"] - state.worker_start) / event["epoch"]
+            if state.worker_start is not None and event["epoch"] > state.first_epoch:
+                state.per_epoch = (event["time"] - state.worker_start) / (event["epoch"] - state.first_epoch)
         elif kind == "done":
             state.status, state.done = "done", event
 
@@ -138,7 +145,8 @@ class FoldProgress:
         """One plain log line for one event."""
         kind = event["type"]
         if kind == "start":
-            retry = f", attempt {state.attempts}" if state.attempts > 1 else ""
+            retry = (f", attempt {state.attempts}, resuming after epoch {state.first_epoch}"
+                     if state.attempts > 1 else "")
             node = str(event.get("node_id", "?"))[:8]
             return f"fold {fold} started (node {node}, pid {event.get('pid', '?')}{retry})"
         if kind == "epoch":

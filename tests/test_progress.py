@@ -63,6 +63,21 @@ def test_plain_mode_logs_one_line_per_event_with_metrics_and_eta(caplog):
         "fold 0 done: best epoch 1, val loss 0.7000, val acc 0.650 (2 epochs, 00:20)"]
 
 
+def test_a_retried_fold_keeps_its_epochs_and_says_it_resumes(caplog):
+    caplog.set_level(logging.INFO, logger="raydf.console")
+    t0 = time.time()
+    with FoldProgress(1, 4, live=False) as display:
+        display([{"type": "start", "fold": 0, "time": t0}, _epoch(0, 1, t=t0 + 10), _epoch(0, 2, t=t0 + 20)])
+        display([{"type": "start", "fold": 0, "time": t0 + 25}])  # the worker died during epoch 3
+        display([_epoch(0, 3, t=t0 + 35)])
+        display([{"type": "done", "fold": 0, "time": t0 + 45, "best_epoch": 3, "val_loss": 0.7, "val_acc": 0.65,
+                  "epochs_run": 4}])
+    lines = [r.getMessage() for r in caplog.records if r.name == "raydf.console"]
+    assert "fold 0 started (node ?, pid ?, attempt 2, resuming after epoch 2)" in lines
+    assert "epoch 3/4" in lines[-2] and lines[-2].endswith("ETA 00:10")  # this attempt's pace: 10 s an epoch
+    assert lines[-1].endswith("(4 epochs, 00:45)")  # from the first attempt's start
+
+
 def test_terminal_mode_draws_a_bar_per_fold(caplog):
     caplog.set_level(logging.INFO, logger="raydf.console")
     out = io.StringIO()
