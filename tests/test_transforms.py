@@ -109,3 +109,36 @@ def test_fast_augmentation_flips_and_crops_like_the_reference():
         elif np.array_equal(out, img[:, ::-1][16:112, 16:112]):  # flip the whole image, then crop
             seen["mirrored"] += 1
     assert seen["plain"] + seen["mirrored"] == 50 and min(seen.values()) > 10
+
+
+def test_fast_fancy_pca_equals_albumentations_to_one_grey_level():
+    from raydf.demo import render_face
+    from raydf.transforms import FastFancyPCA
+
+    rng = np.random.default_rng(0)
+    changed = []
+    for i in range(20):  # faces (correlated channels, as in photos) and noise (nearly uncorrelated ones)
+        img = render_face(rng, 156) if i % 2 else _image(156, seed=i)
+        alpha = rng.normal(0, 0.5, 3).astype(np.float32)  # 5x the default strength: large, visible shifts
+        ref = A.FancyPCA(p=1).apply(img, alpha)
+        fast = FastFancyPCA(p=1).apply(img, alpha)
+        assert fast.dtype == np.uint8 and fast.shape == img.shape
+        diff = np.abs(fast.astype(int) - ref.astype(int))
+        assert diff.max() <= 1 and diff.mean() < 0.25  # rounding only: float32 there, float64 here
+        changed.append(np.abs(ref.astype(int) - img).mean())
+    assert max(changed) > 1  # the augmentation did change the images: the comparison is not vacuous
+
+
+def test_network_input_is_the_seeds_normalisation():
+    import torch
+    from albumentations.pytorch import ToTensorV2
+
+    from raydf.engine import IMAGENET_MEAN, IMAGENET_STD, to_input
+
+    batch = np.stack([_image(96, seed=s) for s in range(4)])
+    seed = A.Compose([A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD), ToTensorV2()])
+    expected = torch.stack([seed(image=img)["image"] for img in batch])  # (4, 3, 96, 96)
+    x = to_input(torch.from_numpy(batch), torch.device("cpu"))
+    assert x.shape == expected.shape and x.dtype == torch.float32
+    assert torch.allclose(x, expected, atol=1e-5)
+    assert x.is_contiguous(memory_format=torch.channels_last)
