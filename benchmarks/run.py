@@ -173,7 +173,7 @@ def inference(run_dir: Path, test_csv: Path, resize: int, crop: int) -> dict:
     try:
         refs = [ray.put({k: v.numpy() for k, v in s.items()}) for s in states]
         t_vote, _ = _timed(lambda: soft_vote_predict(paths, refs, resize=resize, crop=crop, dropout=0.6,
-                                                        batch_size=128, actors=2))
+                                                        batch_size=128))  # raydf's default actor pool
     finally:
         ray.shutdown()
     return {"images": len(paths), "k": len(states), "k_passes_s": t_k, "soft_vote_s": t_vote,

@@ -61,7 +61,7 @@ class TrainConfig:
     augment: bool = True  # the seed's albumentations pipeline; false = resize + crop only
     fast_augment: bool = True  # the same augmentations computed on the crop (raydf.transforms.FastTrainTransform)
     compile: bool = False  # torch.compile the model (GPU; pays a compile time per fold)
-    precision: str = "auto"  # auto (bf16/fp16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
+    precision: str = "auto"  # auto (bf16/fp16 on GPU, bf16 on CPUs with bf16 units, else fp32) | fp32, bf16, fp16
 
 
 @dataclass
@@ -95,7 +95,7 @@ class ResourcesConfig:
 @dataclass
 class PredictConfig:
     batch_size: int = 128
-    actors: int = 0  # inference actors; 0 = one per GPU, or one on a CPU-only cluster
+    actors: int = 0  # inference actors; 0 = one per GPU, or one per node (with all its CPUs) without GPUs
     tta: bool = False  # also predict the horizontally flipped image and average the two probabilities
     actor_restarts: int = 0  # times a dead inference actor is restarted (-1: forever; > 0 makes Ray log an error)
 

@@ -6,7 +6,7 @@ import torch
 
 from raydf.config import load_config
 from raydf.dataset import ImageArrayDataset, make_loader
-from raydf.engine import evaluate
+from raydf.engine import Precision, evaluate
 from raydf.fold import make_optimizer, train_fold
 from raydf.metrics import classification_metrics, soft_vote
 from raydf.model import build_model
@@ -51,8 +51,10 @@ def test_loss_goes_down_and_the_best_weights_are_the_best_epochs():
     # Loading the returned weights reproduces the best epoch's validation loss, not the last epoch's.
     model = build_model(0.0)
     model.load_state_dict({k: torch.from_numpy(v) for k, v in out.weights.items()})
+    model = model.to(memory_format=torch.channels_last)  # as the fold loop evaluates, in the fold's precision
     loader = make_loader(ImageArrayDataset(images, val_idx, all_labels, eval_transform(76)), 32, train=False)
-    metrics, probs = evaluate(model, loader, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    metrics, probs = evaluate(model, loader, cpu, Precision.resolve(_cfg().train.precision, cpu))
     assert metrics["loss"] == pytest.approx(out.val_loss, rel=1e-4)
     assert metrics["loss"] != pytest.approx(val_losses[-1], rel=1e-3)
     np.testing.assert_allclose(out.val_prob_fake, probs[:, 1], rtol=1e-4, atol=1e-6)  # OOF = best weights
@@ -120,3 +122,16 @@ def test_flip_tta_averages_each_model_over_the_image_and_its_mirror():
     mirror = torch.cat([x[..., :3], torch.flip(x[..., :3], dims=[3])], dim=3)  # a left-right symmetric image
     np.testing.assert_allclose(fold_prob_fake(models, mirror, device, tta=True), fold_prob_fake(models, mirror, device),
                                rtol=1e-6)
+
+
+def test_precision_on_cpu_is_bf16_only_where_the_cpu_computes_it(monkeypatch):
+    import raydf.engine as engine
+
+    cpu = torch.device("cpu")
+    for native in (True, False):
+        monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: native)
+        assert Precision.resolve("auto", cpu).dtype == (torch.bfloat16 if native else None)
+        assert Precision.resolve("fp32", cpu).dtype is None
+        assert Precision.resolve("fp16", cpu).dtype is None  # fp16 autocast on a CPU is slower than fp32
+        assert Precision.resolve("bf16", cpu).dtype == torch.bfloat16  # asked for: emulated if need be
+    assert not Precision.resolve("auto", cpu).scaler(cpu).is_enabled()  # bf16 needs no gradient scaler

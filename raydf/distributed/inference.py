@@ -11,6 +11,7 @@ import pandas as pd
 import ray
 import torch
 
+from raydf.distributed.cluster import alive_nodes
 from raydf.engine import Precision, fold_prob_fake, to_input
 from raydf.fold import default_device
 from raydf.images import decode_image
@@ -30,9 +31,10 @@ class SoftVotePredictor:
     """
 
     def __init__(self, weight_refs: Sequence[ray.ObjectRef], dropout: float, crop: int, resize: int,
-                 precision: str = "auto", tta: bool = False):
+                 precision: str = "auto", tta: bool = False, threads: int = 1):
         # Ray Data does not resolve ObjectRefs in constructor arguments; fetch the K state dicts here.
         states = ray.get(list(weight_refs))
+        torch.set_num_threads(threads)  # the CPUs this actor holds (intra-op parallelism on a CPU node)
         self.device = default_device()
         self.precision = Precision.resolve(precision, self.device)
         self.crop, self.resize, self.tta = crop, resize, tta
@@ -58,12 +60,20 @@ def soft_vote_predict(paths: Sequence[str], weight_refs: Sequence[ray.ObjectRef]
                       on_rows: Optional[Callable[[int], None]] = None) -> pd.DataFrame:
     """P(fake) of every path by the mean of the K fold softmaxes; columns row, prob_fake, prob_fold{k}.
 
-    Decoding and the models run in `actors` actors (default: one per GPU, else one).
+    Decoding and the models run in `actors` actors (default: one per GPU; without GPUs one per node, holding all
+    the CPUs of the smallest node, since the fold tasks are done by then and torch spreads a batch over them).
     `tta` adds the horizontally flipped images; `on_rows(n)` is called on the driver as n more rows are done.
     """
-    if actors <= 0:
-        gpus = ray.cluster_resources().get("GPU", 0)
-        actors = max(1, int(gpus // gpus_per_actor)) if gpus_per_actor > 0 else 1
+    cpus_per_actor = 1
+    if gpus_per_actor > 0:
+        if actors <= 0:
+            actors = max(1, int(ray.cluster_resources().get("GPU", 0) // gpus_per_actor))
+    else:
+        node_cpus = [int(n.get("CPU", 0)) for n in alive_nodes() if n.get("CPU", 0) >= 1] or [1]
+        actors = actors if actors > 0 else len(node_cpus)
+        # Actors of one CPU each would leave cores idle (one actor per node) or split the blocks unevenly (Ray Data
+        # hands every queued block to the first actor that is ready); one actor per node with all its cores does not.
+        cpus_per_actor = max(1, min(min(node_cpus), min(node_cpus) * len(node_cpus) // actors))
     frame = pd.DataFrame({"row": np.arange(len(paths)), "path": [str(p) for p in paths]})
     # At least two blocks per actor, so every actor gets work (Ray Data hands out whole blocks).
     n_blocks = max(1, min(len(frame), max(2 * actors, -(-len(frame) // batch_size))))
@@ -83,10 +93,13 @@ def soft_vote_predict(paths: Sequence[str], weight_refs: Sequence[ray.ObjectRef]
         warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated", category=DeprecationWarning)
         ds = ds.map_batches(SoftVotePredictor, batch_size=batch_size,
                             fn_constructor_kwargs={"weight_refs": list(weight_refs), "dropout": dropout,
-                                                   "crop": crop, "resize": resize, "precision": precision, "tta": tta},
+                                                   "crop": crop, "resize": resize, "precision": precision, "tta": tta,
+                                                   "threads": cpus_per_actor},
                             compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=gpus_per_actor,
+                            num_cpus=cpus_per_actor,
                             max_restarts=actor_restarts)
-    log.info("soft vote of %d models over %d images on %d actor(s)%s", len(weight_refs), len(frame), actors,
+    log.info("soft vote of %d models over %d images on %d actor(s) (%d CPU%s each)%s", len(weight_refs), len(frame),
+             actors, cpus_per_actor, f", {gpus_per_actor:g} GPU" if gpus_per_actor else "",
              " with flip TTA" if tta else "")
     parts = []
     for part in ds.iter_batches(batch_size=None, batch_format="pandas"):  # blocks as they finish: live progress
