@@ -29,7 +29,7 @@ from benchmarks.seed_style import SeedDataset, k_separate_passes, seed_transform
 from raydf.cache import DecodedCache
 from raydf.catalog import read_train
 from raydf.config import load_config
-from raydf.engine import to_input
+from raydf.engine import Precision, to_input
 from raydf.transforms import FastTrainTransform, seed_transform
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,27 +105,31 @@ def epoch_efficiency(train_csv: Path, resize: int, crop: int, batch: int, n_trai
     out = train_fold(images, labels, train_idx, val_idx, cfg, 0)
     real = out.history[0]["seconds"]
 
+    cpu = torch.device("cpu")
+    precision = Precision.resolve(cfg.train.precision, cpu)  # the same arithmetic as the real epoch
     model = build_model(cfg.model.dropout).to(memory_format=torch.channels_last)
     opt = torch.optim.RAdam(model.parameters(), lr=1e-3)
     x = torch.randn(batch, 3, crop, crop).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 2, (batch,))
     steps = len(train_idx) // batch
     model.train()
-    loss = torch.nn.functional.cross_entropy(model(x), y)  # warm-up step, as the real epoch's first one
+    with precision.autocast(cpu):  # warm-up step, as the real epoch's first one
+        torch.nn.functional.cross_entropy(model(x).float(), y)
     t0 = time.perf_counter()
     for _ in range(steps):
-        loss = torch.nn.functional.cross_entropy(model(x), y)
+        with precision.autocast(cpu):
+            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
     model.eval()
     xv = torch.randn(128, 3, crop, crop).contiguous(memory_format=torch.channels_last)
-    with torch.no_grad():
+    with torch.no_grad(), precision.autocast(cpu):
         for start in range(0, n_val, 128):
             model(xv[: min(128, n_val - start)])
     pure = time.perf_counter() - t0
     return {"threads": threads, "train_steps": steps, "val_images": n_val, "pure_network_s": pure,
-            "raydf_epoch_s": real, "efficiency": pure / real}
+            "raydf_epoch_s": real, "efficiency": pure / real, "precision": str(precision.dtype or "fp32")}
 
 
 def end_to_end(train_csv: Path, test_csv: Path, overrides: list[str], work: Path) -> dict:
@@ -149,8 +153,12 @@ def end_to_end(train_csv: Path, test_csv: Path, overrides: list[str], work: Path
             "run_dir": str(work / "raydf-run")}
 
 
-def inference(run_dir: Path, test_csv: Path, resize: int, crop: int) -> dict:
-    """One distributed soft-vote pass (decode once, K models per batch) against K separate passes."""
+def inference(run_dir: Path, paths: list[str], resize: int, crop: int) -> dict:
+    """One distributed soft-vote pass (decode once, K models per batch) against K separate passes, on `paths`.
+
+    The soft vote includes starting its actor pool (a new worker process that imports torch and facenet-pytorch and
+    loads K models), a fixed cost of several seconds that the K in-process passes do not pay.
+    """
     import ray
 
     from raydf.checkpoint import load_fold_checkpoint
@@ -160,7 +168,6 @@ def inference(run_dir: Path, test_csv: Path, resize: int, crop: int) -> dict:
 
     storage = RunStorage(run_dir)
     states = [load_fold_checkpoint(storage, k)[0] for k in range(2)]
-    paths = pd.read_csv(test_csv)["path"].tolist()
     torch.set_num_threads(2)
     models = []
     for state in states:
@@ -204,7 +211,11 @@ def main() -> None:
         e2e = ["train.folds=2", f"train.epochs={epochs}", f"sched.t_max={epochs}", f"data.resize={resize}",
                f"data.crop={crop}", "train.batch_size=32", "resources.gpus_per_fold=0"]
         results["end_to_end"] = end_to_end(train_csv, test_csv, e2e, work)
-        results["inference"] = inference(Path(results["end_to_end"].pop("run_dir")), test_csv, resize, crop)
+        run_dir = Path(results["end_to_end"].pop("run_dir"))
+        results["inference"] = inference(run_dir, pd.read_csv(test_csv)["path"].tolist(), resize, crop)
+        if not args.quick:  # a test set of competition size, where the actor pool's start-up is amortised
+            every = read_train(args.data / "labels.csv")["path"].tolist()
+            results["inference_all"] = inference(run_dir, every, resize, crop)
     results["gpu"] = None if not torch.cuda.is_available() else "run benchmarks.gpu on a GPU machine"
     args.out.mkdir(parents=True, exist_ok=True)
     name = "results-quick.json" if args.quick else "results.json"
@@ -222,9 +233,11 @@ def table(r: dict) -> str:
          f'{r["epoch_efficiency"]["efficiency"]:.2f}', ">= 0.85"),
         ("end to end (s, 2 folds)", r["end_to_end"]["seed_style_s"], r["end_to_end"]["raydf_s"],
          f'{r["end_to_end"]["ratio"]:.2f} of seed', "<= 0.85"),
-        ("inference (s)", r["inference"]["k_passes_s"], r["inference"]["soft_vote_s"],
-         f'{r["inference"]["ratio"]:.2f} of K passes', "<= 0.9"),
     ]
+    for key in ("inference", "inference_all"):
+        if key in r:
+            rows.append((f'inference (s, {r[key]["images"]} images)', r[key]["k_passes_s"], r[key]["soft_vote_s"],
+                         f'{r[key]["ratio"]:.2f} of K passes', "<= 0.9"))
     lines = ["| measure | seed way | raydf | result | target |", "|---|---|---|---|---|"]
     for name, seed, ours, result, target in rows:
         fmt = (lambda v: "" if v is None else f"{v:.1f}" if v > 10 else f"{v:.3f}")
