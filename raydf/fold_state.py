@@ -47,8 +47,19 @@ class FoldStateStore:
                             self.fold, self.storage.path(rel), type(e).__name__, e)
         return None
 
+    def remove_partial_writes(self) -> None:
+        """Delete this fold's temp files that a killed writer left (`*.tmp`: never read, up to 300 MB each).
+
+        Only while no attempt of the fold is running: at the start of an attempt, or after the driver ended one.
+        """
+        prefix = f"fold{self.fold}."
+        for name in self.storage.listdir("state"):
+            if name.startswith(prefix) and name.endswith(".tmp"):
+                self.storage.delete(f"state/{name}")
+
     def begin_attempt(self, **info: Any) -> dict[str, Any]:
         """Count this attempt (Ray retries a fold whose worker died) and remember when the first one began."""
+        self.remove_partial_writes()  # the previous attempt may have been killed while saving
         record = {"attempts": 0, "first_started_at": time.time()}
         if self.storage.exists(self.attempt_file):
             try:

@@ -132,3 +132,12 @@ def test_resume_keeps_the_runs_config_and_allows_resource_changes(tmp_path):
 def test_resume_of_something_else_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="not a raydf run directory"):
         resume_config(str(tmp_path))
+
+
+def test_a_new_attempt_removes_the_temp_files_a_killed_one_left(tmp_path):
+    storage = RunStorage(tmp_path)
+    storage.write_bytes("state/fold1.pt", b"complete")
+    storage.write_bytes("state/fold1.pt.0a1b2c3d.tmp", b"half a state")  # its writer was killed (SIGKILL)
+    storage.write_bytes("state/fold10.pt.0a1b2c3d.tmp", b"another fold's")
+    FoldStateStore(storage, 1).begin_attempt(pid=1)
+    assert storage.listdir("state") == ["fold1.attempt.json", "fold1.pt", "fold10.pt.0a1b2c3d.tmp"]

@@ -126,6 +126,9 @@ def run_folds(images_ref: ImagesHandle, labels_ref: ray.ObjectRef, splits: dict[
             ray.cancel(ref, force=True)
         if len(results) < len(splits):
             _fetch_errors(pending + [w for k, w in submitted.values() if k not in results])
+            if storage is not None:  # the cancelled tasks are gone now: no temp file they were writing stays
+                for k in splits.keys() - results.keys():
+                    FoldStateStore(storage, k).remove_partial_writes()
         del progress  # the actor ends with its last handle (no ray.kill: a worker may still hold one)
     return dict(sorted(results.items()))
 
