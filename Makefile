@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 install: $(VENV)/.installed
 
-demo: $(VENV)/.installed  ## train on the built-in demo data (2 folds, ~3.5 min on 2 CPU cores)
+demo: $(VENV)/.installed  ## train on the built-in demo data (2 folds, ~3 min on 2 CPU cores)
 	$(PY) -m raydf.train
 
 test: $(VENV)/.installed  ## the whole test suite (CPU, local Ray, < 10 min on 2 cores)
