@@ -16,7 +16,7 @@ import torch
 
 from raydf.config import Config
 from raydf.dataset import ImageArrayDataset, make_loader, sample_seed
-from raydf.engine import Precision, evaluate, train_one_epoch
+from raydf.engine import Precision, default_device, evaluate, train_one_epoch
 from raydf.fold_state import FoldStateStore
 from raydf.model import build_model
 from raydf.transforms import FastTrainTransform, eval_transform, train_transform
@@ -48,9 +48,6 @@ def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer
     return torch.optim.RAdam(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                              eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay, decoupled_weight_decay=True)
 
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def train_fold(images: np.ndarray, labels: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray,

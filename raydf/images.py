@@ -136,6 +136,17 @@ def resize_square(rgb: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(rgb, (size, size), interpolation=interp)
 
 
+def center_crop(images: np.ndarray, crop: int) -> np.ndarray:
+    """Centre-crop a batch (N, H, W, 3): the same pixels as `raydf.transforms.eval_transform`.
+
+    Here rather than in `raydf.transforms` so that inference actors need not import albumentations (~0.6 s
+    of every actor's start).
+    """
+    h, w = images.shape[1:3]
+    top, left = (h - crop) // 2, (w - crop) // 2
+    return images[:, top:top + crop, left:left + crop]
+
+
 def decode_image(path: str, size: int) -> np.ndarray:
     """Read one image as (size, size, 3) uint8 RGB; BadImage (a DataError naming the file) if unreadable.
 

@@ -100,12 +100,6 @@ def eval_transform(crop: int) -> A.Compose:
     return A.Compose([A.CenterCrop(crop, crop)])
 
 
-def center_crop(images: np.ndarray, crop: int) -> np.ndarray:
-    """Centre-crop a batch (N, H, W, 3) without albumentations: the same pixels as `eval_transform`."""
-    h, w = images.shape[1:3]
-    top, left = (h - crop) // 2, (w - crop) // 2
-    return images[:, top:top + crop, left:left + crop]
-
 
 class FastTrainTransform:
     """`train_transform`'s augmentations at a fraction of the cost: one warp straight into the crop, then the

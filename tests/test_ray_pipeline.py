@@ -12,9 +12,8 @@ from raydf.catalog import read_test
 from raydf.config import load_config
 from raydf.engine import Precision, to_input
 from raydf.errors import ConfigError
-from raydf.images import decode_images
+from raydf.images import center_crop, decode_images
 from raydf.model import build_model
-from raydf.transforms import center_crop
 
 FOLD_KEYS = {"fold", "best_epoch", "val_loss", "val_acc", "epochs_run", "started_at", "finished_at", "node_id",
              "pid", "attempts", "resumed_from_epoch"}

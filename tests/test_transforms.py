@@ -2,8 +2,8 @@ import cv2
 import numpy as np
 import albumentations as A
 
-from raydf.images import decode_image
-from raydf.transforms import SEED_NOISE_STD, center_crop, eval_transform, train_transform
+from raydf.images import center_crop, decode_image
+from raydf.transforms import SEED_NOISE_STD, eval_transform, train_transform
 
 
 def _image(size=128, seed=0):

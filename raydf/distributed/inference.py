@@ -12,11 +12,9 @@ import ray
 import torch
 
 from raydf.distributed.cluster import alive_nodes
-from raydf.engine import Precision, fold_prob_fake, to_input
-from raydf.fold import default_device
-from raydf.images import decode_image
+from raydf.engine import Precision, default_device, fold_prob_fake, to_input
+from raydf.images import center_crop, decode_image
 from raydf.model import build_model
-from raydf.transforms import center_crop
 
 log = logging.getLogger(__name__)
 
