@@ -39,7 +39,7 @@ class Precision:
         if name == "fp32":
             return cls(None)
         if device.type != "cuda":
-            # On a CPU with bf16 instructions a training step runs ~1.4x and evaluation ~2x faster under bf16
+            # On a CPU with bf16 instructions a training step runs ~1.3x and evaluation ~2x faster under bf16
             # autocast (InceptionResnetV1, 96 px, AVX512-BF16); without them bf16 is emulated and slower than
             # fp32, and fp16 autocast on a CPU is always slower.
             native = name == "auto" and cpu_has_native_bf16()
