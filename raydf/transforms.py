@@ -37,8 +37,8 @@ def _affine() -> A.Affine:
 
 
 class FastFancyPCA(A.FancyPCA):
-    """albumentations' `FancyPCA`: the same random draw and the same result (to +-1 of rounding) at a fifth of
-    the cost, for uint8 RGB images.
+    """albumentations' `FancyPCA`: the same random draw and the same result (to +-1 of rounding) at about a
+    seventeenth of the cost (0.1 ms instead of 1.6 ms at 156 px), for uint8 RGB images.
 
     The reference converts the image to float32, builds the pixel covariance with `np.cov`, and adds a noise
     image computed by two matrix products. That noise is linear in the centred pixel, `(x - mean) @ D @ V.T`
