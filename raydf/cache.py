@@ -18,6 +18,7 @@ from typing import Optional, Sequence
 import numpy as np
 from filelock import FileLock
 
+from raydf import signals
 from raydf.demo import default_cache_dir
 from raydf.images import decode_images
 
@@ -69,11 +70,14 @@ class DecodedCache:
                 t0 = time.time()
                 images = decoded if decoded is not None else decode_images(self.paths, self.size, threads)
                 tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-                with open(tmp, "wb") as f:  # np.save to a temp file, then rename: never half a cache file
-                    np.save(f, images)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path)
+                try:  # np.save to a temp file, then rename: never half a cache file, even when interrupted
+                    with signals.partial_file(str(tmp)), open(tmp, "wb") as f:
+                        np.save(f, images)
+                        f.flush()
+                        os.fsync(f.fileno())
+                        os.replace(tmp, path)
+                finally:
+                    tmp.unlink(missing_ok=True)
                 log.info("decoded %d images to %dpx in %.1fs; cached in %s", len(images), self.size,
                          time.time() - t0, path)
         return np.load(path, mmap_mode="r")

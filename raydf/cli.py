@@ -9,6 +9,7 @@ import sys
 import warnings
 from typing import TYPE_CHECKING, Callable, Optional
 
+from raydf import signals
 from raydf.errors import RaydfError
 
 if TYPE_CHECKING:
@@ -61,6 +62,7 @@ def config_from_args(config: Optional[str], overrides: list[str], default: Optio
 def run_cli(main: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> None:
     """Run `main(args)`; a user error prints `raydf: error: ...` (no traceback) and exits non-zero."""
     setup_logging(-1 if args.quiet else args.verbose)
+    signals.install()  # SIGTERM stops a command like Ctrl-C does (raydf.signals)
     try:
         code = main(args)
     except RaydfError as e:
@@ -70,7 +72,7 @@ def run_cli(main: Callable[[argparse.Namespace], int], args: argparse.Namespace)
         if e.log_file:
             print(f"raydf: the traceback is in {e.log_file} (or rerun with --debug)", file=sys.stderr)
         code = e.exit_code
-    except KeyboardInterrupt:
-        print("raydf: interrupted", file=sys.stderr)
-        code = 130
+    except KeyboardInterrupt as e:  # a stop signal outside any step that explains how to continue
+        print(f"raydf: interrupted ({e or 'SIGINT'}); nothing is left half-written", file=sys.stderr)
+        code = signals.exit_code(e)
     sys.exit(code)

@@ -12,6 +12,17 @@ class RaydfError(Exception):
     log_file: Optional[str] = None  # where the traceback was written, when the error wraps a crash
 
 
+class Interrupted(RaydfError):
+    """A stop signal (Ctrl-C, SIGTERM) ended a command cleanly; the message says how to continue.
+
+    `exit_code` follows the shell's convention for the signal: 130 (SIGINT) or 143 (SIGTERM).
+    """
+
+    def __init__(self, message: str, exit_code: int = 130):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 class ConfigError(RaydfError):
     """A config key is unknown, has the wrong type, or an invalid value. The message names the key."""
 

@@ -163,8 +163,12 @@ def _each(paths: Sequence[str], work: Callable[[int], T], threads: int) -> list[
         except BadImage as e:
             return e
 
-    with ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 1) as pool:
+    pool = ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 1)
+    try:
         return list(pool.map(guarded, range(len(paths))))
+    finally:
+        # On Ctrl-C/SIGTERM drop the rows not started: `with` would wait for the whole set to be decoded.
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 @dataclass

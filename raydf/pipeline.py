@@ -28,7 +28,8 @@ from raydf.distributed.data import share_images
 from raydf.distributed.folds import run_folds
 from raydf.distributed.inference import soft_vote_predict
 from raydf.distributed.session import RaySession, fold_resources, ray_session
-from raydf.errors import ConfigError, DataError, RaydfError, find_user_error
+from raydf import signals
+from raydf.errors import ConfigError, DataError, Interrupted, find_user_error
 from raydf.folds import assign_folds, check_splittable
 from raydf.images import decode_images
 from raydf.metrics import classification_metrics
@@ -45,10 +46,17 @@ SUMMARY_FOLD_KEYS = ("fold", "best_epoch", "val_loss", "val_acc", "epochs_run", 
                      "node_id", "pid", "attempts", "resumed_from_epoch")
 
 
-class RunInterrupted(RaydfError):
-    """Ctrl-C: the tasks were cancelled and the run directory is consistent."""
+class RunInterrupted(Interrupted):
+    """Ctrl-C or SIGTERM: the tasks were cancelled and the run directory is consistent (resumable)."""
 
-    exit_code = 130
+    @classmethod
+    def during(cls, stop: BaseException, run_dir: str, started: bool) -> "RunInterrupted":
+        how = f"interrupted ({stop or 'SIGINT'})"
+        if not started:  # the pre-flight: no run directory yet (the decoded cache is written atomically)
+            return cls(f"{how} in the pre-flight, before the run directory {run_dir or ''} was written: nothing "
+                       f"to resume; run the same command again to start over", signals.exit_code(stop))
+        return cls(f"{how}: running folds were cancelled; finished folds and every completed epoch are saved "
+                   f"in {run_dir}. Resume with:\n  python -m raydf.train resume={run_dir}", signals.exit_code(stop))
 
 
 def write_csv(storage: RunStorage, rel: str, frame: pd.DataFrame) -> None:
@@ -99,11 +107,17 @@ def create_run_dir(cfg: Config, table: pd.DataFrame, default: str = "runs/%Y%m%d
     """A new run directory (`run_dir`, else `default` with the time filled in) with config.yaml, folds.csv and,
     given the pre-flight's `inputs`, bad_inputs.csv and duplicates.csv. Refuses a non-empty one."""
     storage = _empty_run_dir(cfg, default)
-    storage.write_text("config.yaml", to_yaml(cfg))
-    write_csv(storage, "folds.csv", table)
-    if inputs is not None:
-        write_csv(storage, "bad_inputs.csv", inputs.bad)  # written even when empty: "checked, none found"
-        write_csv(storage, "duplicates.csv", inputs.duplicates)
+    files = {"config.yaml": to_yaml(cfg), "folds.csv": table.to_csv(index=False)}
+    if inputs is not None:  # written even when empty: "checked, none found"
+        files.update({"bad_inputs.csv": inputs.bad.to_csv(index=False),
+                      "duplicates.csv": inputs.duplicates.to_csv(index=False)})
+    try:
+        for rel, text in files.items():
+            storage.write_text(rel, text)
+    except BaseException:  # interrupted: no run directory that can neither be resumed nor reused
+        for rel in files:
+            storage.delete(rel)
+        raise
     return storage
 
 
@@ -176,7 +190,20 @@ def train(cfg: Config) -> str:
     t_start = time.time()
     timings: dict[str, float] = {}
     check_data_paths(cfg)
-    storage, table, test_df, test_bad, images = _reopen_run(cfg) if cfg.resume else _start_run(cfg)
+    try:
+        storage, table, test_df, test_bad, images = _reopen_run(cfg) if cfg.resume else _start_run(cfg)
+    except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM (raydf.signals)
+        started = bool(cfg.resume) or bool(cfg.run_dir) and RunStorage(cfg.run_dir).exists("folds.csv")
+        raise RunInterrupted.during(stop, cfg.run_dir, started) from None
+    try:
+        return _run(cfg, storage, table, test_df, test_bad, images, t_start, timings)
+    except KeyboardInterrupt as stop:
+        raise RunInterrupted.during(stop, cfg.run_dir, started=True) from None
+
+
+def _run(cfg: Config, storage: RunStorage, table: pd.DataFrame, test_df: Optional[pd.DataFrame], test_bad: dict,
+         images: Optional[np.ndarray], t_start: float, timings: dict) -> str:
+    """The run once its directory exists: folds, OOF, soft vote, summary and report."""
     timings["preflight_seconds"] = time.time() - t_start  # tables, every image decoded and checked, folds
     folds = table["fold"].to_numpy()
     finished = _finished_folds(storage, cfg.train.folds) if cfg.resume else {}
@@ -185,28 +212,23 @@ def train(cfg: Config) -> str:
     n_bad = {s: int((bad["set"] == s).sum()) for s in ("train", "test")}
     # RUN_DIR/raydf.log keeps the log and the traceback of whatever stops the run (off the console).
     logged = run_log(storage.local_path("raydf.log")) if storage.local else contextlib.nullcontext()
-    try:
-        with logged, ray_session(cfg.ray.address) as session:
-            log.info("run directory %s: %d training images in %d folds%s%s%s", cfg.run_dir, len(table), cfg.train.folds,
-                     f" ({n_bad['train']} unreadable left out)" if n_bad["train"] else "",
-                     f", {len(test_df)} test images" + (f" ({n_bad['test']} unreadable, flagged)" if n_bad["test"] else "")
-                     if test_df is not None else "",
-                     f"; resuming, folds {sorted(finished)} already finished" if cfg.resume else "")
-            if test_df is not None:  # decoded by Ray Data on any node: fail now, not after the training
-                check_readable_on_every_node([p for i, p in enumerate(test_df["path"]) if i not in test_bad],
-                                             "data.test")
-            infos, weight_refs = _train_folds(cfg, session, storage, table, folds, todo, finished, images, timings)
-            del images
-            summary = _summarize(cfg, storage, table, folds, infos)
-            if test_df is not None:
-                prior = float(table["label"].mean())  # P(fake) of an unreadable test image
-                summary["test"] = _predict_test(cfg, storage, test_df, weight_refs, test_bad, prior, timings)
-                if summary["test"] is None:
-                    del summary["test"]
-    except KeyboardInterrupt:
-        raise RunInterrupted(f"interrupted: running folds were cancelled; finished folds and every completed "
-                             f"epoch are saved in {cfg.run_dir}. Resume with:\n  python -m raydf.train "
-                             f"resume={cfg.run_dir}") from None
+    with logged, ray_session(cfg.ray.address) as session:
+        log.info("run directory %s: %d training images in %d folds%s%s%s", cfg.run_dir, len(table), cfg.train.folds,
+                 f" ({n_bad['train']} unreadable left out)" if n_bad["train"] else "",
+                 f", {len(test_df)} test images" + (f" ({n_bad['test']} unreadable, flagged)" if n_bad["test"] else "")
+                 if test_df is not None else "",
+                 f"; resuming, folds {sorted(finished)} already finished" if cfg.resume else "")
+        if test_df is not None:  # decoded by Ray Data on any node: fail now, not after the training
+            check_readable_on_every_node([p for i, p in enumerate(test_df["path"]) if i not in test_bad],
+                                         "data.test")
+        infos, weight_refs = _train_folds(cfg, session, storage, table, folds, todo, finished, images, timings)
+        del images
+        summary = _summarize(cfg, storage, table, folds, infos)
+        if test_df is not None:
+            prior = float(table["label"].mean())  # P(fake) of an unreadable test image
+            summary["test"] = _predict_test(cfg, storage, test_df, weight_refs, test_bad, prior, timings)
+            if summary["test"] is None:
+                del summary["test"]
     summary["bad_inputs"] = n_bad
     summary["timings"] = timings
     summary["wall_seconds"] = time.time() - t_start

@@ -7,6 +7,7 @@ always `figsize x DPI` pixels.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -17,6 +18,8 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve
 
+from raydf import signals
+
 DPI = 100
 CLASS_NAMES = ("real", "fake")  # label 0, 1
 THRESHOLD = 0.5
@@ -24,7 +27,14 @@ THRESHOLD = 0.5
 
 def _save(fig: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)  # no bbox_inches="tight": the pixel size stays figsize x DPI
+    tmp = path.with_name(f".{path.name}.tmp")  # then renamed: an interrupted report leaves no half picture
+    try:
+        with signals.partial_file(str(tmp)):
+            # no bbox_inches="tight": the pixel size stays figsize x DPI
+            fig.savefig(tmp, dpi=DPI, format=path.suffix.lstrip(".") or "png")
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -7,7 +7,8 @@ import logging
 from typing import Optional, Sequence
 
 from raydf.cli import add_common_args, run_cli
-from raydf.errors import ConfigError
+from raydf import signals
+from raydf.errors import ConfigError, Interrupted
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,11 @@ def predict(run_dir: str, images: str, out: str, image_root: Optional[str] = Non
 
 def main(args: argparse.Namespace) -> int:
     out = args.out or f"{args.run.rstrip('/')}/predictions.csv"
-    print(predict(args.run, args.images, out, args.image_root, args.address, args.tta))
+    try:
+        print(predict(args.run, args.images, out, args.image_root, args.address, args.tta))
+    except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM (raydf.signals): the output is written whole or not at all
+        raise Interrupted(f"interrupted ({stop or 'SIGINT'}): nothing was written to {out}; run the same command "
+                          f"again to predict", signals.exit_code(stop)) from None
     return 0
 
 

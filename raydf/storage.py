@@ -14,6 +14,8 @@ from typing import Optional
 
 import pyarrow.fs as pafs
 
+from raydf import signals
+
 
 def is_uri(location: str) -> bool:
     return "://" in str(location)
@@ -81,11 +83,11 @@ class RunStorage:
             return
         tmp = f"{target}.{uuid.uuid4().hex[:8]}.tmp"
         try:
-            with open(tmp, "wb") as f:
+            with signals.partial_file(tmp), open(tmp, "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, target)
+                os.replace(tmp, target)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)

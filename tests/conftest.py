@@ -3,8 +3,30 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+from pathlib import Path
 
 import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = (REPO.parent / "shared/data/ffhq-stylegan-2200").resolve()  # ../shared may be a link
+
+
+def require_shared() -> Path:
+    """The shared FFHQ/StyleGAN set. Missing, it fails the test under CI (where it is always present, so a broken
+    path cannot hide the tests that use it) and skips it elsewhere."""
+    if SHARED.is_dir():
+        return SHARED
+    message = f"shared data set not found at {SHARED}"
+    if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
+        pytest.fail(f"{message} (CI is set: the tests that need it must run)")
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    return require_shared()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -81,3 +103,19 @@ def separable_images(n: int = 40, size: int = 80):
     labels = np.arange(n) % 2
     images[labels == 1, 30:50, 30:50] = 230
     return images, labels
+
+
+def _default_stop_signals() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def start_signalable(cmd: list[str], **kwargs) -> subprocess.Popen:
+    """Start a process that a test will signal, with SIGINT and SIGTERM at their default disposition.
+
+    A test runner started in the background of a script (`make test &`) inherits SIGINT *ignored*, and so would
+    the process (raydf keeps an inherited ignore, as Unix programs do): the test would then depend on how its
+    runner was started.
+    """
+    kwargs.setdefault("cwd", REPO)
+    return subprocess.Popen(cmd, preexec_fn=_default_stop_signals, **kwargs)

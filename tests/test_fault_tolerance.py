@@ -145,18 +145,4 @@ def test_fold_survives_the_loss_of_its_node(tmp_path):
     assert result["epochs"] == [1, 2, 3]
 
 
-@pytest.mark.slow
-def test_ctrl_c_cancels_and_prints_the_resume_command(tiny_demo, tmp_path):
-    run_dir = tmp_path / "run"
-    env = dict(os.environ, RAY_AUTH_MODE="disabled")
-    driver = subprocess.Popen([sys.executable, "-m", "raydf.train", *tiny_overrides(run_dir, tiny_demo),
-                               "train.epochs=6"], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
-    storage = RunStorage(run_dir)
-    assert wait_for(lambda: storage.exists("state/fold0.pt"))
-    driver.send_signal(signal.SIGINT)
-    _, err = driver.communicate(timeout=120)
-    assert driver.returncode == 130
-    assert f"python -m raydf.train resume={run_dir}" in err and "Traceback" not in err
-    assert FoldStateStore(storage, 0).load()["epoch"] >= 1  # the completed epochs are kept
-    assert not any(name.endswith(".tmp") for name in storage.listdir("state"))  # no half-written file
+# Ctrl-C and SIGTERM at every step of a run, and the resume after each: tests/test_signals.py.

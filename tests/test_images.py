@@ -11,11 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import SHARED
 from raydf.errors import DataError
 from raydf.images import BadImage, check_images, decode_checked, decode_image, decode_images, read_image
-
-SHARED = (Path(__file__).resolve().parents[2] / "shared/data/ffhq-stylegan-2200").resolve()  # ../shared may be a link
-
 
 def _picture(h: int = 96, w: int = 96) -> np.ndarray:
     """An RGB test picture with smooth colour gradients and a sharp block: (h, w, 3) uint8."""
@@ -172,7 +170,7 @@ def test_a_folder_is_not_an_image(tmp_path):
         read_image(str(tmp_path / "dir.jpg"))
 
 
-@pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared data set not found at {SHARED}")
+@pytest.mark.usefixtures("shared_data")  # fails under CI if the shared set is missing
 @pytest.mark.parametrize("keep", [0.5, 0.98])
 def test_truncated_real_face_jpeg_is_refused(tmp_path, keep):
     """OpenCV's imread turns a cut-off JPEG into a partly grey image with a mere warning: it must be refused."""

@@ -22,12 +22,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import tiny_overrides
+from conftest import SHARED, require_shared, tiny_overrides
 from raydf.config import load_config
 from raydf.errors import DataError
 
-SHARED = (Path(__file__).resolve().parents[2] / "shared/data/ffhq-stylegan-2200").resolve()  # ../shared may be a link
-needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared data set not found at {SHARED}")
+needs_shared = pytest.mark.usefixtures("shared_data")  # fails under CI if the shared set is missing
 
 # Broken files: name -> start of the reason bad_inputs.csv must give.
 BROKEN = {"missing.jpg": "file not found", "empty.jpg": "empty file", "truncated.jpg": "truncated JPEG",
@@ -70,8 +69,7 @@ def _broken(folder: Path, face: Path) -> list[Path]:
 def messy(tmp_path_factory):
     """A training CSV of 48 FFHQ/StyleGAN faces + 11 odd-but-readable files + 6 broken ones + one exact copy
     under another name; a test CSV of 12 faces + 2 broken ones."""
-    if not SHARED.is_dir():
-        pytest.skip(f"shared data set not found at {SHARED}")
+    require_shared()
     root = tmp_path_factory.mktemp("messy")
     labels = pd.read_csv(SHARED / "labels.csv")
     real, fake = labels[labels["label"] == 0], labels[labels["label"] == 1]

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import separable_images, tiny_overrides, wait_for
+from conftest import separable_images, start_signalable, tiny_overrides, wait_for
 from raydf.config import load_config, to_dict
 from raydf.errors import ConfigError
 
@@ -293,3 +293,30 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tiny_demo, tmp_p
     assert (table["model.dropout"] == cfg.model.dropout).all() and (table["sched.t_max"] == cfg.sched.t_max).all()
     # The killed driver's trials left their working fold states (~300 MB each) in /tmp: the resume removed them.
     assert not [d for d in _scratch_dirs() - scratch_before if glob.glob(f"{d}/trial-*")]
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_sweep_gracefully_and_it_resumes(tiny_demo, tmp_path):
+    """SIGTERM (kill, timeout, a scheduler's preemption) gets Tune's graceful stop, like Ctrl-C: the sweep's state
+    is saved, the resume command printed, exit 143; `resume=` then finishes it."""
+    run_dir = tmp_path / "sweep"
+    overrides = _sweep_overrides(run_dir, tiny_demo, epochs=2) + ["tune.grace_period=2"]
+    env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    driver = start_signalable([sys.executable, "-m", "raydf.tune", *overrides], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: any("checkpoint_000000" in s for s in _trial_states(run_dir).values()), timeout=300)
+        driver.send_signal(signal.SIGTERM)
+        _, err = driver.communicate(timeout=180)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 143, err[-3000:]
+    assert f"python -m raydf.tune resume={run_dir}" in err and "Traceback" not in err
+    assert not (run_dir / "trials.csv").exists()
+    assert not [p for p in run_dir.rglob("*.tmp")]
+
+    proc = subprocess.run([sys.executable, "-m", "raydf.tune", f"resume={run_dir}"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert pd.read_csv(run_dir / "trials.csv")["epochs_run"].tolist() == [2]

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import signal
 import time
 from dataclasses import asdict
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 import numpy as np
 import ray
 import torch
 
+from raydf import signals
 from raydf.cache import DecodedCache
 from raydf.config import Config
 from raydf.distributed.data import ImagesHandle, resolve_images
@@ -103,6 +106,16 @@ def run_folds(images_ref: ImagesHandle, labels_ref: ray.ObjectRef, splits: dict[
              resources["num_gpus"])
     results: dict[int, tuple[ray.ObjectRef, dict]] = {}
     pending = list(submitted)
+    # A second Ctrl-C/SIGTERM exits at once: first kill this node's fold workers, then remove their temp files.
+    kill_local = lambda: _kill_local_fold_workers(storage, splits.keys() - results.keys())  # noqa: E731
+    state_tmp = str(storage.local_path("state") / "*.tmp") if storage is not None and storage.local else ""
+    with signals.on_hard_exit(kill_local), signals.partial_files(state_tmp):
+        return _collect(submitted, pending, results, splits, storage, on_done, on_events, progress, poll_seconds)
+
+
+def _collect(submitted: dict, pending: list, results: dict, splits: dict, storage: Optional[RunStorage],
+             on_done: Optional[Callable], on_events: Optional[Callable], progress, poll_seconds: float) -> dict:
+    """Wait for the fold tasks (see `run_folds`); cancel what still runs when leaving early."""
     try:
         while pending:
             done, pending = ray.wait(pending, num_returns=1, timeout=poll_seconds if progress is not None else None)
@@ -131,6 +144,20 @@ def run_folds(images_ref: ImagesHandle, labels_ref: ray.ObjectRef, splits: dict[
                     FoldStateStore(storage, k).remove_partial_writes()
         del progress  # the actor ends with its last handle (no ray.kill: a worker may still hold one)
     return dict(sorted(results.items()))
+
+
+def _kill_local_fold_workers(storage: Optional[RunStorage], folds: Iterable[int]) -> None:
+    """SIGKILL the worker processes of `folds` that run on this node (their pids are in the fold state)."""
+    if storage is None:
+        return
+    here = ray.get_runtime_context().get_node_id()
+    for k in folds:
+        try:
+            attempt = json.loads(storage.read_text(FoldStateStore(storage, k).attempt_file))
+            if attempt.get("node_id") == here and attempt.get("pid"):
+                os.kill(int(attempt["pid"]), signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
 
 
 def _fetch_errors(refs: list[ray.ObjectRef]) -> None:

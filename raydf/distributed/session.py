@@ -12,6 +12,7 @@ from typing import Iterator, Optional
 
 import ray
 
+from raydf import signals
 from raydf.config import Config
 from raydf.distributed.cluster import alive_nodes, describe_cluster
 from raydf.errors import ConfigError
@@ -104,6 +105,8 @@ def ray_session(address: Optional[str]) -> Iterator[RaySession]:
         context = ray.init(logging_level=logging.WARNING, log_to_driver=True, **kwargs)
     except ConnectionError as e:
         raise ConfigError(f"{source}={address}: cannot connect to a Ray cluster ({e}): {START_HINT}") from None
+    finally:
+        signals.reinstall()  # ray.init sets a SIGTERM handler that exits without cleaning up
     try:
         where = "started a local Ray instance" if not session.existing_cluster else \
             f"connected to the Ray cluster at {address} ({source})"
@@ -116,6 +119,7 @@ def ray_session(address: Optional[str]) -> Iterator[RaySession]:
         if session.requested_resources:
             _release_resource_request()
         ray.shutdown()
+        signals.reinstall()  # ray.shutdown resets SIGTERM to its default (die at once)
 
 
 def fold_resources(cfg: Config, session: Optional[RaySession] = None) -> dict[str, float]:

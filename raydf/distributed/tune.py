@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import shutil
+import signal
 import tempfile
 from typing import Any
 
@@ -24,9 +25,10 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
+from raydf import signals
 from raydf.config import Config, with_values
 from raydf.distributed.session import checked_resources, ray_session
-from raydf.errors import ConfigError, RaydfError
+from raydf.errors import ConfigError, Interrupted
 from raydf.fold_state import FoldStateStore
 from raydf.lockstep import lockstep_folds
 from raydf.pipeline import create_run_dir, decode_table, read_fold_table, reopen_run_dir, train
@@ -132,10 +134,13 @@ def make_tuner(cfg: Config, storage: RunStorage, images: np.ndarray, labels: np.
             failure_config=tune.FailureConfig(max_failures=cfg.ray.max_retries), verbose=1))
 
 
-class SweepInterrupted(RaydfError):
-    """Ctrl-C: Tune saved the sweep's state; `resume=RUN_DIR` continues it."""
+class SweepInterrupted(Interrupted):
+    """Ctrl-C or SIGTERM: Tune saved the sweep's state; `resume=RUN_DIR` continues it."""
 
-    exit_code = 130
+    @classmethod
+    def resumable(cls, run_dir: str, exit_code: int) -> "SweepInterrupted":
+        return cls(f"interrupted: finished trials and every reported epoch are saved in {run_dir}. Resume "
+                   f"with:\n  python -m raydf.tune resume={run_dir}", exit_code)
 
 
 def trial_records(results: tune.ResultGrid, keys: list[str]) -> list[dict]:
@@ -160,6 +165,16 @@ def run_sweep(cfg: Config) -> str:
     # num_to_keep=1 (a fold state is ~300 MB) makes Tune snapshot the sweep after every checkpoint, by design:
     # its warning that snapshots are frequent says nothing to act on.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    try:
+        return _run_sweep(cfg)
+    except KeyboardInterrupt as stop:  # outside Tune's own graceful stop (raydf.signals)
+        if cfg.run_dir and RunStorage(cfg.run_dir).exists("folds.csv"):
+            raise SweepInterrupted.resumable(cfg.run_dir, signals.exit_code(stop)) from None
+        raise SweepInterrupted(f"interrupted ({stop or 'SIGINT'}) before the sweep directory was written: run "
+                               f"the same command again to start over", signals.exit_code(stop)) from None
+
+
+def _run_sweep(cfg: Config) -> str:
     with ray_session(cfg.ray.address):
         # Before any work: Tune would only warn, and wait forever, for GPUs the cluster does not have.
         resources = checked_resources(cfg.tune.cpus_per_trial, cfg.tune.gpus_per_trial, "tune.cpus_per_trial",
@@ -181,12 +196,12 @@ def run_sweep(cfg: Config) -> str:
         try:
             tuner = make_tuner(cfg, storage, images, labels, folds, resources, scratch)
             del images  # with_parameters put it in the object store
-            results = tuner.fit()
+            with signals.sigterm_as_sigint():  # Tune stops gracefully on SIGINT: let SIGTERM do the same
+                results = tuner.fit()
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-        if results.num_terminated + results.num_errors < len(results):  # Tune caught a Ctrl-C and saved
-            raise SweepInterrupted(f"interrupted: finished trials and every reported epoch are saved in "
-                                   f"{cfg.run_dir}. Resume with:\n  python -m raydf.tune resume={cfg.run_dir}")
+        if results.num_terminated + results.num_errors < len(results):  # Tune caught a stop signal and saved
+            raise SweepInterrupted.resumable(cfg.run_dir, 128 + (signals.received() or signal.SIGINT))
         records = trial_records(results, list(cfg.tune.space))
         if not any(r["epochs"] for r in records):
             errors = "\n  ".join(r["error"] for r in records if r["error"])

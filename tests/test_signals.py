@@ -1,0 +1,203 @@
+"""Stopping commands with SIGINT (Ctrl-C) and SIGTERM (kill, timeout, Kubernetes, Slurm, preemption).
+
+Every process a test signals is started with that signal's *default* disposition (`start_signalable`): a test
+runner started in the background of a script inherits SIGINT ignored, and raydf respects an inherited ignore.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, start_signalable, tiny_overrides, wait_for
+from raydf.storage import RunStorage
+
+# A driver whose pipeline steps announce themselves on stderr ("PHASE name"); with PAUSE_AT=name it also waits
+# there, so a signal is sure to land inside that step. The soft vote is not paused: the signal lands in the
+# real inference (its actor takes seconds to start).
+DRIVER = textwrap.dedent("""
+    import os, sys, time
+    import raydf.pipeline as pipeline
+
+    def announce(name, fn, pause):
+        def step(*args, **kwargs):
+            print(f"PHASE {name}", file=sys.stderr, flush=True)
+            if pause and os.environ.get("PAUSE_AT") == name:
+                time.sleep(120)
+            return fn(*args, **kwargs)
+        return step
+
+    for name, attr, pause in [("preflight", "preflight", True), ("share", "share_images", True),
+                              ("vote", "soft_vote_predict", False), ("report", "build_report", True)]:
+        setattr(pipeline, attr, announce(name, getattr(pipeline, attr), pause))
+
+    from raydf.cli import run_cli
+    from raydf.train import main, parse_args
+    run_cli(main, parse_args())
+""")
+
+SIGNALS = {"INT": signal.SIGINT, "TERM": signal.SIGTERM}
+EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+def _run_until(script: Path, args: list[str], phase: str, sig: int, run_dir: Path, env: dict,
+               second_sig: int | None = None) -> tuple[int, str]:
+    """Start the driver, signal it once it is in `phase` (fold training: once a fold saved an epoch)."""
+    log = script.parent / f"driver-{phase}-{sig}.err"
+    with open(log, "w") as err:
+        driver = start_signalable([sys.executable, str(script), *args], env=dict(env, PAUSE_AT=phase),
+                                  stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            if phase == "folds":
+                reached = wait_for(lambda: (run_dir / "state" / "fold0.pt").exists(), timeout=240)
+            else:
+                reached = wait_for(lambda: f"PHASE {phase}" in log.read_text(), timeout=240)
+                if phase == "vote":
+                    time.sleep(2)  # into the soft vote's actor start and inference
+            assert reached, f"the driver never reached {phase}:\n{log.read_text()[-3000:]}"
+            driver.send_signal(sig)
+            if second_sig is not None:  # a second signal during the clean shutdown ends it at once
+                time.sleep(0.3)
+                t0 = time.time()
+                driver.send_signal(second_sig)
+                driver.wait(timeout=20)
+                assert time.time() - t0 < 10
+            driver.wait(timeout=120)
+        finally:
+            if driver.poll() is None:
+                driver.kill()
+    return driver.returncode, log.read_text()
+
+
+def _leftover_temp_files(run_dir: Path) -> list[str]:
+    return [str(p) for p in run_dir.rglob("*") if p.name.endswith(".tmp") or ".tmp" in p.suffixes]
+
+
+# Two chains cover both signals at every step: each run is interrupted in one step and resumed into the next.
+CHAINS = {
+    "term-first": [("preflight", "TERM"), ("share", "INT"), ("folds", "TERM"), ("vote", "INT"), ("report", "TERM")],
+    "int-first": [("preflight", "INT"), ("share", "TERM"), ("folds", "INT+TERM"), ("vote", "TERM"),
+                  ("report", "INT")],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("chain", list(CHAINS))
+def test_a_signal_at_every_step_stops_cleanly_and_the_run_resumes_to_the_end(chain, tiny_demo, tmp_path):
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER)
+    run_dir = tmp_path / "run"
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", PYTHONPATH=os.pathsep.join([str(REPO), *sys.path]))
+    new_run = tiny_overrides(run_dir, tiny_demo) + ["train.epochs=3"]
+    resume = [f"resume={run_dir}"]
+    for phase, sigs in CHAINS[chain]:
+        first, *second = [SIGNALS[s] for s in sigs.split("+")]
+        args = new_run if phase in ("preflight", "share") else resume
+        code, err = _run_until(script, args, phase, first, run_dir, env, second[0] if second else None)
+        assert code == EXIT[first], f"{phase}: exit {code}\n{err[-3000:]}"
+        assert "Traceback" not in err, f"{phase}:\n{err[-3000:]}"
+        assert not _leftover_temp_files(run_dir), phase
+        if phase == "preflight":  # nothing was written: the same command starts over
+            assert "run the same command again" in err and not run_dir.exists()
+        elif not second:
+            assert f"python -m raydf.train resume={run_dir}" in err, f"{phase}:\n{err[-3000:]}"
+        if phase == "folds":
+            assert not (run_dir / "summary.json").exists()
+            state = RunStorage(run_dir).load_torch("state/fold0.pt")
+            assert state["epoch"] >= 1  # the completed epochs are kept
+    proc = subprocess.run([sys.executable, "-m", "raydf.train", *resume], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert [f["epochs_run"] for f in summary["folds"]] == [3, 3] and "test" in summary
+    assert (run_dir / "report.md").is_file() and (run_dir / "submission.csv").is_file()
+    assert not _leftover_temp_files(run_dir)
+
+
+PREDICT_DRIVER = textwrap.dedent("""
+    import sys
+    import raydf.pipeline as pipeline
+
+    vote = pipeline.soft_vote_predict
+    def announced(*args, **kwargs):
+        print("PHASE vote", file=sys.stderr, flush=True)
+        return vote(*args, **kwargs)
+    pipeline.soft_vote_predict = announced
+
+    from raydf.cli import run_cli
+    from raydf.predict import main, parse_args
+    run_cli(main, parse_args())
+""")
+
+
+@pytest.mark.slow
+def test_sigterm_stops_predict_without_writing_its_output(finished_run, tiny_demo, tmp_path):
+    run_dir, _ = finished_run
+    script = tmp_path / "predict.py"
+    script.write_text(PREDICT_DRIVER)
+    out = tmp_path / "pred.csv"
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", PYTHONPATH=os.pathsep.join([str(REPO), *sys.path]))
+    err_file = tmp_path / "predict.err"
+    with open(err_file, "w") as err:
+        proc = start_signalable([sys.executable, str(script), "--run", str(run_dir), "--images", str(tiny_demo.test),
+                                 "--out", str(out)], env=env, stdout=subprocess.DEVNULL, stderr=err)
+        assert wait_for(lambda: "PHASE vote" in err_file.read_text(), timeout=120)
+        time.sleep(1)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+    text = err_file.read_text()
+    assert proc.returncode == 143, text[-3000:]
+    assert "Traceback" not in text and "run the same command again" in text
+    assert not out.exists() and not list(tmp_path.glob("*.tmp"))
+
+
+SIGNAL_UNIT = textwrap.dedent("""
+    import os, signal, sys, time
+    if sys.argv[1] == "ignored":
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # what `cmd &` in a script does
+    from raydf import signals
+    signals.install()
+    if sys.argv[1] == "ignored":
+        print(signal.getsignal(signal.SIGINT) == signal.SIG_IGN, signal.getsignal(signal.SIGTERM) == signal.SIG_IGN)
+        sys.exit(0)
+    partial = sys.argv[2]
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+    except signals.Stopped as stop:
+        print("stopped", stop.exit_code, flush=True)
+        with signals.partial_file(partial):  # the clean-up writes a file, slowly
+            open(partial, "w").write("half")
+            os.kill(os.getpid(), signal.SIGINT)  # a second signal: no waiting for the clean-up
+            time.sleep(5)
+        print("not reached", flush=True)
+""")
+
+
+def test_second_signal_exits_at_once_and_removes_partial_files(tmp_path):
+    script = tmp_path / "unit.py"
+    script.write_text(SIGNAL_UNIT)
+    partial = tmp_path / "out.csv.tmp"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), *sys.path]))
+    proc = start_signalable([sys.executable, str(script), "second", str(partial)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143  # the first signal's code
+    assert out.split() == ["stopped", "143"] and "second SIGINT" in err
+    assert not partial.exists()
+
+
+def test_a_signal_ignored_at_start_stays_ignored(tmp_path):
+    """The Unix convention: `cmd &` in a script starts cmd with SIGINT ignored; raydf does not take it back."""
+    script = tmp_path / "unit.py"
+    script.write_text(SIGNAL_UNIT)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), *sys.path]))
+    proc = start_signalable([sys.executable, str(script), "ignored"], env=env, stdout=subprocess.PIPE, text=True)
+    out, _ = proc.communicate(timeout=30)
+    assert out.split() == ["True", "False"]  # SIGINT still ignored, SIGTERM handled
