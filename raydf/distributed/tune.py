@@ -200,7 +200,8 @@ def _run_sweep(cfg: Config) -> str:
                 results = tuner.fit()
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-        if results.num_terminated + results.num_errors < len(results):  # Tune caught a stop signal and saved
+        # Tune caught a stop signal and saved (a SIGTERM is recorded by raydf.signals; Ctrl-C only by Tune)
+        if signals.received() or results.num_terminated + results.num_errors < len(results):
             raise SweepInterrupted.resumable(cfg.run_dir, 128 + (signals.received() or signal.SIGINT))
         records = trial_records(results, list(cfg.tune.space))
         if not any(r["epochs"] for r in records):
