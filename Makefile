@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-fast install clean
+.PHONY: demo test test-fast lint install clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,12 @@ install: $(VENV)/.installed
 demo: $(VENV)/.installed  ## train on the built-in demo data (2 folds, ~3 min on 2 CPU cores)
 	$(PY) -m raydf.train
 
-test: $(VENV)/.installed  ## the whole test suite (CPU, local Ray, < 10 min on 2 cores)
+lint: $(VENV)/.installed  ## the layer rule (import-linter) and ruff (lint + format check)
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check raydf tests benchmarks
+	$(VENV)/bin/ruff format --check raydf tests benchmarks
+
+test: lint  ## the lint, then the whole test suite (CPU, local Ray, < 15 min on 2 cores)
 	$(PY) -m pytest -q
 
 test-fast: $(VENV)/.installed

@@ -26,11 +26,11 @@ import pandas as pd
 import torch
 
 from benchmarks.seed_style import SeedDataset, k_separate_passes, seed_transforms
-from raydf.cache import DecodedCache
-from raydf.catalog import read_train
 from raydf.config import load_config
-from raydf.engine import Precision, to_input
-from raydf.transforms import FastTrainTransform, seed_transform
+from raydf.data.cache import DecodedCache
+from raydf.data.catalog import read_train
+from raydf.data.transforms import FastTrainTransform, seed_transform
+from raydf.training.engine import Precision, to_input
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "ffhq-stylegan-2200"
@@ -94,8 +94,8 @@ def epoch_efficiency(train_csv: Path, resize: int, crop: int, batch: int, n_trai
     Each is timed twice, interleaved, and the faster of each pair counts: the machine's speed drifts by 10% and
     more over a minute (a shared virtual machine), which a single pair would read as (in)efficiency.
     """
-    from raydf.fold import train_fold
-    from raydf.model import build_model
+    from raydf.models.factory import build_model
+    from raydf.training.fold_loop import train_fold
 
     threads = min(2, os.cpu_count() or 1)
     torch.set_num_threads(threads)
@@ -169,10 +169,10 @@ def inference(run_dir: Path, paths: list[str], resize: int, crop: int) -> dict:
     """
     import ray
 
-    from raydf.checkpoint import load_fold_checkpoint
     from raydf.distributed.inference import soft_vote_predict
-    from raydf.model import build_model
-    from raydf.storage import RunStorage
+    from raydf.models.factory import build_model
+    from raydf.runs.storage import RunStorage
+    from raydf.training.checkpoint import load_fold_checkpoint
 
     storage = RunStorage(run_dir)
     states = [load_fold_checkpoint(storage, k)[0] for k in range(2)]

@@ -23,10 +23,10 @@ from albumentations.pytorch import ToTensorV2
 from sklearn.model_selection import KFold
 from torch.utils.data import DataLoader, Dataset
 
-from raydf.catalog import read_test, read_train
 from raydf.config import load_config
-from raydf.model import build_model
-from raydf.transforms import SEED_NOISE_STD
+from raydf.data.catalog import read_test, read_train
+from raydf.data.transforms import SEED_NOISE_STD
+from raydf.models.factory import build_model
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -74,7 +74,7 @@ def run(cfg, threads: int) -> dict:
     train_tf, val_tf = seed_transforms(cfg.data.resize, cfg.data.crop)
     kfold = KFold(n_splits=cfg.train.folds, shuffle=True, random_state=cfg.train.seed)
     best_models, fold_seconds = [], []
-    for fold, (tr, va) in enumerate(kfold.split(table)):
+    for tr, va in kfold.split(table):
         t0 = time.time()
         train_loader = DataLoader(SeedDataset(table.path[tr], table.label[tr], train_tf), cfg.train.batch_size,
                                   shuffle=True, drop_last=True)

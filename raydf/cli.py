@@ -47,11 +47,11 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show the Python traceback of user errors")
 
 
-def config_from_args(config: Optional[str], overrides: list[str], default: Optional[str] = None) -> "Config":
+def config_from_args(config: Optional[str], overrides: list[str], default: Optional[str] = None) -> Config:
     """The config of a command line: `--config` (else `default`) and overrides, or with `resume=RUN_DIR` that
     run's own config plus overrides that do not change its results."""
     from raydf.config import load_config
-    from raydf.resume import resume_config
+    from raydf.runs.resume import resume_config
 
     resume = [o.split("=", 1)[1] for o in overrides if o.startswith("resume=")]
     if resume:

@@ -59,7 +59,7 @@ class TrainConfig:
     split: str = "kfold"  # kfold (the seed's) | stratified | group (needs a group column)
     group_by: Optional[str] = None  # training CSV column naming each image's source (default: `group`, if any)
     augment: bool = True  # the seed's albumentations pipeline; false = resize + crop only
-    fast_augment: bool = True  # the same augmentations computed on the crop (raydf.transforms.FastTrainTransform)
+    fast_augment: bool = True  # the same augmentations computed on the crop (raydf.data.transforms.FastTrainTransform)
     compile: bool = False  # torch.compile the model (GPU; pays a compile time per fold)
     precision: str = "auto"  # auto (bf16/fp16 on GPU, bf16 on CPUs with bf16 units, else fp32) | fp32, bf16, fp16
 
@@ -292,7 +292,8 @@ def _validate_values(cfg: Config) -> None:
     _require(cfg.train.folds >= 2, "train.folds", f"must be at least 2 (got {cfg.train.folds})")
     _require(cfg.train.epochs >= 1, "train.epochs", f"must be at least 1 (got {cfg.train.epochs})")
     _require(cfg.train.batch_size >= 2, "train.batch_size",
-             f"must be at least 2: InceptionResnetV1's BatchNorm1d cannot train on one image (got {cfg.train.batch_size})")
+             f"must be at least 2: InceptionResnetV1's BatchNorm1d cannot train on one image "
+             f"(got {cfg.train.batch_size})")
     _require(cfg.train.eval_batch_size >= 1, "train.eval_batch_size", "must be at least 1")
     _require(cfg.train.patience >= 1, "train.patience", f"must be at least 1 (got {cfg.train.patience})")
     _require(cfg.train.split in ("kfold", "stratified", "group"), "train.split",

@@ -27,9 +27,9 @@ def main(args: argparse.Namespace) -> int:
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
-    from raydf.pipeline import train  # imports torch and Ray: only when there is work to do
-    from raydf.report import short_report
-    from raydf.storage import RunStorage
+    from raydf.pipelines.training import train  # imports torch and Ray: only when there is work to do
+    from raydf.runs.report import short_report
+    from raydf.runs.storage import RunStorage
 
     run_dir = train(cfg)
     storage = RunStorage(run_dir)

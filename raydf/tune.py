@@ -31,7 +31,7 @@ def main(args: argparse.Namespace) -> int:
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
-    from raydf.distributed.tune import run_sweep  # imports torch and Ray: only when there is work to do
+    from raydf.pipelines.sweep import run_sweep  # imports torch and Ray: only when there is work to do
 
     run_dir = run_sweep(cfg)
     print(f"\nsweep directory: {run_dir}\ntrain with the best configuration:\n"

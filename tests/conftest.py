@@ -51,7 +51,7 @@ def ray_local():
 @pytest.fixture(scope="session")
 def tiny_demo(tmp_path_factory):
     """64 training and 32 test images of the demo generator at 128 px."""
-    from raydf.demo import ensure_demo
+    from raydf.data.demo import ensure_demo
 
     return ensure_demo(tmp_path_factory.mktemp("demo"), n_train=64, n_test=32, size=128)
 
@@ -60,7 +60,7 @@ def tiny_demo(tmp_path_factory):
 def finished_run(ray_local, tiny_demo, tmp_path_factory):
     """One tiny training run (2 folds x 1 epoch), shared by every test that reads a finished run directory."""
     from raydf.config import load_config
-    from raydf.pipeline import train
+    from raydf.pipelines.training import train
 
     # Two idle workers up front so both fold tasks start at once: a cold worker start can outlast a 1-epoch tiny
     # fold on a busy 2-core machine, which would hide the overlap the tests check.

@@ -5,8 +5,8 @@ import os
 import cv2
 import numpy as np
 
-from raydf.cache import DecodedCache
-from raydf.images import decode_images
+from raydf.data.cache import DecodedCache
+from raydf.data.images import decode_images
 
 
 def _write_images(folder, n=6, size=140):

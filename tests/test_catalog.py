@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from raydf.catalog import IMAGE_EXTENSIONS, read_test, read_train
+from raydf.data.catalog import IMAGE_EXTENSIONS, read_test, read_train
 from raydf.errors import DataError
 
 

@@ -10,9 +10,9 @@ import time
 
 import pytest
 import yaml
-
 from conftest import tiny_overrides
 from ray_processes import REPO, child_env, free_port
+
 from raydf.config import load_config
 from raydf.errors import ConfigError, DataError
 

@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
-from raydf import demo
-from raydf.demo import ARTEFACT_BOX, DEMO_VERSION, add_swap_artefact, ensure_demo, make_demo, render_face
+from raydf.data import demo
+from raydf.data.demo import ARTEFACT_BOX, DEMO_VERSION, add_swap_artefact, ensure_demo, make_demo, render_face
 
 SMALL = {"n_train": 8, "n_test": 4, "size": 64}
 

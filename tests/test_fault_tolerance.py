@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import separable_images, tiny_overrides, wait_for
+
 from raydf.config import load_config
-from raydf.fold_state import FoldStateStore
-from raydf.storage import RunStorage
+from raydf.runs.storage import RunStorage
+from raydf.training.fold_state import FoldStateStore
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -95,8 +95,8 @@ NODE_LOSS_SCRIPT = textwrap.dedent("""
     from raydf.config import load_config
     from raydf.distributed.folds import run_folds
     from raydf.distributed.session import fold_resources
-    from raydf.fold_state import FoldStateStore
-    from raydf.storage import RunStorage
+    from raydf.training.fold_state import FoldStateStore
+    from raydf.runs.storage import RunStorage
 
     run_dir, overrides = sys.argv[1], sys.argv[2:]
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})

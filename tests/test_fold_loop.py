@@ -5,12 +5,12 @@ import pytest
 import torch
 
 from raydf.config import load_config
-from raydf.dataset import ImageArrayDataset, make_loader
-from raydf.engine import Precision, evaluate
-from raydf.fold import make_optimizer, train_fold
-from raydf.metrics import classification_metrics, soft_vote
-from raydf.model import build_model
-from raydf.transforms import eval_transform
+from raydf.data.dataset import ImageArrayDataset, make_loader
+from raydf.data.transforms import eval_transform
+from raydf.models.factory import build_model
+from raydf.training.engine import Precision, evaluate
+from raydf.training.fold_loop import make_optimizer, train_fold
+from raydf.training.metrics import classification_metrics, soft_vote
 
 
 def _separable(n=48, size=80, seed=0):
@@ -102,7 +102,7 @@ def test_metrics_weighted_per_sample():
 
 
 def test_flip_tta_averages_each_model_over_the_image_and_its_mirror():
-    from raydf.engine import fold_prob_fake
+    from raydf.training.engine import fold_prob_fake
 
     torch.manual_seed(0)
     models = [torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 6, 2)).eval() for _ in range(2)]
@@ -125,11 +125,11 @@ def test_flip_tta_averages_each_model_over_the_image_and_its_mirror():
 
 
 def test_precision_on_cpu_is_bf16_only_where_the_cpu_computes_it(monkeypatch):
-    import raydf.engine as engine
+    import raydf.training.engine as engine
 
     cpu = torch.device("cpu")
     for native in (True, False):
-        monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: native)
+        monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda native=native: native)
         assert Precision.resolve("auto", cpu).dtype == (torch.bfloat16 if native else None)
         assert Precision.resolve("fp32", cpu).dtype is None
         assert Precision.resolve("fp16", cpu).dtype is None  # fp16 autocast on a CPU is slower than fp32

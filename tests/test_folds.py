@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from sklearn.model_selection import KFold
 
+from raydf.data.folds import assign_folds, check_splittable
 from raydf.errors import DataError
-from raydf.folds import assign_folds, check_splittable
 
 
 def _table(n: int, groups=None) -> pd.DataFrame:

@@ -9,11 +9,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import SHARED
 from PIL import Image
 
-from conftest import SHARED
+from raydf.data.images import BadImage, check_images, decode_checked, decode_image, decode_images, read_image
 from raydf.errors import DataError
-from raydf.images import BadImage, check_images, decode_checked, decode_image, decode_images, read_image
+
 
 def _picture(h: int = 96, w: int = 96) -> np.ndarray:
     """An RGB test picture with smooth colour gradients and a sharp block: (h, w, 3) uint8."""

@@ -12,7 +12,6 @@ import sys
 import time
 
 import pytest
-
 from conftest import tiny_overrides
 from ray_processes import REPO, Driver, HelperCluster, RayStartHead, child_env
 

@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from raydf.data.images import decode_image
+from raydf.data.preflight import BAD_COLUMNS, DUPLICATE_COLUMNS, check_test_set, preflight
 from raydf.errors import DataError
-from raydf.images import decode_image
-from raydf.preflight import BAD_COLUMNS, DUPLICATE_COLUMNS, check_test_set, preflight
-from raydf.submission import build_submission
+from raydf.runs.submission import build_submission
 
 
 def _write_images(folder: Path, n: int, prefix: str = "img") -> list[str]:

@@ -6,11 +6,11 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import tiny_overrides
+
 from raydf.config import load_config
-from raydf.console import CountProgress, FoldProgress
-from raydf.tensorboard_log import TensorBoardLog
+from raydf.runs.console import CountProgress, FoldProgress
+from raydf.runs.tensorboard_log import TensorBoardLog
 
 
 def _epoch(fold, epoch, epochs=3, t=None, **over):
@@ -48,7 +48,7 @@ def test_progress_events_arrive_at_the_driver_from_the_fold_tasks(ray_local, tin
 
 
 def test_plain_mode_logs_one_line_per_event_with_metrics_and_eta(caplog):
-    caplog.set_level(logging.INFO, logger="raydf.console")
+    caplog.set_level(logging.INFO, logger="raydf.runs.console")
     t0 = time.time()
     with FoldProgress(2, 3, live=False) as display:
         display([{"type": "start", "fold": 0, "time": t0, "node_id": "abcdef0123456789", "pid": 42}])
@@ -56,7 +56,7 @@ def test_plain_mode_logs_one_line_per_event_with_metrics_and_eta(caplog):
         display([])  # a tick without events prints nothing
         display([{"type": "done", "fold": 0, "time": t0 + 20, "best_epoch": 1, "val_loss": 0.7, "val_acc": 0.65,
                   "epochs_run": 2}])
-    lines = [r.getMessage() for r in caplog.records if r.name == "raydf.console"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "raydf.runs.console"]
     assert lines == [
         "fold 0 started (node abcdef01, pid 42)",
         "fold 0 epoch 1/3: train loss 0.6000 | val loss 0.7000 acc 0.650 | best epoch 1 | 1.5s this epoch | ETA 00:20",
@@ -64,7 +64,7 @@ def test_plain_mode_logs_one_line_per_event_with_metrics_and_eta(caplog):
 
 
 def test_a_retried_fold_keeps_its_epochs_and_says_it_resumes(caplog):
-    caplog.set_level(logging.INFO, logger="raydf.console")
+    caplog.set_level(logging.INFO, logger="raydf.runs.console")
     t0 = time.time()
     with FoldProgress(1, 4, live=False) as display:
         display([{"type": "start", "fold": 0, "time": t0}, _epoch(0, 1, t=t0 + 10), _epoch(0, 2, t=t0 + 20)])
@@ -72,14 +72,14 @@ def test_a_retried_fold_keeps_its_epochs_and_says_it_resumes(caplog):
         display([_epoch(0, 3, t=t0 + 35)])
         display([{"type": "done", "fold": 0, "time": t0 + 45, "best_epoch": 3, "val_loss": 0.7, "val_acc": 0.65,
                   "epochs_run": 4}])
-    lines = [r.getMessage() for r in caplog.records if r.name == "raydf.console"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "raydf.runs.console"]
     assert "fold 0 started (node ?, pid ?, attempt 2, resuming after epoch 2)" in lines
     assert "epoch 3/4" in lines[-2] and lines[-2].endswith("ETA 00:10")  # this attempt's pace: 10 s an epoch
     assert lines[-1].endswith("(4 epochs, 00:45)")  # from the first attempt's start
 
 
 def test_terminal_mode_draws_a_bar_per_fold(caplog):
-    caplog.set_level(logging.INFO, logger="raydf.console")
+    caplog.set_level(logging.INFO, logger="raydf.runs.console")
     out = io.StringIO()
     with FoldProgress(2, 4, live=True, stream=out) as display:
         display([{"type": "start", "fold": 1, "time": time.time()}, _epoch(1, 2, epochs=4)])
@@ -90,7 +90,7 @@ def test_terminal_mode_draws_a_bar_per_fold(caplog):
 
 
 def test_quiet_mode_shows_nothing(caplog):
-    caplog.set_level(logging.WARNING, logger="raydf.console")
+    caplog.set_level(logging.WARNING, logger="raydf.runs.console")
     out = io.StringIO()
     with FoldProgress(1, 2, live=True, stream=out) as display, CountProgress(10, "x", live=True, stream=out) as n:
         display([_epoch(0, 1)])
@@ -99,7 +99,7 @@ def test_quiet_mode_shows_nothing(caplog):
 
 
 def test_count_progress_logs_when_done(caplog):
-    caplog.set_level(logging.INFO, logger="raydf.console")
+    caplog.set_level(logging.INFO, logger="raydf.runs.console")
     with CountProgress(300, "soft vote of 2 folds", live=False, every=3600) as progress:
         for _ in range(3):
             progress.update(100)

@@ -6,14 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import tiny_overrides
-from raydf.catalog import read_test
+
 from raydf.config import load_config
-from raydf.engine import Precision, to_input
+from raydf.data.catalog import read_test
+from raydf.data.images import center_crop, decode_images
 from raydf.errors import ConfigError
-from raydf.images import center_crop, decode_images
-from raydf.model import build_model
+from raydf.models.factory import build_model
+from raydf.training.engine import Precision, to_input
 
 FOLD_KEYS = {"fold", "best_epoch", "val_loss", "val_acc", "epochs_run", "started_at", "finished_at", "node_id",
              "pid", "attempts", "resumed_from_epoch"}
@@ -100,7 +100,7 @@ def test_impossible_gpu_request_is_refused(ray_local, tiny_demo, tmp_path):
 
 
 def test_predict_reproduces_the_submission(finished_run, tiny_demo, tmp_path):
-    from raydf.predict import predict
+    from raydf.pipelines.prediction import predict
 
     run_dir, _ = finished_run
     out = predict(str(run_dir), str(tiny_demo.test), str(tmp_path / "pred.csv"))

@@ -20,9 +20,9 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import SHARED, require_shared, tiny_overrides
 from PIL import Image
 
-from conftest import SHARED, require_shared, tiny_overrides
 from raydf.config import load_config
 from raydf.errors import DataError
 
@@ -101,7 +101,7 @@ def _overrides(run_dir: Path, root: Path) -> list[str]:
 
 @pytest.mark.slow
 def test_messy_set_trains_to_the_end_leaving_out_exactly_the_broken_files(ray_local, messy, tmp_path, caplog):
-    from raydf.pipeline import train
+    from raydf.pipelines.training import train
 
     root, table, broken = messy
     with caplog.at_level(logging.INFO, logger="raydf"):  # the CLI's default level: raydf.log gets INFO lines
@@ -201,8 +201,8 @@ def test_a_crash_inside_a_fold_task_is_one_clear_line(ray_local, tiny_demo, tmp_
 
 
 def test_a_data_error_on_a_worker_is_found_behind_ray_s_wrapping(ray_local):
+    from raydf.data.images import decode_image
     from raydf.errors import find_user_error
-    from raydf.images import decode_image
 
     ref = ray_local.remote(decode_image).remote("/nonexistent/face.jpg", 32)
     with pytest.raises(ray_local.exceptions.RayTaskError) as info:

@@ -9,9 +9,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from raydf import plots
 from raydf.errors import ConfigError
-from raydf.report import bad_input_count, build_report, main, parse_args, short_report
+from raydf.report import main, parse_args
+from raydf.runs import plots
+from raydf.runs.report import bad_input_count, build_report, short_report
 
 # Pixel sizes: figure size in inches x 100 dpi (see raydf/plots.py).
 PNG_SIZES = {"learning_curves.png": (1200, 450), "roc.png": (600, 600), "confusion_matrix.png": (1100, 500),

@@ -5,10 +5,10 @@ import pytest
 
 from raydf.config import load_config
 from raydf.errors import ConfigError
-from raydf.fold import train_fold
-from raydf.fold_state import FoldStateStore
-from raydf.resume import resume_config
-from raydf.storage import RunStorage
+from raydf.runs.resume import resume_config
+from raydf.runs.storage import RunStorage
+from raydf.training.fold_loop import train_fold
+from raydf.training.fold_state import FoldStateStore
 
 
 class Crash(Exception):

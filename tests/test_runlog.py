@@ -9,7 +9,7 @@ import pytest
 
 from raydf.cli import run_cli
 from raydf.errors import DataError, find_user_error
-from raydf.runlog import run_log
+from raydf.runs.runlog import run_log
 
 
 def _crash_in_a_task() -> None:

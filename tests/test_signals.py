@@ -14,16 +14,16 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, start_signalable, tiny_overrides, wait_for
-from raydf.storage import RunStorage
+
+from raydf.runs.storage import RunStorage
 
 # A driver whose pipeline steps announce themselves on stderr ("PHASE name"); with PAUSE_AT=name it also waits
 # there, so a signal is sure to land inside that step. The soft vote is not paused: the signal lands in the
 # real inference (its actor takes seconds to start).
 DRIVER = textwrap.dedent("""
     import os, sys, time
-    import raydf.pipeline as pipeline
+    import raydf.pipelines.training as pipeline
 
     def announce(name, fn, pause):
         def step(*args, **kwargs):
@@ -122,7 +122,7 @@ def test_a_signal_at_every_step_stops_cleanly_and_the_run_resumes_to_the_end(cha
 
 PREDICT_DRIVER = textwrap.dedent("""
     import sys
-    import raydf.pipeline as pipeline
+    import raydf.pipelines.training as pipeline
 
     vote = pipeline.soft_vote_predict
     def announced(*args, **kwargs):

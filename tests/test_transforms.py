@@ -1,9 +1,9 @@
+import albumentations as A
 import cv2
 import numpy as np
-import albumentations as A
 
-from raydf.images import center_crop, decode_image
-from raydf.transforms import SEED_NOISE_STD, eval_transform, train_transform
+from raydf.data.images import center_crop, decode_image
+from raydf.data.transforms import SEED_NOISE_STD, eval_transform, train_transform
 
 
 def _image(size=128, seed=0):
@@ -66,7 +66,7 @@ def test_seeded_augmentations_fire_independently_at_their_rates():
 
 
 def _stats(transform, image, n=300):
-    from raydf.transforms import seed_transform
+    from raydf.data.transforms import seed_transform
 
     seed_transform(transform, 11)
     outs = np.stack([transform(image=image)["image"] for _ in range(n)]).astype(np.float64)  # (n, c, c, 3)
@@ -81,8 +81,8 @@ def _stats(transform, image, n=300):
 
 
 def test_fast_augmentation_matches_the_reference_statistics():
-    from raydf.demo import render_face
-    from raydf.transforms import FastTrainTransform
+    from raydf.data.demo import render_face
+    from raydf.data.transforms import FastTrainTransform
 
     face = cv2.resize(render_face(np.random.default_rng(3), 256), (128, 128), interpolation=cv2.INTER_AREA)
     ref = _stats(train_transform(96), face)
@@ -95,7 +95,7 @@ def test_fast_augmentation_matches_the_reference_statistics():
 
 
 def test_fast_augmentation_flips_and_crops_like_the_reference():
-    from raydf.transforms import FastTrainTransform
+    from raydf.data.transforms import FastTrainTransform
 
     img = _image(128)
     fast = FastTrainTransform(96)
@@ -112,8 +112,8 @@ def test_fast_augmentation_flips_and_crops_like_the_reference():
 
 
 def test_fast_fancy_pca_equals_albumentations_to_one_grey_level():
-    from raydf.demo import render_face
-    from raydf.transforms import FastFancyPCA
+    from raydf.data.demo import render_face
+    from raydf.data.transforms import FastFancyPCA
 
     rng = np.random.default_rng(0)
     changed = []
@@ -133,7 +133,7 @@ def test_network_input_is_the_seeds_normalisation():
     import torch
     from albumentations.pytorch import ToTensorV2
 
-    from raydf.engine import IMAGENET_MEAN, IMAGENET_STD, to_input
+    from raydf.training.engine import IMAGENET_MEAN, IMAGENET_STD, to_input
 
     batch = np.stack([_image(96, seed=s) for s in range(4)])
     seed = A.Compose([A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD), ToTensorV2()])

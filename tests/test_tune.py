@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import separable_images, start_signalable, tiny_overrides, wait_for
+
 from raydf.config import load_config, to_dict
 from raydf.errors import ConfigError
 
@@ -51,7 +51,7 @@ def test_search_space_can_be_narrowed_widened_and_extended():
 
 
 def test_baseline_trial_runs_the_configs_own_values():
-    from raydf.sweep import baseline_point
+    from raydf.runs.sweep_table import baseline_point
 
     cfg = load_config("tune", ["optim.lr=0.002", "tune.space[sched.t_max]={type: grid, values: [2, 4]}"])
     assert baseline_point(cfg) == {"optim.lr": 0.002, "model.dropout": 0.6}  # grid keys: every value is run
@@ -68,10 +68,10 @@ def test_randint_bounds_are_inclusive():
 # --- folds in lockstep (no Ray) ---------------------------------------------------------------------------
 
 def test_folds_in_lockstep_compute_what_they_compute_alone(tmp_path):
-    from raydf.fold import train_fold
-    from raydf.fold_state import FoldStateStore
-    from raydf.lockstep import lockstep_folds
-    from raydf.storage import RunStorage
+    from raydf.runs.storage import RunStorage
+    from raydf.training.fold_loop import train_fold
+    from raydf.training.fold_state import FoldStateStore
+    from raydf.training.lockstep import lockstep_folds
 
     images, labels = separable_images()
     cfg = load_config(None, ["data.resize=80", "data.crop=76", "train.batch_size=10", "train.epochs=2",
@@ -117,7 +117,7 @@ def _records():
 
 
 def test_trial_table_ranks_trials_and_says_why_they_stopped():
-    from raydf.sweep import best_row, trials_table
+    from raydf.runs.sweep_table import best_row, trials_table
 
     config_values = {"optim.lr": 5e-4, "model.dropout": 0.2, "sched.t_max": 8}  # what t_patience ran
     table = trials_table(_records(), ["optim.lr", "model.dropout", "sched.t_max"], 4, baseline=config_values)
@@ -133,7 +133,7 @@ def test_trial_table_ranks_trials_and_says_why_they_stopped():
 
 
 def test_best_yaml_is_a_training_config_that_loads_unchanged(tmp_path):
-    from raydf.sweep import best_config, best_row, best_yaml, plot_sweep, trials_table, history_frame
+    from raydf.runs.sweep_table import best_config, best_row, best_yaml, history_frame, plot_sweep, trials_table
 
     cfg = load_config("tune", [f"run_dir={tmp_path}/sweep"])
     records = _records()
@@ -171,10 +171,10 @@ def sweep(ray_local, tiny_demo, tmp_path_factory):
     async_hyperband.py, _Bracket.on_result). The good trial runs first and records its epoch-1 loss; the
     lr=3 trial's epoch-1 loss (astronomical) is worse, so ASHA stops it after epoch 1, deterministically.
     """
-    from raydf.distributed.tune import run_sweep
+    from raydf.pipelines.sweep import run_sweep
 
     run_dir = tmp_path_factory.mktemp("sweeps") / "grid"
-    grid = "{type: grid, values: [%s]}" % ", ".join(str(v) for v in [GOOD_LR, *ABSURD_LRS])
+    grid = "{type: grid, values: [" + ", ".join(str(v) for v in [GOOD_LR, *ABSURD_LRS]) + "]}"
     cfg = load_config("tune", _sweep_overrides(run_dir, tiny_demo) + [f"tune.space[optim.lr]={grid}",
                                                                        "tune.then_train=true", "tune.baseline=false"])
     assert run_sweep(cfg) == str(run_dir)

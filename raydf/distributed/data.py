@@ -9,9 +9,9 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import ray
 
-from raydf.cache import DecodedCache
 from raydf.config import Config
-from raydf.images import decode_images
+from raydf.data.cache import DecodedCache
+from raydf.data.images import decode_images
 
 log = logging.getLogger(__name__)
 

@@ -15,14 +15,14 @@ import ray
 import torch
 
 from raydf import signals
-from raydf.cache import DecodedCache
 from raydf.config import Config
+from raydf.data.cache import DecodedCache
 from raydf.distributed.data import ImagesHandle, resolve_images
 from raydf.distributed.progress import EventSender, drain, start_progress_actor
 from raydf.errors import RaydfError, find_user_error
-from raydf.fold import train_fold
-from raydf.fold_state import FoldStateStore
-from raydf.storage import RunStorage
+from raydf.runs.storage import RunStorage
+from raydf.training.fold_loop import train_fold
+from raydf.training.fold_state import FoldStateStore
 
 log = logging.getLogger(__name__)
 

@@ -11,10 +11,10 @@ import pandas as pd
 import ray
 import torch
 
+from raydf.data.images import center_crop, decode_image
 from raydf.distributed.cluster import alive_nodes
-from raydf.engine import Precision, default_device, fold_prob_fake, to_input
-from raydf.images import center_crop, decode_image
-from raydf.model import build_model
+from raydf.models.factory import build_model
+from raydf.training.engine import Precision, default_device, fold_prob_fake, to_input
 
 log = logging.getLogger(__name__)
 

@@ -9,13 +9,11 @@ can continue it after an interruption.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import math
 import os
 import shutil
-import signal
 import tempfile
 from typing import Any
 
@@ -25,16 +23,11 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
-from raydf import signals
 from raydf.config import Config, with_values
-from raydf.distributed.session import checked_resources, ray_session
-from raydf.errors import ConfigError, Interrupted
-from raydf.fold_state import FoldStateStore
-from raydf.lockstep import lockstep_folds
-from raydf.pipeline import create_run_dir, decode_table, read_fold_table, reopen_run_dir, train
-from raydf.resume import resume_config
-from raydf.storage import RunStorage
-from raydf.sweep import DIVERGED_LOSS, SweepFailed, baseline_point, write_report
+from raydf.runs.storage import RunStorage
+from raydf.runs.sweep_table import DIVERGED_LOSS, baseline_point
+from raydf.training.fold_state import FoldStateStore
+from raydf.training.lockstep import lockstep_folds
 
 log = logging.getLogger(__name__)
 
@@ -134,17 +127,8 @@ def make_tuner(cfg: Config, storage: RunStorage, images: np.ndarray, labels: np.
             failure_config=tune.FailureConfig(max_failures=cfg.ray.max_retries), verbose=1))
 
 
-class SweepInterrupted(Interrupted):
-    """Ctrl-C or SIGTERM: Tune saved the sweep's state; `resume=RUN_DIR` continues it."""
-
-    @classmethod
-    def resumable(cls, run_dir: str, exit_code: int) -> "SweepInterrupted":
-        return cls(f"interrupted: finished trials and every reported epoch are saved in {run_dir}. Resume "
-                   f"with:\n  python -m raydf.tune resume={run_dir}", exit_code)
-
-
 def trial_records(results: tune.ResultGrid, keys: list[str]) -> list[dict]:
-    """Per trial (see `raydf.sweep`): its name, sampled values, per-epoch metrics and error."""
+    """Per trial (see `raydf.runs.sweep_table`): its name, sampled values, per-epoch metrics and error."""
     records = []
     for result in results:
         frame = result.metrics_dataframe
@@ -154,76 +138,3 @@ def trial_records(results: tune.ResultGrid, keys: list[str]) -> list[dict]:
                         "params": {k: result.config.get(k) for k in keys}, "epochs": epochs,
                         "error": None if result.error is None else f"{type(result.error).__name__}: {result.error}"})
     return records
-
-
-def run_sweep(cfg: Config) -> str:
-    """Run (or, with `cfg.resume`, continue) the sweep of `cfg` and write its outputs; returns the run dir.
-
-    RUN_DIR: config.yaml, folds.csv, tune/ (Tune's results and checkpoints), trials.csv, sweep.png,
-    best.yaml; with `tune.then_train`, the K-fold training with best.yaml in RUN_DIR/train.
-    """
-    # num_to_keep=1 (a fold state is ~300 MB) makes Tune snapshot the sweep after every checkpoint, by design:
-    # its warning that snapshots are frequent says nothing to act on.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    try:
-        return _run_sweep(cfg)
-    except KeyboardInterrupt as stop:  # outside Tune's own graceful stop (raydf.signals)
-        if cfg.run_dir and RunStorage(cfg.run_dir).exists("folds.csv"):
-            raise SweepInterrupted.resumable(cfg.run_dir, signals.exit_code(stop)) from None
-        raise SweepInterrupted(f"interrupted ({stop or 'SIGINT'}) before the sweep directory was written: run "
-                               f"the same command again to start over", signals.exit_code(stop)) from None
-
-
-def _run_sweep(cfg: Config) -> str:
-    with ray_session(cfg.ray.address):
-        # Before any work: Tune would only warn, and wait forever, for GPUs the cluster does not have.
-        resources = checked_resources(cfg.tune.cpus_per_trial, cfg.tune.gpus_per_trial, "tune.cpus_per_trial",
-                                      "tune.gpus_per_trial")
-        if cfg.resume:
-            storage, table, _ = reopen_run_dir(cfg)
-            if storage.exists("checkpoints") or storage.exists("state"):
-                raise ConfigError(f"resume={cfg.run_dir} is a training run, not a sweep: continue it with "
-                                  f"python -m raydf.train resume={cfg.run_dir}")
-        else:
-            table, _ = read_fold_table(cfg)
-            storage = create_run_dir(cfg, table, default="runs/tune-%Y%m%d-%H%M%S")
-        images = decode_table(cfg, table)
-        labels, folds = table["label"].to_numpy(np.int64), table["fold"].to_numpy(np.int64)
-        log.info("sweep in %s: %d trials of up to %d epochs on fold(s) %s, %g CPU and %g GPU each", cfg.run_dir,
-                 num_trials(cfg), cfg.train.epochs, trial_folds(cfg), resources["num_cpus"], resources["num_gpus"])
-        scratch = _scratch_dir(storage)
-        shutil.rmtree(scratch, ignore_errors=True)  # what a killed driver of this sweep left
-        try:
-            tuner = make_tuner(cfg, storage, images, labels, folds, resources, scratch)
-            del images  # with_parameters put it in the object store
-            with signals.sigterm_as_sigint():  # Tune stops gracefully on SIGINT: let SIGTERM do the same
-                results = tuner.fit()
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-        # Tune caught a stop signal and saved (a SIGTERM is recorded by raydf.signals; Ctrl-C only by Tune)
-        if signals.received() or results.num_terminated + results.num_errors < len(results):
-            raise SweepInterrupted.resumable(cfg.run_dir, 128 + (signals.received() or signal.SIGINT))
-        records = trial_records(results, list(cfg.tune.space))
-        if not any(r["epochs"] for r in records):
-            errors = "\n  ".join(r["error"] for r in records if r["error"])
-            raise SweepFailed(f"no trial finished an epoch. Errors:\n  {errors[:3000] or 'none reported'}")
-        best = write_report(storage, cfg, records)
-        if cfg.tune.then_train:
-            log.info("training all %d folds with the best configuration into %s", best.train.folds, best.run_dir)
-            train(_resumable(best))
-    return cfg.run_dir
-
-
-def _scratch_dir(storage: RunStorage) -> str:
-    """Node-local room for the trials' current fold states (Tune keeps their checkpoints in the run directory).
-    Named after the run directory, so that resuming a killed sweep also removes what it left."""
-    root = str(storage.local_path()) if storage.local else storage.root
-    return os.path.join(tempfile.gettempdir(), f"raydf-tune-{hashlib.sha1(root.encode()).hexdigest()[:12]}")
-
-
-def _resumable(best: Config) -> Config:
-    """The best config, or the run it already started (a resumed sweep whose training was interrupted)."""
-    train_storage = RunStorage(best.run_dir)
-    if train_storage.exists("config.yaml") and train_storage.exists("folds.csv"):
-        return resume_config(best.run_dir)
-    return best

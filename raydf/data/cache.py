@@ -19,8 +19,8 @@ import numpy as np
 from filelock import FileLock
 
 from raydf import signals
-from raydf.demo import default_cache_dir
-from raydf.images import decode_images
+from raydf.data.demo import default_cache_dir
+from raydf.data.images import decode_images
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class DecodedCache:
     folder: str
 
     @classmethod
-    def for_images(cls, paths: Sequence[str], size: int, folder: Optional[str] = None) -> "DecodedCache":
+    def for_images(cls, paths: Sequence[str], size: int, folder: Optional[str] = None) -> DecodedCache:
         return cls(tuple(str(p) for p in paths), size, str(folder or default_cache_dir() / "decoded"))
 
     @property

@@ -1,7 +1,7 @@
 """The seed's albumentations pipelines, ported to albumentations 2.x by meaning.
 
 Inputs are images already decoded and resized to `data.resize` (the seed's first `Resize(256, 256)`),
-outputs are uint8 (crop, crop, 3) RGB; normalisation happens on the device (`raydf.engine.to_input`),
+outputs are uint8 (crop, crop, 3) RGB; normalisation happens on the device (`raydf.training.engine.to_input`),
 which moves a quarter of the bytes to the GPU and spares the CPU a float pass.
 """
 
@@ -10,9 +10,9 @@ from __future__ import annotations
 import random
 
 import albumentations as A
-from albumentations.augmentations.crops.transforms import CropSizeError
 import cv2
 import numpy as np
+from albumentations.augmentations.crops.transforms import CropSizeError
 
 # The 2021 GaussNoise(var_limit=(10, 50)) drew a variance in 8-bit pixel units: std = sqrt(10..50) px.
 # albumentations 2.x takes the std as a fraction of full scale and defaults to ~16x stronger noise.

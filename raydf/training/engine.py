@@ -34,7 +34,7 @@ class Precision:
     dtype: Optional[torch.dtype] = None
 
     @classmethod
-    def resolve(cls, name: str, device: torch.device) -> "Precision":
+    def resolve(cls, name: str, device: torch.device) -> Precision:
         """`auto`: bf16 on GPUs and CPUs that compute it natively, fp16 (with a scaler) on older GPUs, else fp32."""
         if name == "fp32":
             return cls(None)

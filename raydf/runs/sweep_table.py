@@ -22,7 +22,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 
 from raydf.config import Config, to_yaml, value_of, with_values  # noqa: E402
 from raydf.errors import RaydfError  # noqa: E402
-from raydf.storage import RunStorage  # noqa: E402
+from raydf.runs.storage import RunStorage  # noqa: E402
 
 STATUS_DONE, STATUS_ASHA, STATUS_PATIENCE, STATUS_ERROR = "done", "asha", "patience", "error"
 # ASHA ranks trials with np.nanpercentile: a NaN loss would never stop its trial and an infinite one breaks

@@ -15,11 +15,11 @@ import numpy as np
 import torch
 
 from raydf.config import Config
-from raydf.dataset import ImageArrayDataset, make_loader, sample_seed
-from raydf.engine import Precision, default_device, evaluate, train_one_epoch
-from raydf.fold_state import FoldStateStore
-from raydf.model import build_model
-from raydf.transforms import FastTrainTransform, eval_transform, train_transform
+from raydf.data.dataset import ImageArrayDataset, make_loader, sample_seed
+from raydf.data.transforms import FastTrainTransform, eval_transform, train_transform
+from raydf.models.factory import build_model
+from raydf.training.engine import Precision, default_device, evaluate, train_one_epoch
+from raydf.training.fold_state import FoldStateStore
 
 
 @dataclass

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from raydf.transforms import seed_transform
+from raydf.data.transforms import seed_transform
 
 
 def sample_seed(*keys: int) -> int:

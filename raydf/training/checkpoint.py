@@ -8,7 +8,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from raydf.storage import RunStorage
+from raydf.runs.storage import RunStorage
 
 log = logging.getLogger(__name__)
 

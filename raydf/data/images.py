@@ -137,9 +137,9 @@ def resize_square(rgb: np.ndarray, size: int) -> np.ndarray:
 
 
 def center_crop(images: np.ndarray, crop: int) -> np.ndarray:
-    """Centre-crop a batch (N, H, W, 3): the same pixels as `raydf.transforms.eval_transform`.
+    """Centre-crop a batch (N, H, W, 3): the same pixels as `raydf.data.transforms.eval_transform`.
 
-    Here rather than in `raydf.transforms` so that inference actors need not import albumentations (~0.6 s
+    Here rather than in `raydf.data.transforms` so that inference actors need not import albumentations (~0.6 s
     of every actor's start).
     """
     h, w = images.shape[1:3]

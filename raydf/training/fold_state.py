@@ -7,7 +7,7 @@ import logging
 import time
 from typing import Any, Optional
 
-from raydf.storage import RunStorage
+from raydf.runs.storage import RunStorage
 
 log = logging.getLogger(__name__)
 

@@ -216,7 +216,8 @@ def _one_hot(table: pd.DataFrame, real: str, fake: str, src: Path) -> pd.Series:
         where = ", ".join(f"{_line(i)} (real={table.at[i, real]!r}, fake={table.at[i, fake]!r})" for i in bad[:5])
         more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
         raise DataError(
-            f"CSV {src}: real + fake must be 1 in every row, but not at {where}{more}; mark each image either real or fake"
+            f"CSV {src}: real + fake must be 1 in every row, but not at {where}{more}; "
+            f"mark each image either real or fake"
         )
     return numbers[fake].astype("int64").reset_index(drop=True)
 
@@ -279,7 +280,8 @@ def _class_dirs(src: Path) -> dict[int, Path] | None:
     for dirs in found.values():
         if len(dirs) > 1:
             names = [d.name for d in dirs]
-            raise DataError(f"folder {src} has several class folders {names} differing only in case; merge them into one")
+            raise DataError(f"folder {src} has several class folders {names} differing only in case; "
+                            f"merge them into one")
     if not (found[0] and found[1]):
         return None
     return {label: dirs[0] for label, dirs in found.items()}

@@ -1,7 +1,7 @@
 """Several folds trained in lockstep, one epoch each in turn, with one metric row per epoch (for a Tune trial).
 
-Plain Python threads around the unchanged `raydf.fold.train_fold`: each fold's loop runs in its own thread,
-which pauses after every epoch (in `on_epoch`) until the next epoch is asked for. Only one fold computes at
+Plain Python threads around the unchanged `raydf.training.fold_loop.train_fold`: each fold's loop runs in its
+own thread, which pauses after every epoch (in `on_epoch`) until the next epoch is asked for. Only one fold computes at
 a time, so the folds do not share torch's global random generator (train_fold reseeds it per epoch for
 dropout) or the trial's CPU threads: each fold computes exactly what it would alone, and every epoch gets
 the whole device.
@@ -17,8 +17,8 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 
 from raydf.config import Config
-from raydf.fold import FoldOutcome, train_fold
-from raydf.fold_state import FoldStateStore
+from raydf.training.fold_loop import FoldOutcome, train_fold
+from raydf.training.fold_state import FoldStateStore
 
 
 class _Closed(Exception):

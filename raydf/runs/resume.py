@@ -9,7 +9,7 @@ from typing import Optional, Sequence
 
 from raydf.config import Config, load_config
 from raydf.errors import ConfigError
-from raydf.storage import RunStorage
+from raydf.runs.storage import RunStorage
 
 # Keys a resumed run may change: where and how fast it runs, not what it computes.
 RESUME_SAFE_PREFIXES = ("resources.", "ray.", "predict.batch_size", "predict.actors", "data.decode_threads",

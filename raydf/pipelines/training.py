@@ -7,7 +7,6 @@ ones continue from their last saved epoch, and only missing outputs are produced
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import logging
 import time
@@ -17,28 +16,25 @@ import numpy as np
 import pandas as pd
 import ray
 
-from raydf.cache import DecodedCache
-from raydf.catalog import read_test, read_train
-from raydf.checkpoint import save_fold_checkpoint, try_load_fold_checkpoint
-from raydf.config import Config, check_data_paths, to_dict, to_yaml
-from raydf.console import CountProgress, FoldProgress
-from raydf.demo import ensure_demo
+from raydf import signals
+from raydf.config import Config, check_data_paths, to_dict
+from raydf.data.catalog import read_test
+from raydf.data.preflight import check_test_set
 from raydf.distributed.cluster import check_readable_on_every_node
 from raydf.distributed.data import share_images
 from raydf.distributed.folds import run_folds
 from raydf.distributed.inference import soft_vote_predict
 from raydf.distributed.session import RaySession, fold_resources, ray_session
-from raydf import signals
-from raydf.errors import ConfigError, DataError, Interrupted, find_user_error
-from raydf.folds import assign_folds, check_splittable
-from raydf.images import decode_images
-from raydf.metrics import classification_metrics
-from raydf.preflight import CheckedInputs, check_test_set, preflight
-from raydf.report import TEST_LABELS, build_report
-from raydf.runlog import run_log
-from raydf.storage import RunStorage
-from raydf.submission import build_submission
-from raydf.tensorboard_log import TensorBoardLog
+from raydf.errors import DataError, Interrupted, find_user_error
+from raydf.runs.console import CountProgress, FoldProgress
+from raydf.runs.report import TEST_LABELS, build_report
+from raydf.runs.run_dir import checked_table, create_run_dir, empty_run_dir, read_csv, reopen_run_dir, write_csv
+from raydf.runs.runlog import run_log
+from raydf.runs.storage import RunStorage
+from raydf.runs.submission import write_submission
+from raydf.runs.tensorboard_log import TensorBoardLog
+from raydf.training.checkpoint import save_fold_checkpoint, try_load_fold_checkpoint
+from raydf.training.metrics import classification_metrics
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +46,7 @@ class RunInterrupted(Interrupted):
     """Ctrl-C or SIGTERM: the tasks were cancelled and the run directory is consistent (resumable)."""
 
     @classmethod
-    def during(cls, stop: BaseException, run_dir: str, started: bool) -> "RunInterrupted":
+    def during(cls, stop: BaseException, run_dir: str, started: bool) -> RunInterrupted:
         how = f"interrupted ({stop or 'SIGINT'})"
         if not started:  # the pre-flight: no run directory yet (the decoded cache is written atomically)
             return cls(f"{how} in the pre-flight, before the run directory {run_dir or ''} was written: nothing "
@@ -59,107 +55,12 @@ class RunInterrupted(Interrupted):
                    f"in {run_dir}. Resume with:\n  python -m raydf.train resume={run_dir}", signals.exit_code(stop))
 
 
-def write_csv(storage: RunStorage, rel: str, frame: pd.DataFrame) -> None:
-    storage.write_text(rel, frame.to_csv(index=False))
-
-
-def read_csv(storage: RunStorage, rel: str) -> pd.DataFrame:
-    return pd.read_csv(io.BytesIO(storage.read_bytes(rel)))
-
-
-def data_specs(cfg: Config) -> tuple[str, Optional[str]]:
-    """Training and test specs; no `data.train` means the built-in demo set (generated once)."""
-    if cfg.data.train is not None:
-        return cfg.data.train, cfg.data.test
-    d = cfg.demo
-    demo = ensure_demo(n_train=d.n_train, n_test=d.n_test, size=d.size, seed=d.seed, strength=d.strength)
-    log.info("no data.train given: using the built-in demo set at %s", demo.root)
-    return str(demo.train), cfg.data.test or str(demo.test)
-
-
-def _check_fold_sizes(folds: np.ndarray, batch_size: int) -> None:
-    for k in np.unique(folds):
-        n_train = int((folds != k).sum())
-        if n_train < batch_size:
-            raise DataError(f"fold {k} has {n_train} training images, fewer than train.batch_size={batch_size}: "
-                            f"lower train.batch_size or train.folds, or add images")
-
-
-def checked_table(cfg: Config, with_test: bool = True) -> tuple[pd.DataFrame, Optional[pd.DataFrame], CheckedInputs]:
-    """Every input checked (tables, then each image: the pre-flight) and folds assigned to the usable images.
-
-    Returns the fold table (the usable training rows with a `fold` column), the test table, and the pre-flight's
-    result (its decoded training images, the unreadable rows, the duplicates).
-    """
-    train_spec, test_spec = data_specs(cfg)
-    table = read_train(train_spec, cfg.data.train_root, cfg.train.group_by)
-    test_df = read_test(test_spec, cfg.data.test_root) if test_spec and with_test else None
-    check_splittable(table, cfg.train.folds, cfg.train.split)  # table errors first: they cost no decoding
-    inputs = preflight(table, test_df, cfg.data.resize, cfg.data.decode_threads, cfg.data.on_bad)
-    table = inputs.train.assign(fold=assign_folds(inputs.train, cfg.train.folds, cfg.train.seed, cfg.train.split,
-                                                  content=inputs.content))
-    _check_fold_sizes(table["fold"].to_numpy(), cfg.train.batch_size)
-    return table, test_df, inputs
-
-
-def create_run_dir(cfg: Config, table: pd.DataFrame, default: str = "runs/%Y%m%d-%H%M%S",
-                   inputs: Optional[CheckedInputs] = None) -> RunStorage:
-    """A new run directory (`run_dir`, else `default` with the time filled in) with config.yaml, folds.csv and,
-    given the pre-flight's `inputs`, bad_inputs.csv and duplicates.csv. Refuses a non-empty one."""
-    storage = _empty_run_dir(cfg, default)
-    files = {"config.yaml": to_yaml(cfg), "folds.csv": table.to_csv(index=False)}
-    if inputs is not None:  # written even when empty: "checked, none found"
-        files.update({"bad_inputs.csv": inputs.bad.to_csv(index=False),
-                      "duplicates.csv": inputs.duplicates.to_csv(index=False)})
-    try:
-        for rel, text in files.items():
-            storage.write_text(rel, text)
-    except BaseException:  # interrupted: no run directory that can neither be resumed nor reused
-        for rel in files:
-            storage.delete(rel)
-        raise
-    return storage
-
-
-def _empty_run_dir(cfg: Config, default: str) -> RunStorage:
-    cfg.run_dir = cfg.run_dir or time.strftime(default)
-    storage = RunStorage(cfg.run_dir)
-    if storage.listdir():
-        raise ConfigError(f"run_dir {cfg.run_dir} already exists and is not empty: choose another run_dir, or "
-                          f"continue it with resume={cfg.run_dir} (finished runs are never overwritten)")
-    return storage
-
-
-def read_fold_table(cfg: Config) -> tuple[pd.DataFrame, Optional[str]]:
-    """The checked fold table and the test spec, for a sweep; the decoded images go to the cache (`decode_table`)."""
-    check_data_paths(cfg)
-    table, _, inputs = checked_table(cfg, with_test=False)
-    if cfg.data.cache != "off":
-        DecodedCache.for_images(table["path"].tolist(), cfg.data.resize, cfg.data.cache_dir).load(
-            cfg.data.decode_threads, inputs.images)
-    return table, data_specs(cfg)[1]
-
-
-def decode_table(cfg: Config, table: pd.DataFrame) -> np.ndarray:
-    """The training images of `table`, (N, resize, resize, 3) uint8, from the decoded cache (decoded if missing)."""
-    if cfg.data.cache == "off":
-        return decode_images(table["path"].tolist(), cfg.data.resize, cfg.data.decode_threads)
-    cache = DecodedCache.for_images(table["path"].tolist(), cfg.data.resize, cfg.data.cache_dir)
-    return np.ascontiguousarray(cache.load(cfg.data.decode_threads))
-
-
-def reopen_run_dir(cfg: Config) -> tuple[RunStorage, pd.DataFrame, Optional[str]]:
-    """A resumed run: its own folds.csv is the training table (same images, same folds)."""
-    storage = RunStorage(cfg.run_dir)
-    return storage, read_csv(storage, "folds.csv"), data_specs(cfg)[1]
-
-
 def _start_run(cfg: Config) -> tuple[RunStorage, pd.DataFrame, Optional[pd.DataFrame], dict, Optional[np.ndarray]]:
     """A new run: check every input, assign folds, write the run directory's first files.
 
     Returns the fold table, the test table, the unreadable test rows and the decoded training images.
     """
-    _empty_run_dir(cfg, "runs/%Y%m%d-%H%M%S")  # refuse a used run_dir before the (long) pre-flight
+    empty_run_dir(cfg, "runs/%Y%m%d-%H%M%S")  # refuse a used run_dir before the (long) pre-flight
     table, test_df, inputs = checked_table(cfg)
     storage = create_run_dir(cfg, table, inputs=inputs)
     return storage, table, test_df, inputs.test_bad, inputs.images
@@ -337,14 +238,3 @@ def predict_paths(cfg: Config, paths: list[str], weight_refs: list[ray.ObjectRef
             batch_size=cfg.predict.batch_size, actors=cfg.predict.actors, gpus_per_actor=gpus_per_actor,
             precision=cfg.train.precision, tta=cfg.predict.tta if tta is None else tta,
             actor_restarts=cfg.predict.actor_restarts, on_rows=progress.update)
-
-
-def write_submission(storage: RunStorage, rel: str, test_df: pd.DataFrame, pred: pd.DataFrame,
-                     bad_rows: Collection[int] = (), prior: float = 0.5) -> pd.DataFrame:
-    """`image,label,prob_fake` in the test table's row order (label: argmax of the soft vote, 1 = fake).
-
-    `pred` holds the readable rows only; `bad_rows` get `prior` and `flag=bad_input` (`raydf.submission`).
-    """
-    sub = build_submission(test_df, pred["prob_fake"].to_numpy(), bad_rows, prior)
-    write_csv(storage, rel, sub)
-    return sub

@@ -1,6 +1,6 @@
 """Pre-flight check: before any training, every training and test image is read, decoded and hashed once.
 
-The training set's check *is* its decode (`raydf.images.decode_checked`): the one parallel pass that fills
+The training set's check *is* its decode (`raydf.data.images.decode_checked`): the one parallel pass that fills
 the array every fold trains on also finds the unreadable files. The test set is decoded later, inside
 Ray Data, so here it is decoded once more on threads and the pixels are dropped. A full decode and not
 a header check: a header check (Pillow's `open()` reads a few hundred bytes) passes truncated and
@@ -23,9 +23,9 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from raydf.catalog import check_two_classes
+from raydf.data.catalog import check_two_classes
+from raydf.data.images import check_images, decode_checked
 from raydf.errors import DataError
-from raydf.images import check_images, decode_checked
 
 log = logging.getLogger(__name__)
 
