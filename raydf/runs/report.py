@@ -1,0 +1,195 @@
+"""A run's report: `report.md` with the config, the per-fold table, cross-validation and test metrics, the
+plots, timings and the bad-input count, built from the run directory's files alone. `short_report` is the few
+lines `python -m raydf.train` prints at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import pandas as pd
+
+from raydf.errors import ConfigError
+from raydf.runs import plots
+from raydf.runs.storage import RunStorage
+
+log = logging.getLogger(__name__)
+
+
+REPORT = "report.md"
+TEST_LABELS = "test_labels.csv"  # image, label: the test set's true labels, when known (for the test plots)
+PLOT_FILES = {"learning_curves": "learning_curves.png", "roc": "roc.png", "confusion": "confusion_matrix.png",
+              "test_probabilities": "test_prob_fake.png"}
+PLOT_TITLES = {"learning_curves": "Learning curves", "roc": "ROC curve", "confusion": "Confusion matrix",
+               "test_probabilities": "Test set P(fake)"}
+
+
+@dataclass
+class RunFiles:
+    """What the report is made of: the run directory's own files."""
+
+    run_dir: Path
+    summary: dict[str, Any]
+    config_text: str
+    history: pd.DataFrame
+    oof: pd.DataFrame
+    submission: Optional[pd.DataFrame] = None
+    test_labels: Optional[pd.DataFrame] = None  # aligned with `submission`, row for row
+
+    @property
+    def test_truth(self) -> Optional[pd.DataFrame]:
+        """Submission rows with their true label (columns label, prob_fake), when the labels are known."""
+        if self.submission is None or self.test_labels is None:
+            return None
+        return pd.DataFrame({"label": self.test_labels["label"].to_numpy(),
+                             "prob_fake": self.submission["prob_fake"].to_numpy()})
+
+
+def read_run(run_dir: Path) -> RunFiles:
+    run_dir = Path(run_dir)
+    needed = ["summary.json", "config.yaml", "history.csv", "oof.csv"]
+    missing = [name for name in needed if not (run_dir / name).is_file()]
+    if missing:
+        raise ConfigError(f"{run_dir} is not a finished raydf run: missing {', '.join(missing)}")
+    run = RunFiles(run_dir=run_dir, summary=json.loads((run_dir / "summary.json").read_text()),
+                   config_text=(run_dir / "config.yaml").read_text(),
+                   history=pd.read_csv(run_dir / "history.csv"), oof=pd.read_csv(run_dir / "oof.csv"))
+    if (run_dir / "submission.csv").is_file():
+        run.submission = pd.read_csv(run_dir / "submission.csv")
+        if (run_dir / TEST_LABELS).is_file():
+            labels = pd.read_csv(run_dir / TEST_LABELS)
+            if labels["image"].astype(str).tolist() == run.submission["image"].astype(str).tolist():
+                run.test_labels = labels
+            else:
+                log.warning("%s does not list the images of submission.csv in order: test plots without labels",
+                            run_dir / TEST_LABELS)
+    return run
+
+
+def write_plots(run: RunFiles) -> dict[str, Path]:
+    """Every plot the run's files allow, as {name: path}."""
+    out = {k: run.run_dir / v for k, v in PLOT_FILES.items()}
+    best = {f["fold"]: f["best_epoch"] for f in run.summary["folds"]}
+    truth = run.test_truth
+    written = {"learning_curves": plots.learning_curves(run.history, best, out["learning_curves"]),
+               "roc": plots.roc(run.oof, out["roc"], test=truth)}
+    panels = {"out-of-fold": run.oof} | ({"test": truth} if truth is not None else {})
+    written["confusion"] = plots.confusion(panels, out["confusion"])
+    if run.submission is not None:
+        labels = truth["label"].to_numpy() if truth is not None else None
+        written["test_probabilities"] = plots.probability_histogram(run.submission, out["test_probabilities"], labels)
+    return written
+
+
+def bad_input_count(value: Any) -> Optional[int]:
+    """The number of bad inputs in `summary["bad_inputs"]`: a count, a list of them, or a dict with a count."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return int(value)
+    if isinstance(value, dict):
+        if "count" in value:
+            return bad_input_count(value["count"])
+        counts = [bad_input_count(v) for v in value.values()]
+        return sum(c for c in counts if c is not None)
+    if isinstance(value, (list, tuple)):
+        return len(value)
+    return None
+
+
+def _num(value: Optional[float], digits: int = 4) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _fold_seconds(fold: dict) -> float:
+    return fold["finished_at"] - fold["started_at"]
+
+
+def _metric_rows(run: RunFiles) -> list[tuple[str, dict, int]]:
+    rows = [("cross-validation (out of fold)", run.summary["cv"], len(run.oof))]
+    if "test" in run.summary:
+        rows.append(("test", run.summary["test"], len(run.submission) if run.submission is not None else 0))
+    return rows
+
+
+def render(run: RunFiles, plot_files: dict[str, Path]) -> str:
+    """report.md as text (plots linked relative to the run directory)."""
+    s, folds = run.summary, run.summary["folds"]
+    started = min(f["started_at"] for f in folds)
+    n_test = len(run.submission) if run.submission is not None else 0
+    lines = [f"# raydf run `{run.run_dir.name}`", "",
+             f"{len(folds)} folds trained in parallel on {len(run.oof)} training images, started "
+             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))}"
+             + (f"; soft vote of the {len(folds)} folds over {n_test} test images." if n_test else "."), "",
+             "## Metrics", "", "| set | images | accuracy | ROC AUC | log loss |", "|---|---:|---:|---:|---:|"]
+    for name, m, n in _metric_rows(run):
+        lines.append(f"| {name} | {n} | {_num(m['accuracy'])} | {_num(m['auc'])} | {_num(m['log_loss'])} |")
+    if "test" not in s:
+        lines += ["", "No test metrics: " + ("the test set's labels are not known." if n_test else "no test set.")]
+    bad = bad_input_count(s.get("bad_inputs"))
+    if bad is not None:
+        per_set = s["bad_inputs"] if isinstance(s["bad_inputs"], dict) else {}
+        detail = ", ".join(f"{k} {v}" for k, v in per_set.items())
+        lines += ["", f"Unreadable images left out: {bad}" + (f" ({detail})" if detail else "")
+                  + "; listed in `bad_inputs.csv`."]
+    lines += ["", "## Folds", "", "Best epoch = lowest validation loss; its weights are the fold's checkpoint.", "",
+              "| fold | best epoch | epochs run | val loss | val acc | seconds | node | pid | attempts |",
+              "|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
+    for f in folds:
+        lines.append(f"| {f['fold']} | {f['best_epoch']} | {f['epochs_run']} | {_num(f['val_loss'])} | "
+                     f"{_num(f['val_acc'])} | {_fold_seconds(f):.1f} | {str(f['node_id'])[:8]} | {f['pid']} | "
+                     f"{f['attempts']} |")
+    lines += ["", "## Plots", ""]
+    for name, path in plot_files.items():
+        lines += [f"### {PLOT_TITLES[name]}", "", f"![{PLOT_TITLES[name]}]({path.relative_to(run.run_dir)})", ""]
+    lines += ["## Timings", "", "| step | seconds |", "|---|---:|"]
+    timings = s.get("timings", {})
+    for key, label in (("preflight_seconds", "check the inputs (every image decoded once)"),
+                       ("share_images_seconds", "share the decoded images with the folds"),
+                       ("folds_seconds", f"train {len(folds)} folds (in parallel, wall clock)"),
+                       ("inference_seconds", f"soft vote over {n_test} test images")):
+        if key in timings:
+            lines.append(f"| {label} | {timings[key]:.1f} |")
+    for f in folds:
+        lines.append(f"| fold {f['fold']} | {_fold_seconds(f):.1f} |")
+    if "wall_seconds" in s:
+        lines.append(f"| whole run | {s['wall_seconds']:.1f} |")
+    lines += ["", "## Config", "", "```yaml", run.config_text.rstrip(), "```", ""]
+    return "\n".join(lines)
+
+
+def build_report(run_dir: Path) -> Path:
+    """Write the plots and report.md into `run_dir`; returns the report's path."""
+    run = read_run(Path(run_dir))
+    text = render(run, write_plots(run))
+    path = run.run_dir / REPORT
+    RunStorage(path.parent).write_text(path.name, text)
+    return path
+
+
+def short_report(run_dir: Path) -> str:
+    """A few lines for the end of a run: per-fold table, CV/test metrics, where the report and logs are."""
+    run_dir = Path(run_dir)
+    s = json.loads((run_dir / "summary.json").read_text())
+    lines = [f"run directory: {run_dir}", "fold  best epoch  epochs  val loss  val acc  seconds"]
+    for f in s["folds"]:
+        lines.append(f"{f['fold']:>4}  {f['best_epoch']:>10}  {f['epochs_run']:>6}  {f['val_loss']:>8.4f}  "
+                     f"{f['val_acc']:>7.4f}  {_fold_seconds(f):>7.0f}")
+    for name in ("cv", "test"):
+        if name in s:
+            m = s[name]
+            lines.append(f"{name:>4}: accuracy {_num(m['accuracy'])}  auc {_num(m['auc'])}  "
+                         f"log loss {_num(m['log_loss'])}")
+    bad = bad_input_count(s.get("bad_inputs"))
+    if bad:
+        lines.append(f"bad inputs: {bad} (see summary.json)")
+    if (run_dir / REPORT).is_file():
+        lines.append(f"report: {run_dir / REPORT}")
+    if (run_dir / "tensorboard").is_dir():
+        lines.append(f"logs: tensorboard --logdir {run_dir / 'tensorboard'}")
+    return "\n".join(lines)
