@@ -61,6 +61,22 @@ def test_resumed_fold_repeats_an_uninterrupted_one_exactly(tmp_path, uninterrupt
         np.testing.assert_array_equal(resumed.weights[k], v)
 
 
+def test_loader_workers_change_nothing_and_still_resume_exactly(tmp_path, uninterrupted):
+    """The GPU configs augment in DataLoader worker processes: a fold with 2 workers, crashed and resumed, computes
+    what the uninterrupted in-process fold (0 workers) did."""
+    images, labels, tr, va = _data()
+    cfg = _cfg()
+    cfg.resources.loader_workers = 2
+    store = FoldStateStore(RunStorage(tmp_path), 0)
+    with pytest.raises(Crash):
+        train_fold(images, labels, tr, va, cfg, 0, on_epoch=_crash_after(1), state=store)
+    resumed = train_fold(images, labels, tr, va, cfg, 0, state=store)  # new workers, seeded for epoch 2
+    assert resumed.resumed_from_epoch == 1 and [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    assert _comparable(resumed.history) == _comparable(uninterrupted.history)
+    for k, v in uninterrupted.weights.items():
+        np.testing.assert_array_equal(resumed.weights[k], v)
+
+
 def test_truncated_state_falls_back_to_the_previous_epoch(tmp_path, uninterrupted):
     images, labels, tr, va = _data()
     storage = RunStorage(tmp_path)
