@@ -233,6 +233,8 @@ def load_config(config: str | os.PathLike | None = None, overrides: list[str] = 
             raise ConfigError(f"cannot parse overrides {list(overrides)}: {e}") from None
         cfg = _merge(cfg, dot, "the command line")
     result: Config = OmegaConf.to_object(cfg)
+    if result.data.cache == "False":  # YAML reads `off` as a boolean, which the string field holds as "False"
+        result.data.cache = "off"
     result.tune.space = normalize_space(result.tune.space)
     validate(result)
     return result

@@ -6,7 +6,7 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from raydf.transforms import seed_transform
 
@@ -50,10 +50,13 @@ def make_loader(dataset: ImageArrayDataset, batch_size: int, *, train: bool, wor
                 seed: int = 0, pin_memory: bool = False) -> DataLoader:
     """Training loaders shuffle and drop the last partial batch (BatchNorm1d cannot train on one image).
 
-    Reseed `loader.generator` before an epoch to fix that epoch's order.
+    Reseed `loader.sampler.generator` before an epoch to fix that epoch's order. The order has a generator of its
+    own: the DataLoader draws its workers' base seed from `loader.generator` whenever it creates an iterator, which
+    is every epoch without workers but only the first epoch with persistent ones, so an order drawn from that same
+    generator changed with the number of epochs a loader had run (a resumed fold with workers shuffled differently).
     """
-    generator = torch.Generator().manual_seed(seed)
+    sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed)) if train else None
     return DataLoader(
-        dataset, batch_size=batch_size, shuffle=train, drop_last=train, num_workers=workers,
-        generator=generator, persistent_workers=workers > 0, pin_memory=pin_memory,
+        dataset, batch_size=batch_size, sampler=sampler, drop_last=train, num_workers=workers,
+        generator=torch.Generator().manual_seed(seed), persistent_workers=workers > 0, pin_memory=pin_memory,
     )

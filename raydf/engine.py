@@ -27,6 +27,15 @@ def cpu_has_native_bf16() -> bool:
     return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
 
 
+def cuda_has_native_bf16(device: torch.device) -> bool:
+    """Whether the GPU computes bf16 in hardware: compute capability 8.0+ (A100, L4, H100), or any ROCm GPU.
+
+    Not `torch.cuda.is_bf16_supported()`: since torch 2.3 it also says yes on older GPUs (T4, V100) that can merely
+    hold bf16 tensors; there bf16 is emulated (cuDNN has no bf16 convolutions) and fp16 with a scaler is the fast way.
+    """
+    return bool(torch.version.hip) or torch.cuda.get_device_capability(device)[0] >= 8
+
+
 @dataclass
 class Precision:
     """How a fold computes: the autocast dtype (None = fp32) and whether fp16 needs a gradient scaler."""
@@ -44,7 +53,7 @@ class Precision:
             # fp32, and fp16 autocast on a CPU is always slower.
             native = name == "auto" and cpu_has_native_bf16()
             return cls(torch.bfloat16 if name == "bf16" or native else None)
-        if name == "bf16" or (name == "auto" and torch.cuda.is_bf16_supported()):
+        if name == "bf16" or (name == "auto" and cuda_has_native_bf16(device)):
             return cls(torch.bfloat16)
         return cls(torch.float16)
 

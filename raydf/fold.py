@@ -106,7 +106,7 @@ def train_fold(images: np.ndarray, labels: np.ndarray, train_idx: np.ndarray, va
             break
         t0 = time.time()
         torch.manual_seed(sample_seed(seed, epoch))  # dropout
-        train_loader.generator.manual_seed(sample_seed(seed, epoch, 1))  # order (and workers' base seed)
+        train_loader.sampler.generator.manual_seed(sample_seed(seed, epoch, 1))  # order
         train_set.set_epoch(epoch)  # augmentation
         lr = optimizer.param_groups[0]["lr"]
         train_m = train_one_epoch(net, train_loader, optimizer, device, precision, scaler)

@@ -31,6 +31,16 @@ def test_default_config_is_cpu_sized_and_overridable():
     assert cfg.ray.address == "auto"
 
 
+def test_cache_off_is_the_word_off_not_a_yaml_boolean(tmp_path):
+    """YAML 1.1 reads `off` as false; `data.cache=off` (and `cache: off` in a file) must still mean no cache."""
+    assert load_config(None, ["data.cache=off"]).data.cache == "off"
+    f = tmp_path / "c.yaml"
+    f.write_text("data:\n  cache: off\n")
+    assert load_config(f).data.cache == "off"
+    with pytest.raises(ConfigError, match=r"data\.cache.*must be one of auto, memory, disk, off \(got 'on'\)"):
+        load_config(None, ["data.cache='on'"])
+
+
 def test_unknown_key_names_it_and_suggests():
     with pytest.raises(ConfigError, match=r"unknown config key 'train\.epoch'.*Did you mean 'train\.epochs'"):
         load_config(None, ["train.epoch=3"])
