@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import separable_images, tiny_overrides, wait_for
+from conftest import assert_oof_matches_checkpoints, separable_images, tiny_overrides, wait_for
 from raydf.config import load_config
 from raydf.fold_state import FoldStateStore
 from raydf.storage import RunStorage
@@ -57,7 +57,9 @@ def test_killed_fold_worker_is_retried_and_resumes(ray_local, tmp_path):
 def test_killed_driver_resumes_without_retraining_finished_folds(tiny_demo, tmp_path):
     run_dir = tmp_path / "run"
     # One fold at a time (each takes both CPUs), so fold 0 is finished while fold 1 is still training.
-    overrides = tiny_overrides(run_dir, tiny_demo) + ["train.epochs=4", "resources.cpus_per_fold=2"]
+    # fp32: the resumed run's oof.csv is compared with its checkpoints to float rounding.
+    overrides = tiny_overrides(run_dir, tiny_demo) + ["train.epochs=4", "resources.cpus_per_fold=2",
+                                                      "train.precision=fp32"]
     env = dict(os.environ, RAY_AUTH_MODE="disabled")
     driver = subprocess.Popen([sys.executable, "-m", "raydf.train", *overrides], cwd=REPO, env=env,
                               start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -78,6 +80,7 @@ def test_killed_driver_resumes_without_retraining_finished_folds(tiny_demo, tmp_
     assert fold0["finished_at"] == fold0_before["finished_at"] and fold0["pid"] == fold0_before["pid"]
     assert fold1["resumed_from_epoch"] >= 1 and fold1["epochs_run"] == 4
     assert storage.exists("submission.csv") and "test" in summary
+    assert_oof_matches_checkpoints(run_dir)  # fold 0's rows from its checkpoint, fold 1's from its resumed training
 
     # Resuming a finished run redoes nothing that exists.
     sub_before = storage.read_text("submission.csv")
