@@ -96,14 +96,15 @@ def wait_for(predicate, timeout: float = 180.0, interval: float = 0.05) -> bool:
     return False
 
 
-def separable_images(n: int = 40, size: int = 80):
-    """(n, size, size, 3) uint8 noise where the fakes (odd rows, label 1) carry a bright central square."""
+def separable_images(n: int = 40, size: int = 80, seed: int = 0):
+    """(n, size, size, 3) uint8 noise where the fakes (odd rows, label 1) carry a bright central 20 px square."""
     import numpy as np
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     images = rng.integers(0, 120, (n, size, size, 3), dtype=np.uint8)
     labels = np.arange(n) % 2
-    images[labels == 1, 30:50, 30:50] = 230
+    c = size // 2
+    images[labels == 1, c - 10:c + 10, c - 10:c + 10] = 230
     return images, labels
 
 
