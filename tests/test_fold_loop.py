@@ -161,7 +161,8 @@ def test_precision_on_gpus_is_bf16_with_bf16_units_else_fp16_with_a_gradient_sca
     assert chosen.dtype == auto, gpu
     # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
     assert chosen.scaler(cuda).is_enabled() == (auto == torch.float16)
-    assert Precision.resolve("fp32", cuda).dtype is None and not Precision.resolve("fp32", cuda).scaler(cuda).is_enabled()
+    fp32 = Precision.resolve("fp32", cuda)
+    assert fp32.dtype is None and not fp32.scaler(cuda).is_enabled()
     assert Precision.resolve("bf16", cuda).dtype == torch.bfloat16  # asked for: used even if emulated
     fp16 = Precision.resolve("fp16", cuda)
     assert fp16.dtype == torch.float16 and fp16.scaler(cuda).is_enabled()

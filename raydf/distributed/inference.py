@@ -79,6 +79,10 @@ def soft_vote_predict(paths: Sequence[str], weight_refs: Sequence[ray.ObjectRef]
     ds = ray.data.from_pandas([frame.iloc[a:b] for a, b in zip(bounds[:-1], bounds[1:]) if b > a])
     if on_rows is not None:  # the caller shows progress: Ray Data's own bars would print a second display
         ds.context.enable_progress_bars = False
+    # By default Ray Data raises a UserCodeException "from" the actor's exception, and that cause is lost on the way
+    # to the driver (exceptions pickle without __cause__): a test image that cannot be decoded (a DataError naming
+    # it) then reached the user as a bare Ray traceback. The original exception keeps its message.
+    ds.context.raise_original_map_exception = True
     # One actor per GPU lands on every GPU of the cluster: Ray Data creates actors with the SPREAD strategy
     # (ray/data/context.py DEFAULT_SCHEDULING_STRATEGY, applied in actor_pool_map_operator.py), and each
     # holds `gpus_per_actor`. The K weight refs reach each node's object store once, like the images.
