@@ -58,8 +58,11 @@ def upscale_copies(paths: list[str], folder: Path, size: int = 600) -> list[str]
     out = []
     for i, p in enumerate(paths):
         dst = folder / f"{i:05d}.jpg"
-        cv2.imwrite(str(dst), cv2.resize(cv2.imread(p), (size, size), interpolation=cv2.INTER_CUBIC),
-                    [cv2.IMWRITE_JPEG_QUALITY, 95])
+        cv2.imwrite(
+            str(dst),
+            cv2.resize(cv2.imread(p), (size, size), interpolation=cv2.INTER_CUBIC),
+            [cv2.IMWRITE_JPEG_QUALITY, 95],
+        )
         out.append(str(dst))
     return out
 
@@ -72,8 +75,9 @@ def input_pipeline(paths: list[str], resize: int, crop: int, cache_dir: Path) ->
     train_tf, _ = seed_transforms(resize, crop)
     seed_set = SeedDataset(paths, [0] * len(paths), train_tf)
     t_seed, _ = _timed(lambda: [seed_set[i] for i in range(len(paths))])
-    t_decode, images = _timed(lambda: np.ascontiguousarray(
-        DecodedCache.for_images(paths, resize, str(cache_dir)).load(threads=1)))
+    t_decode, images = _timed(
+        lambda: np.ascontiguousarray(DecodedCache.for_images(paths, resize, str(cache_dir)).load(threads=1))
+    )
     fast = FastTrainTransform(crop)
     seed_transform(fast, 0)
 
@@ -84,8 +88,13 @@ def input_pipeline(paths: list[str], resize: int, crop: int, cache_dir: Path) ->
 
     t_raydf, _ = _timed(raydf_epoch)
     n = len(paths)
-    return {"images": n, "seed_img_s": n / t_seed, "raydf_img_s": n / t_raydf, "ratio": t_seed / t_raydf,
-            "raydf_one_off_decode_img_s": n / t_decode}
+    return {
+        "images": n,
+        "seed_img_s": n / t_seed,
+        "raydf_img_s": n / t_raydf,
+        "ratio": t_seed / t_raydf,
+        "raydf_one_off_decode_img_s": n / t_decode,
+    }
 
 
 def epoch_efficiency(train_csv: Path, resize: int, crop: int, batch: int, n_train: int, cache_dir: Path) -> dict:
@@ -104,8 +113,16 @@ def epoch_efficiency(train_csv: Path, resize: int, crop: int, batch: int, n_trai
     labels = table["label"].to_numpy()
     n_val = len(table) // 4
     val_idx, train_idx = np.arange(n_val), np.arange(n_val, len(table))
-    cfg = load_config(None, [f"data.resize={resize}", f"data.crop={crop}", f"train.batch_size={batch}",
-                             "train.epochs=1", "train.eval_batch_size=128"])
+    cfg = load_config(
+        None,
+        [
+            f"data.resize={resize}",
+            f"data.crop={crop}",
+            f"train.batch_size={batch}",
+            "train.epochs=1",
+            "train.eval_batch_size=128",
+        ],
+    )
     cpu = torch.device("cpu")
     precision = Precision.resolve(cfg.train.precision, cpu)  # the same arithmetic as the real epoch
     steps = len(train_idx) // batch
@@ -135,30 +152,54 @@ def epoch_efficiency(train_csv: Path, resize: int, crop: int, batch: int, n_trai
 
     timings = [(real_epoch(), pure_epoch()) for _ in range(2)]
     real, pure = min(t[0] for t in timings), min(t[1] for t in timings)
-    return {"threads": threads, "train_steps": steps, "val_images": n_val, "pure_network_s": pure,
-            "raydf_epoch_s": real, "efficiency": pure / real, "precision": str(precision.dtype or "fp32"),
-            "pairs_s": timings}
+    return {
+        "threads": threads,
+        "train_steps": steps,
+        "val_images": n_val,
+        "pure_network_s": pure,
+        "raydf_epoch_s": real,
+        "efficiency": pure / real,
+        "precision": str(precision.dtype or "fp32"),
+        "pairs_s": timings,
+    }
 
 
 def end_to_end(train_csv: Path, test_csv: Path, overrides: list[str], work: Path) -> dict:
     """`python -m raydf.train` against the seed-style script: same data, folds, epochs, sizes, 2 cores."""
     env = dict(os.environ, RAY_AUTH_MODE="disabled", RAYDF_CACHE=str(work / "cache-e2e"))
     args = [f"data.train={train_csv}", f"data.test={test_csv}", *overrides]
-    t_raydf, proc = _timed(lambda: subprocess.run(
-        [sys.executable, "-m", "raydf.train", f"run_dir={work / 'raydf-run'}", *args], cwd=REPO, env=env,
-        capture_output=True, text=True))
+    t_raydf, proc = _timed(
+        lambda: subprocess.run(
+            [sys.executable, "-m", "raydf.train", f"run_dir={work / 'raydf-run'}", *args],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+    )
     if proc.returncode:
         raise RuntimeError(proc.stderr[-3000:])
-    t_seed, proc = _timed(lambda: subprocess.run(
-        [sys.executable, "-m", "benchmarks.seed_style", "--threads", "2", *args], cwd=REPO, env=env,
-        capture_output=True, text=True))
+    t_seed, proc = _timed(
+        lambda: subprocess.run(
+            [sys.executable, "-m", "benchmarks.seed_style", "--threads", "2", *args],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+    )
     if proc.returncode:
         raise RuntimeError(proc.stderr[-3000:])
     seed = json.loads(proc.stdout.strip().splitlines()[-1])
     summary = json.loads((work / "raydf-run" / "summary.json").read_text())
-    return {"raydf_s": t_raydf, "seed_style_s": t_seed, "ratio": t_raydf / t_seed,
-            "raydf_cv_accuracy": summary["cv"]["accuracy"], "seed_style_inference_s": seed["inference_seconds"],
-            "run_dir": str(work / "raydf-run")}
+    return {
+        "raydf_s": t_raydf,
+        "seed_style_s": t_seed,
+        "ratio": t_raydf / t_seed,
+        "raydf_cv_accuracy": summary["cv"]["accuracy"],
+        "seed_style_inference_s": seed["inference_seconds"],
+        "run_dir": str(work / "raydf-run"),
+    }
 
 
 def inference(run_dir: Path, paths: list[str], resize: int, crop: int) -> dict:
@@ -187,12 +228,12 @@ def inference(run_dir: Path, paths: list[str], resize: int, crop: int) -> dict:
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         refs = [ray.put({k: v.numpy() for k, v in s.items()}) for s in states]
-        t_vote, _ = _timed(lambda: soft_vote_predict(paths, refs, resize=resize, crop=crop, dropout=0.6,
-                                                        batch_size=128))  # raydf's default actor pool
+        t_vote, _ = _timed(
+            lambda: soft_vote_predict(paths, refs, resize=resize, crop=crop, dropout=0.6, batch_size=128)
+        )  # raydf's default actor pool
     finally:
         ray.shutdown()
-    return {"images": len(paths), "k": len(states), "k_passes_s": t_k, "soft_vote_s": t_vote,
-            "ratio": t_vote / t_k}
+    return {"images": len(paths), "k": len(states), "k_passes_s": t_k, "soft_vote_s": t_vote, "ratio": t_vote / t_k}
 
 
 def main() -> None:
@@ -205,19 +246,33 @@ def main() -> None:
         sys.exit(f"no labels.csv in {args.data}: pass --data with the FFHQ/StyleGAN set (path,label CSV)")
     n_images, epochs, n_pipe = (600, 1, 200) if args.quick else (2200, 3, 600)
     resize, crop = 128, 96  # the end-to-end target's 96 px
-    results: dict = {"machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                                 "torch": torch.__version__, "cuda": torch.cuda.is_available()},
-                     "quick": args.quick}
+    results: dict = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "torch": torch.__version__,
+            "cuda": torch.cuda.is_available(),
+        },
+        "quick": args.quick,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         train_csv, test_csv = split_data(args.data, work, n_images)
         sample = read_train(args.data / "labels.csv")["path"].tolist()[:n_pipe]
         results["input_256px"] = input_pipeline(sample, 256, 156, work / "c256")
         results["input_600px"] = input_pipeline(upscale_copies(sample, work / "big"), 256, 156, work / "c600")
-        results["epoch_efficiency"] = epoch_efficiency(train_csv, resize, crop, 32, 400 if args.quick else 1200,
-                                                       work / "c-eff")
-        e2e = ["train.folds=2", f"train.epochs={epochs}", f"sched.t_max={epochs}", f"data.resize={resize}",
-               f"data.crop={crop}", "train.batch_size=32", "resources.gpus_per_fold=0"]
+        results["epoch_efficiency"] = epoch_efficiency(
+            train_csv, resize, crop, 32, 400 if args.quick else 1200, work / "c-eff"
+        )
+        e2e = [
+            "train.folds=2",
+            f"train.epochs={epochs}",
+            f"sched.t_max={epochs}",
+            f"data.resize={resize}",
+            f"data.crop={crop}",
+            "train.batch_size=32",
+            "resources.gpus_per_fold=0",
+        ]
         results["end_to_end"] = end_to_end(train_csv, test_csv, e2e, work)
         run_dir = Path(results["end_to_end"].pop("run_dir"))
         results["inference"] = inference(run_dir, pd.read_csv(test_csv)["path"].tolist(), resize, crop)
@@ -233,22 +288,49 @@ def main() -> None:
 
 def table(r: dict) -> str:
     rows = [
-        ("input pipeline 256 px (img/s, 1 core)", r["input_256px"]["seed_img_s"], r["input_256px"]["raydf_img_s"],
-         f'{r["input_256px"]["ratio"]:.2f}x faster', ">= 2x"),
-        ("input pipeline 600 px (img/s, 1 core)", r["input_600px"]["seed_img_s"], r["input_600px"]["raydf_img_s"],
-         f'{r["input_600px"]["ratio"]:.2f}x faster', ">= 4x"),
-        ("epoch efficiency (pure network / real epoch)", None, r["epoch_efficiency"]["efficiency"],
-         f'{r["epoch_efficiency"]["efficiency"]:.2f}', ">= 0.85"),
-        ("end to end (s, 2 folds)", r["end_to_end"]["seed_style_s"], r["end_to_end"]["raydf_s"],
-         f'{r["end_to_end"]["ratio"]:.2f} of seed', "<= 0.85"),
+        (
+            "input pipeline 256 px (img/s, 1 core)",
+            r["input_256px"]["seed_img_s"],
+            r["input_256px"]["raydf_img_s"],
+            f"{r['input_256px']['ratio']:.2f}x faster",
+            ">= 2x",
+        ),
+        (
+            "input pipeline 600 px (img/s, 1 core)",
+            r["input_600px"]["seed_img_s"],
+            r["input_600px"]["raydf_img_s"],
+            f"{r['input_600px']['ratio']:.2f}x faster",
+            ">= 4x",
+        ),
+        (
+            "epoch efficiency (pure network / real epoch)",
+            None,
+            r["epoch_efficiency"]["efficiency"],
+            f"{r['epoch_efficiency']['efficiency']:.2f}",
+            ">= 0.85",
+        ),
+        (
+            "end to end (s, 2 folds)",
+            r["end_to_end"]["seed_style_s"],
+            r["end_to_end"]["raydf_s"],
+            f"{r['end_to_end']['ratio']:.2f} of seed",
+            "<= 0.85",
+        ),
     ]
     for key in ("inference", "inference_all"):
         if key in r:
-            rows.append((f'inference (s, {r[key]["images"]} images)', r[key]["k_passes_s"], r[key]["soft_vote_s"],
-                         f'{r[key]["ratio"]:.2f} of K passes', "<= 0.9"))
+            rows.append(
+                (
+                    f"inference (s, {r[key]['images']} images)",
+                    r[key]["k_passes_s"],
+                    r[key]["soft_vote_s"],
+                    f"{r[key]['ratio']:.2f} of K passes",
+                    "<= 0.9",
+                )
+            )
     lines = ["| measure | seed way | raydf | result | target |", "|---|---|---|---|---|"]
     for name, seed, ours, result, target in rows:
-        fmt = (lambda v: "" if v is None else f"{v:.1f}" if v > 10 else f"{v:.3f}")
+        fmt = lambda v: "" if v is None else f"{v:.1f}" if v > 10 else f"{v:.3f}"
         lines.append(f"| {name} | {fmt(seed)} | {fmt(ours)} | {result} | {target} |")
     return "\n".join(lines)
 

@@ -32,22 +32,30 @@ MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def seed_transforms(resize: int, crop: int) -> tuple[A.Compose, A.Compose]:
-    train = A.Compose([
-        A.Resize(resize, resize),
-        A.ImageCompression(quality_range=(60, 100), p=0.5),
-        A.GaussNoise(std_range=SEED_NOISE_STD, p=0.1),
-        A.GaussianBlur(blur_limit=(3, 3), sigma_limit=(0.8, 0.8), p=0.05),
-        A.HorizontalFlip(),
-        A.OneOf([A.RandomBrightnessContrast(), A.FancyPCA(), A.HueSaturationValue()], p=0.7),
-        A.ToGray(p=0.2),
-        A.Affine(translate_percent=(-0.1, 0.1), scale=(0.8, 1.2), rotate=(-10, 10), keep_ratio=True,
-                 border_mode=cv2.BORDER_CONSTANT, fill=0, p=0.5),
-        A.CenterCrop(crop, crop),
-        A.Normalize(mean=MEAN, std=STD),
-        ToTensorV2(),
-    ])
-    val = A.Compose([A.Resize(resize, resize), A.CenterCrop(crop, crop), A.Normalize(mean=MEAN, std=STD),
-                     ToTensorV2()])
+    train = A.Compose(
+        [
+            A.Resize(resize, resize),
+            A.ImageCompression(quality_range=(60, 100), p=0.5),
+            A.GaussNoise(std_range=SEED_NOISE_STD, p=0.1),
+            A.GaussianBlur(blur_limit=(3, 3), sigma_limit=(0.8, 0.8), p=0.05),
+            A.HorizontalFlip(),
+            A.OneOf([A.RandomBrightnessContrast(), A.FancyPCA(), A.HueSaturationValue()], p=0.7),
+            A.ToGray(p=0.2),
+            A.Affine(
+                translate_percent=(-0.1, 0.1),
+                scale=(0.8, 1.2),
+                rotate=(-10, 10),
+                keep_ratio=True,
+                border_mode=cv2.BORDER_CONSTANT,
+                fill=0,
+                p=0.5,
+            ),
+            A.CenterCrop(crop, crop),
+            A.Normalize(mean=MEAN, std=STD),
+            ToTensorV2(),
+        ]
+    )
+    val = A.Compose([A.Resize(resize, resize), A.CenterCrop(crop, crop), A.Normalize(mean=MEAN, std=STD), ToTensorV2()])
     return train, val
 
 
@@ -76,12 +84,14 @@ def run(cfg, threads: int) -> dict:
     best_models, fold_seconds = [], []
     for tr, va in kfold.split(table):
         t0 = time.time()
-        train_loader = DataLoader(SeedDataset(table.path[tr], table.label[tr], train_tf), cfg.train.batch_size,
-                                  shuffle=True, drop_last=True)
+        train_loader = DataLoader(
+            SeedDataset(table.path[tr], table.label[tr], train_tf), cfg.train.batch_size, shuffle=True, drop_last=True
+        )
         val_loader = DataLoader(SeedDataset(table.path[va], table.label[va], val_tf), cfg.train.eval_batch_size)
         model = build_model(cfg.model.dropout)
-        opt = torch_optimizer.RAdam(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
-                                    weight_decay=cfg.optim.weight_decay)
+        opt = torch_optimizer.RAdam(
+            model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay
+        )
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.sched.t_max)
         best_loss, stale, best = np.inf, 0, None
         for _ in range(cfg.train.epochs):
@@ -113,8 +123,7 @@ def run(cfg, threads: int) -> dict:
         probs = k_separate_passes(best_models, test["path"].tolist(), val_tf, cfg.predict.batch_size)
         inference_seconds = time.time() - t0
         pd.DataFrame({"image": test["image"], "prob_fake": probs}).to_csv("/dev/null", index=False)
-    return {"wall_seconds": time.time() - t_start, "fold_seconds": fold_seconds,
-            "inference_seconds": inference_seconds}
+    return {"wall_seconds": time.time() - t_start, "fold_seconds": fold_seconds, "inference_seconds": inference_seconds}
 
 
 def k_separate_passes(models, paths, transform, batch_size) -> np.ndarray:

@@ -18,9 +18,13 @@ if TYPE_CHECKING:
 
 # Ray loggers kept quiet unless -v: the INFO chatter of Ray Data's executor, the notice that token auth is on
 # (the secure default of a local instance) and Ray Data's own progress output (raydf shows its own).
-QUIET_RAY_LOGGERS = {"ray": logging.WARNING, "ray.data": logging.WARNING, "ray.tune": logging.WARNING,
-                     "ray._private.authentication.authentication_token_setup": logging.ERROR,
-                     "ray.data._internal.progress": logging.ERROR}
+QUIET_RAY_LOGGERS = {
+    "ray": logging.WARNING,
+    "ray.data": logging.WARNING,
+    "ray.tune": logging.WARNING,
+    "ray._private.authentication.authentication_token_setup": logging.ERROR,
+    "ray.data._internal.progress": logging.ERROR,
+}
 
 
 # Libraries whose DEBUG output is noise even at -vv (matplotlib scores every font it finds).

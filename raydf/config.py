@@ -110,8 +110,13 @@ class RayConfig:
 
 
 # Search-space entry types (`tune.space`) and the fields each one reads.
-SPACE_TYPES = {"loguniform": ("low", "high"), "uniform": ("low", "high"), "randint": ("low", "high"),
-               "choice": ("values",), "grid": ("values",)}
+SPACE_TYPES = {
+    "loguniform": ("low", "high"),
+    "uniform": ("low", "high"),
+    "randint": ("low", "high"),
+    "choice": ("values",),
+    "grid": ("values",),
+}
 # Sections a sweep may vary. Not tunable: what every trial is compared on (data, folds, seed, the epoch
 # budget) and where or how it runs (resources, ray, predict, run_dir, tune itself).
 TUNABLE_PREFIXES = ("model.", "optim.", "sched.", "train.", "data.crop")
@@ -124,11 +129,13 @@ class TuneConfig:
 
     # Dotted config key -> {type: loguniform | uniform | randint (low/high inclusive) | choice | grid, low, high,
     # values}. A key set to null is removed (entries merge with these defaults).
-    space: dict[str, Any] = field(default_factory=lambda: {
-        "optim.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
-        "model.dropout": {"type": "uniform", "low": 0.2, "high": 0.8},
-        "sched.t_max": {"type": "randint", "low": 10, "high": 60},
-    })
+    space: dict[str, Any] = field(
+        default_factory=lambda: {
+            "optim.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
+            "model.dropout": {"type": "uniform", "low": 0.2, "high": 0.8},
+            "sched.t_max": {"type": "randint", "low": 10, "high": 60},
+        }
+    )
     num_samples: int = 16  # trials drawn (with grid keys: times the whole grid is repeated)
     max_concurrent: int = 0  # trials at once; 0 = as many as the cluster's resources allow
     cpus_per_trial: int = 1  # also the torch thread count of a trial on CPU
@@ -233,6 +240,8 @@ def load_config(config: str | os.PathLike | None = None, overrides: list[str] = 
             raise ConfigError(f"cannot parse overrides {list(overrides)}: {e}") from None
         cfg = _merge(cfg, dot, "the command line")
     result: Config = OmegaConf.to_object(cfg)
+    if result.data.cache == "False":  # YAML reads `off` as a boolean, which the string field holds as "False"
+        result.data.cache = "off"
     result.tune.space = normalize_space(result.tune.space)
     validate(result)
     return result
@@ -291,43 +300,72 @@ def validate(cfg: Config) -> None:
 def _validate_values(cfg: Config) -> None:
     _require(cfg.train.folds >= 2, "train.folds", f"must be at least 2 (got {cfg.train.folds})")
     _require(cfg.train.epochs >= 1, "train.epochs", f"must be at least 1 (got {cfg.train.epochs})")
-    _require(cfg.train.batch_size >= 2, "train.batch_size",
-             f"must be at least 2: InceptionResnetV1's BatchNorm1d cannot train on one image "
-             f"(got {cfg.train.batch_size})")
+    _require(
+        cfg.train.batch_size >= 2,
+        "train.batch_size",
+        f"must be at least 2: InceptionResnetV1's BatchNorm1d cannot train on one image (got {cfg.train.batch_size})",
+    )
     _require(cfg.train.eval_batch_size >= 1, "train.eval_batch_size", "must be at least 1")
     _require(cfg.train.patience >= 1, "train.patience", f"must be at least 1 (got {cfg.train.patience})")
-    _require(cfg.train.split in ("kfold", "stratified", "group"), "train.split",
-             f"must be one of kfold, stratified, group (got '{cfg.train.split}')")
+    _require(
+        cfg.train.split in ("kfold", "stratified", "group"),
+        "train.split",
+        f"must be one of kfold, stratified, group (got '{cfg.train.split}')",
+    )
     _require(cfg.data.on_bad in ("skip", "error"), "data.on_bad", f"must be skip or error (got '{cfg.data.on_bad}')")
     _require(cfg.data.decode_threads >= 0, "data.decode_threads", "must be >= 0 (0 = one per core)")
-    _require(cfg.train.precision in ("auto", "fp32", "bf16", "fp16"), "train.precision",
-             f"must be one of auto, fp32, bf16, fp16 (got '{cfg.train.precision}')")
-    _require(cfg.data.cache in ("auto", "memory", "disk", "off"), "data.cache",
-             f"must be one of auto, memory, disk, off (got '{cfg.data.cache}')")
+    _require(
+        cfg.train.precision in ("auto", "fp32", "bf16", "fp16"),
+        "train.precision",
+        f"must be one of auto, fp32, bf16, fp16 (got '{cfg.train.precision}')",
+    )
+    _require(
+        cfg.data.cache in ("auto", "memory", "disk", "off"),
+        "data.cache",
+        f"must be one of auto, memory, disk, off (got '{cfg.data.cache}')",
+    )
     _require(cfg.optim.lr > 0, "optim.lr", f"must be positive (got {cfg.optim.lr})")
     _require(cfg.optim.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
-    _require(len(cfg.optim.betas) == 2 and all(0 <= b < 1 for b in cfg.optim.betas), "optim.betas",
-             f"must be two numbers in [0, 1) (got {cfg.optim.betas})")
+    _require(
+        len(cfg.optim.betas) == 2 and all(0 <= b < 1 for b in cfg.optim.betas),
+        "optim.betas",
+        f"must be two numbers in [0, 1) (got {cfg.optim.betas})",
+    )
     _require(0 <= cfg.model.dropout < 1, "model.dropout", f"must be in [0, 1) (got {cfg.model.dropout})")
     _require(cfg.sched.t_max >= 1, "sched.t_max", f"must be at least 1 (got {cfg.sched.t_max})")
-    _require(cfg.data.crop >= MIN_CROP, "data.crop",
-             f"must be at least {MIN_CROP}, the smallest input InceptionResnetV1 accepts (got {cfg.data.crop})")
-    _require(cfg.data.resize >= cfg.data.crop, "data.resize",
-             f"must be at least data.crop={cfg.data.crop} (got {cfg.data.resize})")
+    _require(
+        cfg.data.crop >= MIN_CROP,
+        "data.crop",
+        f"must be at least {MIN_CROP}, the smallest input InceptionResnetV1 accepts (got {cfg.data.crop})",
+    )
+    _require(
+        cfg.data.resize >= cfg.data.crop,
+        "data.resize",
+        f"must be at least data.crop={cfg.data.crop} (got {cfg.data.resize})",
+    )
     g = cfg.resources.gpus_per_fold
     _require(g is None or g >= 0, "resources.gpus_per_fold", f"must be >= 0 or null for auto (got {g})")
-    _require(g is None or g <= 1 or float(g).is_integer(), "resources.gpus_per_fold",
-             f"above 1 must be a whole number (got {g})")
+    _require(
+        g is None or g <= 1 or float(g).is_integer(),
+        "resources.gpus_per_fold",
+        f"above 1 must be a whole number (got {g})",
+    )
     _require(cfg.resources.cpus_per_fold >= 1, "resources.cpus_per_fold", "must be at least 1")
-    _require(cfg.resources.loader_workers is None or cfg.resources.loader_workers >= 0, "resources.loader_workers",
-             "must be >= 0, or null for automatic")
+    _require(
+        cfg.resources.loader_workers is None or cfg.resources.loader_workers >= 0,
+        "resources.loader_workers",
+        "must be >= 0, or null for automatic",
+    )
     _require(cfg.predict.batch_size >= 1, "predict.batch_size", "must be at least 1")
     _require(cfg.predict.actors >= 0, "predict.actors", "must be >= 0 (0 = automatic)")
     _require(cfg.predict.actor_restarts >= -1, "predict.actor_restarts", "must be >= 0, or -1 for unlimited")
     _require(cfg.ray.max_retries >= -1, "ray.max_retries", "must be >= 0, or -1 for unlimited")
     _require(cfg.ray.scale_up_timeout_s >= 0, "ray.scale_up_timeout_s", "must be >= 0 (seconds; 0 = do not wait)")
-    _require(cfg.demo.n_train >= 4 * cfg.train.folds or cfg.data.train is not None, "demo.n_train",
-             f"must be at least 4 x train.folds = {4 * cfg.train.folds}")
+    _require(
+        cfg.demo.n_train >= 4 * cfg.train.folds or cfg.data.train is not None,
+        "demo.n_train",
+        f"must be at least 4 x train.folds = {4 * cfg.train.folds}",
+    )
 
 
 _DATA_PATHS = {
@@ -369,15 +407,28 @@ def _validate_tune(cfg: Config) -> None:
     _require(t.max_concurrent >= 0, "tune.max_concurrent", "must be >= 0 (0 = as many as resources allow)")
     _require(t.cpus_per_trial >= 1, "tune.cpus_per_trial", "must be at least 1")
     g = t.gpus_per_trial
-    _require(g is None or 0 <= g <= 1, "tune.gpus_per_trial",
-             f"must be in [0, 1] (a trial trains on one device) or null for auto (got {g})")
-    _require(1 <= t.grace_period <= cfg.train.epochs, "tune.grace_period",
-             f"must be in [1, train.epochs={cfg.train.epochs}] (got {t.grace_period})")
+    _require(
+        g is None or 0 <= g <= 1,
+        "tune.gpus_per_trial",
+        f"must be in [0, 1] (a trial trains on one device) or null for auto (got {g})",
+    )
+    _require(
+        1 <= t.grace_period <= cfg.train.epochs,
+        "tune.grace_period",
+        f"must be in [1, train.epochs={cfg.train.epochs}] (got {t.grace_period})",
+    )
     _require(t.reduction_factor > 1, "tune.reduction_factor", f"must be > 1 (got {t.reduction_factor})")
-    folds_ok = t.folds == "all" or (isinstance(t.folds, list) and len(t.folds) > 0 and len(set(t.folds)) == len(t.folds)
-                                    and all(isinstance(k, int) and 0 <= k < cfg.train.folds for k in t.folds))
-    _require(folds_ok, "tune.folds", f"must be 'all' or a list of distinct fold indices in [0, "
-                                     f"train.folds={cfg.train.folds}) (got {t.folds})")
+    folds_ok = t.folds == "all" or (
+        isinstance(t.folds, list)
+        and len(t.folds) > 0
+        and len(set(t.folds)) == len(t.folds)
+        and all(isinstance(k, int) and 0 <= k < cfg.train.folds for k in t.folds)
+    )
+    _require(
+        folds_ok,
+        "tune.folds",
+        f"must be 'all' or a list of distinct fold indices in [0, train.folds={cfg.train.folds}) (got {t.folds})",
+    )
     _require(len(t.space) > 0, "tune.space", "is empty: give at least one key to search (e.g. optim.lr)")
     for key, spec in t.space.items():
         _validate_space_entry(cfg, key, spec)
@@ -390,31 +441,44 @@ def _validate_space_entry(cfg: Config, key: str, spec: Any) -> None:
         hint = f" Did you mean '{close[0]}'?" if close else ""
         raise ConfigError(f"config key '{where}': '{key}' is not a config key.{hint}")
     tunable = key.startswith(TUNABLE_PREFIXES) and key not in UNTUNABLE_KEYS
-    _require(tunable, where, f"'{key}' cannot be tuned: trials must share data, folds, seed and the epoch budget "
-                             f"(train.epochs); tunable are model.*, optim.*, sched.*, data.crop and train.* except "
-                             f"{', '.join(UNTUNABLE_KEYS)}")
-    _require(isinstance(spec, dict) and spec.get("type") in SPACE_TYPES, where,
-             f"needs a type, one of {', '.join(SPACE_TYPES)} (got {spec})")
+    _require(
+        tunable,
+        where,
+        f"'{key}' cannot be tuned: trials must share data, folds, seed and the epoch budget "
+        f"(train.epochs); tunable are model.*, optim.*, sched.*, data.crop and train.* except "
+        f"{', '.join(UNTUNABLE_KEYS)}",
+    )
+    _require(
+        isinstance(spec, dict) and spec.get("type") in SPACE_TYPES,
+        where,
+        f"needs a type, one of {', '.join(SPACE_TYPES)} (got {spec})",
+    )
     kind, fields = spec["type"], SPACE_TYPES[spec["type"]]
     unknown = set(spec) - {"type", *fields}
     _require(not unknown, where, f"type {kind} takes {', '.join(fields)}; unknown: {', '.join(sorted(unknown))}")
     missing = [f for f in fields if spec.get(f) is None]
     _require(not missing, where, f"type {kind} needs {', '.join(missing)}")
     if fields == ("values",):
-        _require(isinstance(spec["values"], list) and len(spec["values"]) > 0, where,
-                 "values must be a non-empty list")
+        _require(isinstance(spec["values"], list) and len(spec["values"]) > 0, where, "values must be a non-empty list")
         samples = spec["values"]
     else:
         low, high = spec["low"], spec["high"]
         number = (int,) if kind == "randint" else (int, float)
-        _require(all(isinstance(v, number) and not isinstance(v, bool) for v in (low, high)), where,
-                 f"low and high must be {'integers' if kind == 'randint' else 'numbers'} (got {low}, {high})")
-        _require(low < high or (kind == "randint" and low == high), where,
-                 f"low must be below high (got {low}, {high})")
+        _require(
+            all(isinstance(v, number) and not isinstance(v, bool) for v in (low, high)),
+            where,
+            f"low and high must be {'integers' if kind == 'randint' else 'numbers'} (got {low}, {high})",
+        )
+        _require(
+            low < high or (kind == "randint" and low == high), where, f"low must be below high (got {low}, {high})"
+        )
         _require(kind != "loguniform" or low > 0, where, f"loguniform needs low > 0 (got {low})")
         current = OmegaConf.select(OmegaConf.structured(cfg), key)
-        _require(kind == "randint" or not isinstance(current, int) or isinstance(current, bool), where,
-                 f"'{key}' is an integer: {kind} draws fractions, use randint, choice or grid")
+        _require(
+            kind == "randint" or not isinstance(current, int) or isinstance(current, bool),
+            where,
+            f"'{key}' is an integer: {kind} draws fractions, use randint, choice or grid",
+        )
         samples = [low, high]
     for value in samples:  # every end of the range must give a valid config (e.g. dropout below 1)
         try:

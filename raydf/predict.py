@@ -18,8 +18,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--image-root", help="folder the CSV's relative paths resolve against (default: the CSV's)")
     parser.add_argument("--out", help="submission CSV to write (default: RUN_DIR/predictions.csv)")
     parser.add_argument("--address", help="Ray address of a running cluster (default: the run's ray.address)")
-    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                        help="also predict each image flipped left-right and average (default: the run's predict.tta)")
+    parser.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also predict each image flipped left-right and average (default: the run's predict.tta)",
+    )
     add_common_args(parser)
     return parser.parse_args(argv)
 
@@ -29,8 +33,10 @@ def main(args: argparse.Namespace) -> int:
     try:
         print(predict(args.run, args.images, out, args.image_root, args.address, args.tta))
     except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM (raydf.signals): the output is written whole or not at all
-        raise Interrupted(f"interrupted ({stop or 'SIGINT'}): nothing was written to {out}; run the same command "
-                          f"again to predict", signals.exit_code(stop)) from None
+        raise Interrupted(
+            f"interrupted ({stop or 'SIGINT'}): nothing was written to {out}; run the same command again to predict",
+            signals.exit_code(stop),
+        ) from None
     return 0
 
 

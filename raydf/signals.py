@@ -139,4 +139,3 @@ def sigterm_as_sigint() -> Iterator[None]:
         yield
     finally:
         _delegate_to_sigint = False
-

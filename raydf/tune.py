@@ -20,8 +20,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m raydf.tune", description=__doc__)
     parser.add_argument("--config", help=f"YAML file or name in configs/ (default: configs/{DEFAULT_CONFIG}.yaml)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="e.g. tune.num_samples=20 'tune.space[optim.lr].high=0.01' tune.then_train=true")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="e.g. tune.num_samples=20 'tune.space[optim.lr].high=0.01' tune.then_train=true",
+    )
     add_common_args(parser)
     return parser.parse_args(argv)
 
@@ -34,8 +38,10 @@ def main(args: argparse.Namespace) -> int:
     from raydf.pipelines.sweep import run_sweep  # imports torch and Ray: only when there is work to do
 
     run_dir = run_sweep(cfg)
-    print(f"\nsweep directory: {run_dir}\ntrain with the best configuration:\n"
-          f"  python -m raydf.train --config {run_dir}/best.yaml")
+    print(
+        f"\nsweep directory: {run_dir}\ntrain with the best configuration:\n"
+        f"  python -m raydf.train --config {run_dir}/best.yaml"
+    )
     return 0
 
 

@@ -42,8 +42,14 @@ def ray_local():
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no token file written to $HOME by tests
-    ray.init(address="local", num_cpus=2, num_gpus=1, object_store_memory=300 * 1024**2, include_dashboard=False,
-             log_to_driver=False)
+    ray.init(
+        address="local",
+        num_cpus=2,
+        num_gpus=1,
+        object_store_memory=300 * 1024**2,
+        include_dashboard=False,
+        log_to_driver=False,
+    )
     yield ray
     ray.shutdown()
 
@@ -70,16 +76,28 @@ def finished_run(ray_local, tiny_demo, tmp_path_factory):
 
     ray_local.get([warm.remote() for _ in range(2)])
     run_dir = tmp_path_factory.mktemp("runs") / "run"
-    cfg = load_config(None, tiny_overrides(run_dir, tiny_demo))
+    # fp32 (auto would pick bf16 on a CPU with bf16 units): tests compare its probabilities with ones computed in
+    # the test to float rounding, and bf16 results depend on how the images are batched.
+    cfg = load_config(None, tiny_overrides(run_dir, tiny_demo) + ["train.precision=fp32"])
     assert train(cfg) == str(run_dir)
     return run_dir, cfg
 
 
 def tiny_overrides(run_dir, demo) -> list[str]:
     """Overrides for a fast run: 2 folds x 1 epoch at 80 px on the tiny demo set, CPU only."""
-    return [f"run_dir={run_dir}", f"data.train={demo.train}", f"data.test={demo.test}", "data.resize=96",
-            "data.crop=80", "train.folds=2", "train.epochs=1", "train.batch_size=16", "train.eval_batch_size=32",
-            "predict.batch_size=16", "resources.gpus_per_fold=0"]
+    return [
+        f"run_dir={run_dir}",
+        f"data.train={demo.train}",
+        f"data.test={demo.test}",
+        "data.resize=96",
+        "data.crop=80",
+        "train.folds=2",
+        "train.epochs=1",
+        "train.batch_size=16",
+        "train.eval_batch_size=32",
+        "predict.batch_size=16",
+        "resources.gpus_per_fold=0",
+    ]
 
 
 def wait_for(predicate, timeout: float = 180.0, interval: float = 0.05) -> bool:
@@ -94,14 +112,15 @@ def wait_for(predicate, timeout: float = 180.0, interval: float = 0.05) -> bool:
     return False
 
 
-def separable_images(n: int = 40, size: int = 80):
-    """(n, size, size, 3) uint8 noise where the fakes (odd rows, label 1) carry a bright central square."""
+def separable_images(n: int = 40, size: int = 80, seed: int = 0):
+    """(n, size, size, 3) uint8 noise where the fakes (odd rows, label 1) carry a bright central 20 px square."""
     import numpy as np
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     images = rng.integers(0, 120, (n, size, size, 3), dtype=np.uint8)
     labels = np.arange(n) % 2
-    images[labels == 1, 30:50, 30:50] = 230
+    c = size // 2
+    images[labels == 1, c - 10 : c + 10, c - 10 : c + 10] = 230
     return images, labels
 
 
@@ -119,3 +138,57 @@ def start_signalable(cmd: list[str], **kwargs) -> subprocess.Popen:
     """
     kwargs.setdefault("cwd", REPO)
     return subprocess.Popen(cmd, preexec_fn=_default_stop_signals, **kwargs)
+
+
+def checkpoint_prob_fake(run_dir, paths, folds=None):
+    """(K, N) P(fake) of the images `paths` under each fold's checkpoints/fold{k}.pt (`folds`: default all),
+    computed in this process as the run evaluates: decoded at data.resize, centre crop data.crop, its precision."""
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+
+    from raydf.config import load_config
+    from raydf.data.images import center_crop, decode_images
+    from raydf.models.factory import build_model
+    from raydf.training.engine import Precision, to_input
+
+    run_dir = Path(run_dir)
+    cfg = load_config(run_dir / "config.yaml")
+    images = center_crop(decode_images([str(p) for p in paths], cfg.data.resize), cfg.data.crop)
+    cpu = torch.device("cpu")
+    x = to_input(torch.from_numpy(np.ascontiguousarray(images)), cpu)
+    precision = Precision.resolve(cfg.train.precision, cpu)
+    probs = []
+    for k in range(cfg.train.folds) if folds is None else folds:
+        ckpt = torch.load(run_dir / "checkpoints" / f"fold{k}.pt", weights_only=True)
+        assert ckpt["meta"]["fold"] == k
+        model = build_model(cfg.model.dropout)
+        model.load_state_dict(ckpt["state_dict"])
+        with torch.no_grad(), precision.autocast(cpu):
+            probs.append(torch.softmax(model.eval()(x).float(), 1)[:, 1].numpy())
+    return np.stack(probs)
+
+
+def assert_oof_matches_checkpoints(run_dir, atol: float = 1e-6):
+    """Every oof.csv row is P(fake) of its image under the checkpoint of its fold (the one that held it out).
+
+    For an fp32 run: its numbers agree to ~1e-7 (the fold evaluated other batches, channels-last); bf16 results
+    depend on the batching. Within each fold the rows must differ by far more than `atol`, or rows out of order
+    would match too.
+    """
+    from pathlib import Path
+
+    import numpy as np
+    import pandas as pd
+
+    from raydf.config import load_config
+
+    run_dir = Path(run_dir)
+    assert load_config(run_dir / "config.yaml").train.precision == "fp32", "compare fp32 runs only"
+    oof, folds = pd.read_csv(run_dir / "oof.csv"), pd.read_csv(run_dir / "folds.csv")
+    assert oof[["path", "label", "fold"]].equals(folds[["path", "label", "fold"]])  # the fold table's rows, in order
+    for k, rows in oof.groupby("fold"):
+        expected = checkpoint_prob_fake(run_dir, rows["path"], [k])[0]
+        np.testing.assert_allclose(rows["prob_fake"], expected, rtol=0, atol=atol, err_msg=f"fold {k}")
+        assert expected.std() > 20 * atol, f"fold {k}: P(fake) hardly varies, so the row order goes unchecked"

@@ -95,8 +95,14 @@ class HelperCluster:
 
     def __init__(self) -> None:
         self.tmpdir = short_tmpdir("rdf-cl-")
-        self.proc = subprocess.Popen([sys.executable, str(HERE / "cluster_helper.py")], env=child_env(self.tmpdir),
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(HERE / "cluster_helper.py")],
+            env=child_env(self.tmpdir),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         self.address: Optional[str] = None
 
     def _call(self, command: dict) -> dict:
@@ -132,8 +138,15 @@ class Driver:
     """A `python ...` command (e.g. `-m raydf.train`) in its own session, its output collected as it comes."""
 
     def __init__(self, args: list[str], env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen([sys.executable, *args], env=env, cwd=REPO, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, *args],
+            env=env,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True)
         self._reader.start()
@@ -171,11 +184,25 @@ class RayStartHead:
         gcs, dashboard, agent, client = sorted(ports)
         self.dashboard_url = f"http://127.0.0.1:{dashboard}"
         self.log = Path(self.tmpdir) / "ray-start.log"
-        cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--port={gcs}",
-               f"--num-cpus={num_cpus}", "--num-gpus=0", "--object-store-memory=300000000",
-               "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-               f"--dashboard-agent-listen-port={agent}", f"--ray-client-server-port={client}",
-               "--min-worker-port=0", "--max-worker-port=0", f"--temp-dir={self.tmpdir}", "--disable-usage-stats"]
+        cmd = [
+            str(Path(sys.executable).parent / "ray"),
+            "start",
+            "--head",
+            "--block",
+            f"--port={gcs}",
+            f"--num-cpus={num_cpus}",
+            "--num-gpus=0",
+            "--object-store-memory=300000000",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard}",
+            f"--dashboard-agent-listen-port={agent}",
+            f"--ray-client-server-port={client}",
+            "--min-worker-port=0",
+            "--max-worker-port=0",
+            f"--temp-dir={self.tmpdir}",
+            "--disable-usage-stats",
+        ]
         with open(self.log, "w") as log:
             # No checkout on PYTHONPATH: a job imports raydf from its uploaded working_dir (or the installed one).
             # No 30 s SIGTERM drain (RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S): nothing to drain at teardown.

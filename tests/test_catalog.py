@@ -94,9 +94,15 @@ def test_train_csv_with_bom_blank_lines_and_header_spaces(tmp_path):
 
 def test_train_folder_real_fake_recursive_sorted_ignores_non_images(tmp_path):
     root = tmp_path / "train"
-    _touch(root / "Real" / "b.jpg", root / "Real" / "sub" / "a.PNG", root / "Real" / ".DS_Store",
-           root / "fake" / "z.webp", root / "fake" / "Thumbs.db", root / "fake" / "._z.jpg",
-           root / "fake" / "notes.txt")
+    _touch(
+        root / "Real" / "b.jpg",
+        root / "Real" / "sub" / "a.PNG",
+        root / "Real" / ".DS_Store",
+        root / "fake" / "z.webp",
+        root / "fake" / "Thumbs.db",
+        root / "fake" / "._z.jpg",
+        root / "fake" / "notes.txt",
+    )
     df = read_train(root)
     _assert_table(df, ["path", "label"])
     rel = [Path(p).relative_to(root.resolve()).as_posix() for p in df["path"]]
@@ -106,8 +112,21 @@ def test_train_folder_real_fake_recursive_sorted_ignores_non_images(tmp_path):
 
 def test_image_extensions_cover_common_formats():
     # HEIC and SVG are not decodable: a folder scan lists them so the pre-flight check reports them by name.
-    assert set(IMAGE_EXTENSIONS) == {".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif",
-                                     ".avif", ".heic", ".heif", ".svg"}
+    assert set(IMAGE_EXTENSIONS) == {
+        ".jpg",
+        ".jpeg",
+        ".jfif",
+        ".png",
+        ".bmp",
+        ".webp",
+        ".tif",
+        ".tiff",
+        ".gif",
+        ".avif",
+        ".heic",
+        ".heif",
+        ".svg",
+    }
 
 
 # ---------------------------------------------------------------- test formats

@@ -42,11 +42,14 @@ def test_cluster_yaml_passes_rays_validator():
     assert any("pip install -q -e ~/raydf -c ~/raydf/constraints.txt" in c for c in config["setup_commands"])
 
 
-@pytest.mark.parametrize("break_it, error", [
-    (lambda c: c["available_node_types"]["gpu_worker"]["resources"].update(GPU=0.5), "is not of type 'integer'"),
-    (lambda c: c.update(head_node_type="gpu"), "head_node_type"),
-    (lambda c: c["available_node_types"]["gpu_worker"].update(gpus=1), "Additional properties"),
-])
+@pytest.mark.parametrize(
+    "break_it, error",
+    [
+        (lambda c: c["available_node_types"]["gpu_worker"]["resources"].update(GPU=0.5), "is not of type 'integer'"),
+        (lambda c: c.update(head_node_type="gpu"), "head_node_type"),
+        (lambda c: c["available_node_types"]["gpu_worker"].update(gpus=1), "Additional properties"),
+    ],
+)
 def test_rays_validator_rejects_a_broken_cluster_yaml(break_it, error):
     config = cluster_yaml()
     break_it(config)
@@ -74,8 +77,11 @@ def test_unreachable_address_is_refused_at_once(form):
     port = free_port()  # nothing listens there
     address = form.format(port=port)
     t0 = time.time()
-    with pytest.raises(ConfigError, match=rf"ray\.address={re.escape(address)}: no Ray cluster answers at "
-                                          rf"127\.0\.0\.1:{port} .*ray up cluster\.yaml.*ray status"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"ray\.address={re.escape(address)}: no Ray cluster answers at "
+        rf"127\.0\.0\.1:{port} .*ray up cluster\.yaml.*ray status",
+    ):
         check_reachable(address, "ray.address")
     assert time.time() - t0 < 5  # Ray's own ray.init retries an unreachable GCS for ~14 minutes
     with pytest.raises(ConfigError, match=r"ray\.address=headnode is not a Ray address"):
@@ -93,18 +99,25 @@ def test_connection_error_from_ray_init_names_the_key(monkeypatch):
 
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", no_cluster)
-    with pytest.raises(ConfigError, match=r"ray\.address=auto: cannot connect to a Ray cluster \(Could not find "
-                                          r"any running Ray instance\.\): start one with `ray up cluster\.yaml`"):
+    with pytest.raises(
+        ConfigError,
+        match=r"ray\.address=auto: cannot connect to a Ray cluster \(Could not find "
+        r"any running Ray instance\.\): start one with `ray up cluster\.yaml`",
+    ):
         with ray_session("auto"):
             pass
 
 
 def test_cli_refuses_an_unreachable_cluster_in_one_line(tiny_demo, tmp_path):
     port = free_port()
-    cmd = [sys.executable, "-m", "raydf.train", *tiny_overrides(tmp_path / "run", tiny_demo),
-           f"ray.address=127.0.0.1:{port}"]
-    done = subprocess.run(cmd, env=child_env(str(tmp_path)), cwd=REPO, capture_output=True, text=True,
-                          timeout=120)
+    cmd = [
+        sys.executable,
+        "-m",
+        "raydf.train",
+        *tiny_overrides(tmp_path / "run", tiny_demo),
+        f"ray.address=127.0.0.1:{port}",
+    ]
+    done = subprocess.run(cmd, env=child_env(str(tmp_path)), cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
     assert f"raydf: error: ray.address=127.0.0.1:{port}: no Ray cluster answers" in done.stderr
     assert "Traceback" not in done.stderr
@@ -122,14 +135,20 @@ def test_a_fold_no_node_fits_is_refused(ray_local, tiny_demo, tmp_path):
     from raydf.distributed.session import RaySession, fold_resources
 
     base = tiny_overrides(tmp_path / "x", tiny_demo)
-    with pytest.raises(ConfigError, match=r"resources\.cpus_per_fold=3 but the largest node of the Ray cluster "
-                                          r"has 2 CPU\(s\): lower"):
+    with pytest.raises(
+        ConfigError,
+        match=r"resources\.cpus_per_fold=3 but the largest node of the Ray cluster "
+        r"has 2 CPU\(s\): lower",
+    ):
         fold_resources(load_config(None, base + ["resources.cpus_per_fold=3"]))
     # On a running cluster it first asks the autoscaler and waits (ray.scale_up_timeout_s); this one has none.
     session = RaySession("auto", "ray.address", existing_cluster=True)
     cfg = load_config(None, base + ["resources.gpus_per_fold=2", "ray.scale_up_timeout_s=1"])
-    with pytest.raises(ConfigError, match=r"largest node has 1 GPU\(s\) in the Ray cluster \(after waiting 1s "
-                                          r"for the autoscaler\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"largest node has 1 GPU\(s\) in the Ray cluster \(after waiting 1s "
+        r"for the autoscaler\)",
+    ):
         fold_resources(cfg, session)
     assert session.requested_resources  # so ray_session withdraws the request at the end
     from raydf.distributed.session import _release_resource_request
@@ -144,6 +163,9 @@ def test_unreadable_test_images_are_refused_before_training(ray_local, tmp_path)
     present.write_bytes(b"png")
     check_readable_on_every_node([str(present)], "data.test")
     missing = str(tmp_path / "b.png")
-    with pytest.raises(DataError, match=rf"data\.test: 1 of 2 sampled images cannot be read on node \S+ of the "
-                                        rf"Ray cluster, e\.g\. {re.escape(missing)}\..*shared file system"):
+    with pytest.raises(
+        DataError,
+        match=rf"data\.test: 1 of 2 sampled images cannot be read on node \S+ of the "
+        rf"Ray cluster, e\.g\. {re.escape(missing)}\..*shared file system",
+    ):
         check_readable_on_every_node([str(present), missing], "data.test")

@@ -6,9 +6,24 @@ import pytest
 from raydf.config import check_data_paths, load_config, valid_keys
 from raydf.errors import ConfigError
 
-CONTRACT_KEYS = ["run_dir", "data.train", "data.test", "data.resize", "data.crop", "train.folds", "train.epochs",
-                 "train.batch_size", "train.patience", "train.seed", "model.dropout", "optim.lr", "sched.t_max",
-                 "resources.gpus_per_fold", "resources.cpus_per_fold", "ray.address"]
+CONTRACT_KEYS = [
+    "run_dir",
+    "data.train",
+    "data.test",
+    "data.resize",
+    "data.crop",
+    "train.folds",
+    "train.epochs",
+    "train.batch_size",
+    "train.patience",
+    "train.seed",
+    "model.dropout",
+    "optim.lr",
+    "sched.t_max",
+    "resources.gpus_per_fold",
+    "resources.cpus_per_fold",
+    "ray.address",
+]
 
 
 def test_contract_keys_exist():
@@ -17,8 +32,13 @@ def test_contract_keys_exist():
 
 def test_seed_config_reproduces_the_seed():
     cfg = load_config("seed")
-    assert (cfg.train.folds, cfg.train.epochs, cfg.train.batch_size, cfg.train.patience, cfg.train.seed) == \
-        (4, 60, 64, 7, 42)
+    assert (cfg.train.folds, cfg.train.epochs, cfg.train.batch_size, cfg.train.patience, cfg.train.seed) == (
+        4,
+        60,
+        64,
+        7,
+        42,
+    )
     assert (cfg.optim.lr, tuple(cfg.optim.betas), cfg.optim.weight_decay) == (0.0015, (0.9, 0.999), 1e-4)
     assert (cfg.sched.t_max, cfg.data.resize, cfg.data.crop, cfg.model.dropout) == (50, 256, 156, 0.6)
     assert cfg.train.split == "kfold" and cfg.resources.gpus_per_fold == 1
@@ -29,6 +49,16 @@ def test_default_config_is_cpu_sized_and_overridable():
     assert cfg.train.folds == 2 and cfg.data.crop == 80  # configs/default.yaml
     assert cfg.train.epochs == 3 and cfg.optim.lr == 0.01 and cfg.data.train == "/x.csv"
     assert cfg.ray.address == "auto"
+
+
+def test_cache_off_is_the_word_off_not_a_yaml_boolean(tmp_path):
+    """YAML 1.1 reads `off` as false; `data.cache=off` (and `cache: off` in a file) must still mean no cache."""
+    assert load_config(None, ["data.cache=off"]).data.cache == "off"
+    f = tmp_path / "c.yaml"
+    f.write_text("data:\n  cache: off\n")
+    assert load_config(f).data.cache == "off"
+    with pytest.raises(ConfigError, match=r"data\.cache.*must be one of auto, memory, disk, off \(got 'on'\)"):
+        load_config(None, ["data.cache='on'"])
 
 
 def test_unknown_key_names_it_and_suggests():
@@ -48,12 +78,20 @@ def test_wrong_type_names_key():
         load_config(None, ["train.epochs=many"])
 
 
-@pytest.mark.parametrize("override, key", [
-    ("train.folds=1", "train.folds"), ("optim.lr=-0.1", "optim.lr"), ("model.dropout=1.5", "model.dropout"),
-    ("data.crop=64", "data.crop"), ("data.resize=78", "data.resize"), ("train.split=random", "train.split"),
-    ("train.batch_size=1", "train.batch_size"), ("data.on_bad=ignore", "data.on_bad"),
-    ("data.decode_threads=-1", "data.decode_threads"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("train.folds=1", "train.folds"),
+        ("optim.lr=-0.1", "optim.lr"),
+        ("model.dropout=1.5", "model.dropout"),
+        ("data.crop=64", "data.crop"),
+        ("data.resize=78", "data.resize"),
+        ("train.split=random", "train.split"),
+        ("train.batch_size=1", "train.batch_size"),
+        ("data.on_bad=ignore", "data.on_bad"),
+        ("data.decode_threads=-1", "data.decode_threads"),
+    ],
+)
 def test_invalid_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config(None, [override])
@@ -66,8 +104,12 @@ def test_cli_user_error_exits_nonzero_without_traceback():
 
 
 def test_print_config_round_trips(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "raydf.train", "--print-config", "train.epochs=7"],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "raydf.train", "--print-config", "train.epochs=7"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     saved = tmp_path / "config.yaml"
     saved.write_text(proc.stdout)
     assert load_config(saved).train.epochs == 7

@@ -173,8 +173,10 @@ def test_mean_colour_does_not_separate_the_classes() -> None:
 
 def test_mean_colour_of_the_written_set(tmp_path: Path) -> None:
     ds = make_demo(tmp_path, n_train=600, n_test=2, size=32)
-    m = {d: np.array([cv2.imread(str(p)).reshape(-1, 3).mean(0) for p in (ds.train / d).glob("*.jpg")])
-         for d in ("real", "fake")}
+    m = {
+        d: np.array([cv2.imread(str(p)).reshape(-1, 3).mean(0) for p in (ds.train / d).glob("*.jpg")])
+        for d in ("real", "fake")
+    }
     spread = np.concatenate([m["real"], m["fake"]]).std(0)
     # Unpaired, so the class means differ by sampling noise, spread * sqrt(2/300) ~ 0.08 * spread; a bound of
     # 0.5 * spread is ~6 sigma of that noise, yet far below a class-wide colour cast.

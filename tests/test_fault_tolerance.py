@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import separable_images, tiny_overrides, wait_for
+from conftest import assert_oof_matches_checkpoints, separable_images, tiny_overrides, wait_for
 
 from raydf.config import load_config
 from raydf.runs.storage import RunStorage
@@ -20,10 +20,15 @@ from raydf.training.fold_state import FoldStateStore
 REPO = Path(__file__).resolve().parents[1]
 
 
-FOLD_OVERRIDES = ["data.resize=80", "data.crop=76", "train.batch_size=14", "train.epochs=3", "train.patience=5",
-                  "resources.gpus_per_fold=0", "ray.max_retries=2"]
-
-
+FOLD_OVERRIDES = [
+    "data.resize=80",
+    "data.crop=76",
+    "train.batch_size=14",
+    "train.epochs=3",
+    "train.patience=5",
+    "resources.gpus_per_fold=0",
+    "ray.max_retries=2",
+]
 
 
 def test_killed_fold_worker_is_retried_and_resumes(ray_local, tmp_path):
@@ -44,8 +49,14 @@ def test_killed_fold_worker_is_retried_and_resumes(ray_local, tmp_path):
     killer = threading.Thread(target=kill_after_first_epoch)
     killer.start()
     images, labels = separable_images()
-    results = run_folds(ray_local.put(images), ray_local.put(labels), {0: (np.arange(12, 40), np.arange(12))},
-                        cfg, fold_resources(cfg), storage)
+    results = run_folds(
+        ray_local.put(images),
+        ray_local.put(labels),
+        {0: (np.arange(12, 40), np.arange(12))},
+        cfg,
+        fold_resources(cfg),
+        storage,
+    )
     killer.join()
     info = results[0][1]
     assert killed and info["pid"] != killed[0]
@@ -57,32 +68,59 @@ def test_killed_fold_worker_is_retried_and_resumes(ray_local, tmp_path):
 def test_killed_driver_resumes_without_retraining_finished_folds(tiny_demo, tmp_path):
     run_dir = tmp_path / "run"
     # One fold at a time (each takes both CPUs), so fold 0 is finished while fold 1 is still training.
-    overrides = tiny_overrides(run_dir, tiny_demo) + ["train.epochs=4", "resources.cpus_per_fold=2"]
+    # fp32: the resumed run's oof.csv is compared with its checkpoints to float rounding.
+    overrides = tiny_overrides(run_dir, tiny_demo) + [
+        "train.epochs=4",
+        "resources.cpus_per_fold=2",
+        "train.precision=fp32",
+    ]
     env = dict(os.environ, RAY_AUTH_MODE="disabled")
-    driver = subprocess.Popen([sys.executable, "-m", "raydf.train", *overrides], cwd=REPO, env=env,
-                              start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "raydf.train", *overrides],
+        cwd=REPO,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     storage = RunStorage(run_dir)
     try:
-        assert wait_for(lambda: storage.exists("checkpoints/fold0.pt") and storage.exists("state/fold1.pt"))
+        # Generous: on a loaded 2-core machine fold 0 alone can take more than the default 3 minutes.
+        assert wait_for(
+            lambda: storage.exists("checkpoints/fold0.pt") and storage.exists("state/fold1.pt"), timeout=480
+        )
     finally:
         os.killpg(driver.pid, signal.SIGKILL)  # kill -9 the driver and everything in its process group
         driver.wait()
     assert not storage.exists("summary.json") and not storage.exists("checkpoints/fold1.pt")
     fold0_before = storage.load_torch("checkpoints/fold0.pt")["meta"]
 
-    proc = subprocess.run([sys.executable, "-m", "raydf.train", f"resume={run_dir}"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "raydf.train", f"resume={run_dir}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(storage.read_text("summary.json"))
     fold0, fold1 = summary["folds"]
     assert fold0["finished_at"] == fold0_before["finished_at"] and fold0["pid"] == fold0_before["pid"]
     assert fold1["resumed_from_epoch"] >= 1 and fold1["epochs_run"] == 4
     assert storage.exists("submission.csv") and "test" in summary
+    assert_oof_matches_checkpoints(run_dir)  # fold 0's rows from its checkpoint, fold 1's from its resumed training
 
     # Resuming a finished run redoes nothing that exists.
     sub_before = storage.read_text("submission.csv")
-    proc = subprocess.run([sys.executable, "-m", "raydf.train", f"resume={run_dir}"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "raydf.train", f"resume={run_dir}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     again = json.loads(storage.read_text("summary.json"))
     assert again["folds"] == summary["folds"] and storage.read_text("submission.csv") == sub_before
@@ -135,8 +173,14 @@ def test_fold_survives_the_loss_of_its_node(tmp_path):
     script = tmp_path / "node_loss.py"
     script.write_text(NODE_LOSS_SCRIPT)
     env = dict(os.environ, RAY_AUTH_MODE="disabled", PYTHONPATH=os.pathsep.join([str(REPO), *sys.path]))
-    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "run"), *FOLD_OVERRIDES], env=env,
-                          capture_output=True, text=True, timeout=400, cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "run"), *FOLD_OVERRIDES],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+        cwd=REPO,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     # The removed node's raylet may log to stdout after the result: take the marked line.
     result = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])

@@ -19,14 +19,22 @@ def _separable(n=48, size=80, seed=0):
     images = rng.integers(0, 120, (n, size, size, 3), dtype=np.uint8)
     labels = np.arange(n) % 2
     c = size // 2
-    images[labels == 1, c - 12:c + 12, c - 12:c + 12] = 230
+    images[labels == 1, c - 12 : c + 12, c - 12 : c + 12] = 230
     return images, labels
 
 
 def _cfg(**over):
-    base = {"data.resize": 80, "data.crop": 76, "train.batch_size": 16, "train.eval_batch_size": 32,
-            "train.augment": False, "train.epochs": 4, "train.patience": 10, "model.dropout": 0.0,
-            "optim.lr": 0.01}
+    base = {
+        "data.resize": 80,
+        "data.crop": 76,
+        "train.batch_size": 16,
+        "train.eval_batch_size": 32,
+        "train.augment": False,
+        "train.epochs": 4,
+        "train.patience": 10,
+        "model.dropout": 0.0,
+        "optim.lr": 0.01,
+    }
     base.update(over)
     return load_config(None, [f"{k}={v}" for k, v in base.items()])
 
@@ -120,8 +128,9 @@ def test_flip_tta_averages_each_model_over_the_image_and_its_mirror():
         np.testing.assert_allclose(got, (p(model, x) + p(model, torch.flip(x, dims=[3]))) / 2, rtol=1e-6)
     assert not np.allclose(tta, plain)
     mirror = torch.cat([x[..., :3], torch.flip(x[..., :3], dims=[3])], dim=3)  # a left-right symmetric image
-    np.testing.assert_allclose(fold_prob_fake(models, mirror, device, tta=True), fold_prob_fake(models, mirror, device),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        fold_prob_fake(models, mirror, device, tta=True), fold_prob_fake(models, mirror, device), rtol=1e-6
+    )
 
 
 def test_precision_on_cpu_is_bf16_only_where_the_cpu_computes_it(monkeypatch):
@@ -135,3 +144,65 @@ def test_precision_on_cpu_is_bf16_only_where_the_cpu_computes_it(monkeypatch):
         assert Precision.resolve("fp16", cpu).dtype is None  # fp16 autocast on a CPU is slower than fp32
         assert Precision.resolve("bf16", cpu).dtype == torch.bfloat16  # asked for: emulated if need be
     assert not Precision.resolve("auto", cpu).scaler(cpu).is_enabled()  # bf16 needs no gradient scaler
+
+
+def _fake_gpu(monkeypatch, capability: tuple[int, int]) -> torch.device:
+    """Make torch report one CUDA GPU of this compute capability (nothing runs on it: only the choice is tested)."""
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(
+        torch.cuda,
+        "get_device_properties",
+        lambda device=None: SimpleNamespace(major=capability[0], minor=capability[1]),
+    )
+    # Every CUDA GPU can hold a bf16 tensor (emulated below 8.0): what torch's last-resort check finds on a T4.
+    monkeypatch.setattr(torch.cuda, "_check_bf16_tensor_supported", lambda device: True)
+    # GradScaler switches itself off where CUDA is missing; on the faked GPU it must not.
+    monkeypatch.setattr(torch.cuda.amp.common, "amp_definitely_not_available", lambda: False)
+    return torch.device("cuda")
+
+
+@pytest.mark.parametrize(
+    "gpu, capability, auto",
+    [
+        ("T4", (7, 5), torch.float16),
+        ("V100", (7, 0), torch.float16),
+        ("A100", (8, 0), torch.bfloat16),
+        ("H100", (9, 0), torch.bfloat16),
+    ],
+)
+def test_precision_on_gpus_is_bf16_with_bf16_units_else_fp16_with_a_gradient_scaler(monkeypatch, gpu, capability, auto):
+    cuda = _fake_gpu(monkeypatch, capability)
+    chosen = Precision.resolve("auto", cuda)
+    assert chosen.dtype == auto, gpu
+    # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
+    assert chosen.scaler(cuda).is_enabled() == (auto == torch.float16)
+    fp32 = Precision.resolve("fp32", cuda)
+    assert fp32.dtype is None and not fp32.scaler(cuda).is_enabled()
+    assert Precision.resolve("bf16", cuda).dtype == torch.bfloat16  # asked for: used even if emulated
+    fp16 = Precision.resolve("fp16", cuda)
+    assert fp16.dtype == torch.float16 and fp16.scaler(cuda).is_enabled()
+
+
+def test_compiled_fold_computes_what_the_plain_one_does_and_returns_plain_weights(monkeypatch):
+    """train.compile=true: the fold trains and validates through the compiled module, and the weights it hands back
+    are the plain model's (no `_orig_mod.` prefix), so checkpoints load into an uncompiled model."""
+    import functools
+
+    torch.set_num_threads(2)
+    images, labels = _separable(n=32)
+    val_idx, train_idx = np.arange(0, 16), np.arange(16, 32)
+    cfg = _cfg(**{"train.epochs": 1, "model.dropout": 0.5})
+    plain = train_fold(images, labels, train_idx, val_idx, cfg, fold=0)
+    # Dynamo's eager backend: the graph capture and raydf's wiring of the compiled module, without inductor's C++ code
+    # generation (minutes on 2 cores from a cold cache) and its own dropout RNG, so the numbers stay comparable.
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    cfg.train.compile = True
+    compiled = train_fold(images, labels, train_idx, val_idx, cfg, fold=0)
+    assert set(compiled.weights) == set(build_model(0.5).state_dict())
+    assert compiled.history[0]["val_loss"] == plain.history[0]["val_loss"]
+    for k, v in plain.weights.items():
+        np.testing.assert_array_equal(compiled.weights[k], v)
+    np.testing.assert_array_equal(compiled.val_prob_fake, plain.val_prob_fake)

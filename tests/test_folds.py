@@ -64,13 +64,20 @@ def test_groups_sharing_an_identical_file_are_merged():
     assert _straddling(fold, groups.tolist()) == []  # so sources 0 and 9 sit together, whole
 
 
-@pytest.mark.parametrize("table, folds, split, message", [
-    (_table(3), 4, "kfold", "has 3 images, fewer than train.folds=4"),
-    (_table(20).assign(label=[1] * 17 + [0] * 3), 4, "stratified",
-     "at least train.folds=4 images of each class; found 3 real and 17 fake"),
-    (_table(20), 2, "group", "train.split=group needs a `group` column"),
-    (_table(20, [0] * 10 + [1] * 10), 3, "kfold", "at least train.folds=3 groups; found 2"),
-])
+@pytest.mark.parametrize(
+    "table, folds, split, message",
+    [
+        (_table(3), 4, "kfold", "has 3 images, fewer than train.folds=4"),
+        (
+            _table(20).assign(label=[1] * 17 + [0] * 3),
+            4,
+            "stratified",
+            "at least train.folds=4 images of each class; found 3 real and 17 fake",
+        ),
+        (_table(20), 2, "group", "train.split=group needs a `group` column"),
+        (_table(20, [0] * 10 + [1] * 10), 3, "kfold", "at least train.folds=3 groups; found 2"),
+    ],
+)
 def test_unsplittable_tables_fail_before_any_work(table, folds, split, message):
     with pytest.raises(DataError, match=message):
         check_splittable(table, folds, split)

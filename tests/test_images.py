@@ -20,7 +20,7 @@ def _picture(h: int = 96, w: int = 96) -> np.ndarray:
     """An RGB test picture with smooth colour gradients and a sharp block: (h, w, 3) uint8."""
     y, x = np.mgrid[0:h, 0:w].astype(np.float32)
     rgb = np.stack([255 * x / w, 255 * y / h, 128 + 100 * np.sin(x / 9) * np.cos(y / 7)], axis=-1)
-    rgb[h // 4: h // 2, w // 4: w // 2] = (250, 30, 40)
+    rgb[h // 4 : h // 2, w // 4 : w // 2] = (250, 30, 40)
     return np.clip(rgb, 0, 255).astype(np.uint8)
 
 
@@ -78,10 +78,17 @@ def _write_ico(path, rgb):  # OpenCV has no ICO decoder: Pillow's fallback reads
 
 # name -> (writer, tolerance of the mean absolute difference to the source, in 8-bit levels)
 CONVERTIBLE = {
-    "gray.png": (_write_gray_png, None), "gray.jpg": (_write_gray_jpg, None), "rgba.png": (_write_rgba_png, 0),
-    "palette.png": (_write_palette_png, 8), "16bit.png": (_write_16bit_png, 0), "cmyk.jpg": (_write_cmyk_jpg, 6),
-    "image.bmp": (_write_bmp, 0), "image.webp": (_write_webp, 0), "image.gif": (_write_gif, 8),
-    "image.tiff": (_write_tiff, 0), "icon.ico": (_write_ico, 0),
+    "gray.png": (_write_gray_png, None),
+    "gray.jpg": (_write_gray_jpg, None),
+    "rgba.png": (_write_rgba_png, 0),
+    "palette.png": (_write_palette_png, 8),
+    "16bit.png": (_write_16bit_png, 0),
+    "cmyk.jpg": (_write_cmyk_jpg, 6),
+    "image.bmp": (_write_bmp, 0),
+    "image.webp": (_write_webp, 0),
+    "image.gif": (_write_gif, 8),
+    "image.tiff": (_write_tiff, 0),
+    "icon.ico": (_write_ico, 0),
 }
 
 
@@ -195,8 +202,15 @@ def _mixed_set(tmp_path: Path) -> list[str]:
         paths.append(str(tmp_path / f"good{i}.png"))
     (tmp_path / "empty.jpg").write_bytes(b"")
     shutil.copy(tmp_path / "good1.png", tmp_path / "copy-of-good1.png")
-    return [paths[0], str(tmp_path / "empty.jpg"), paths[1], str(tmp_path / "gone.jpg"), paths[2],
-            str(tmp_path / "copy-of-good1.png"), paths[3]]
+    return [
+        paths[0],
+        str(tmp_path / "empty.jpg"),
+        paths[1],
+        str(tmp_path / "gone.jpg"),
+        paths[2],
+        str(tmp_path / "copy-of-good1.png"),
+        paths[3],
+    ]
 
 
 def test_decode_checked_keeps_every_good_image_in_order_and_names_the_bad_rows(tmp_path):

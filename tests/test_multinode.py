@@ -36,8 +36,14 @@ def test_folds_land_on_different_gpu_nodes_that_join_after_the_driver(helper_clu
     autoscaler's would; each fold lands on its own worker's (logical) GPU."""
     address = helper_cluster.start_head(num_cpus=1)
     run_dir = tmp_path / "run"
-    args = ["-m", "raydf.train", f"ray.address={address}", *tiny_overrides(run_dir, tiny_demo),
-            "resources.gpus_per_fold=1", "ray.scale_up_timeout_s=300"]
+    args = [
+        "-m",
+        "raydf.train",
+        f"ray.address={address}",
+        *tiny_overrides(run_dir, tiny_demo),
+        "resources.gpus_per_fold=1",
+        "ray.scale_up_timeout_s=300",
+    ]
     driver = Driver(args, env=child_env(helper_cluster.tmpdir))
     try:
         driver.wait_for("asked the autoscaler for 2 of them", timeout_s=180)
@@ -65,14 +71,19 @@ def test_job_submitted_to_a_running_cluster_writes_its_run(ray_start_head, tiny_
     entrypoint = shlex.join([sys.executable, "-m", "raydf.train", *tiny_overrides(run_dir, tiny_demo)])
     job = client.submit_job(entrypoint=entrypoint, runtime_env={"working_dir": str(REPO)})
     deadline = time.time() + 480
-    while (status := client.get_job_status(job)) not in {JobStatus.SUCCEEDED, JobStatus.FAILED,
-                                                          JobStatus.STOPPED}:
+    while (status := client.get_job_status(job)) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
         assert time.time() < deadline, client.get_job_logs(job)[-4000:]
         time.sleep(2)
     logs = client.get_job_logs(job)
     assert status == JobStatus.SUCCEEDED, logs[-4000:]
     assert "connected to the Ray cluster at" in logs and "(RAY_ADDRESS)" in logs  # not a new local instance
-    for name in ("config.yaml", "folds.csv", "summary.json", "submission.csv", "checkpoints/fold0.pt",
-                 "checkpoints/fold1.pt"):
+    for name in (
+        "config.yaml",
+        "folds.csv",
+        "summary.json",
+        "submission.csv",
+        "checkpoints/fold0.pt",
+        "checkpoints/fold1.pt",
+    ):
         assert (run_dir / name).is_file(), name
     assert f"run directory: {run_dir}" in logs

@@ -34,8 +34,12 @@ def _break(folder: Path) -> dict[str, str]:
     (folder / "zero.jpg").write_bytes(b"")
     (folder / "cut.jpg").write_bytes(jpg.tobytes()[:300])
     (folder / "error-page.jpg").write_text("<html><body>502 Bad Gateway</body></html>")
-    return {"missing.jpg": "file not found", "zero.jpg": "empty file", "cut.jpg": "truncated JPEG",
-            "error-page.jpg": "HTML or XML"}
+    return {
+        "missing.jpg": "file not found",
+        "zero.jpg": "empty file",
+        "cut.jpg": "truncated JPEG",
+        "error-page.jpg": "HTML or XML",
+    }
 
 
 @pytest.fixture
@@ -48,8 +52,9 @@ def mixed(tmp_path):
         rows.insert(3 + 4 * k, (str(tmp_path / "train" / name), k % 2))
     train = pd.DataFrame(rows, columns=["path", "label"])
     test_good = _write_images(tmp_path / "test", 4, "t")
-    test_paths = test_good[:2] + [str(tmp_path / "train" / "error-page.jpg")] + test_good[2:] + \
-        [str(tmp_path / "gone.jpg")]
+    test_paths = (
+        test_good[:2] + [str(tmp_path / "train" / "error-page.jpg")] + test_good[2:] + [str(tmp_path / "gone.jpg")]
+    )
     test = pd.DataFrame({"path": test_paths, "image": [Path(p).name for p in test_paths]})
     return train, test, good, broken
 
@@ -63,10 +68,20 @@ def test_skip_keeps_every_good_image_and_lists_every_bad_one(mixed, caplog):
     assert inputs.images.shape == (12, 32, 32, 3)
     np.testing.assert_array_equal(inputs.images[5], decode_image(good[5], 32))
     assert list(inputs.bad.columns) == BAD_COLUMNS
-    assert inputs.bad[["set", "row"]].values.tolist() == [["train", 3], ["train", 7], ["train", 11],
-                                                          ["test", 2], ["test", 5]]
-    assert [Path(p).name for p in inputs.bad["path"]] == ["missing.jpg", "zero.jpg", "cut.jpg", "error-page.jpg",
-                                                          "gone.jpg"]
+    assert inputs.bad[["set", "row"]].values.tolist() == [
+        ["train", 3],
+        ["train", 7],
+        ["train", 11],
+        ["test", 2],
+        ["test", 5],
+    ]
+    assert [Path(p).name for p in inputs.bad["path"]] == [
+        "missing.jpg",
+        "zero.jpg",
+        "cut.jpg",
+        "error-page.jpg",
+        "gone.jpg",
+    ]
     for name, reason in zip(inputs.bad["path"], inputs.bad["reason"]):
         assert reason.startswith(broken.get(Path(name).name, "file not found"))
     assert inputs.bad_counts() == {"train": 3, "test": 2}
@@ -89,8 +104,9 @@ def test_error_policy_stops_naming_the_bad_files(mixed):
 
 def test_error_message_names_the_first_ten_and_counts_the_rest(tmp_path):
     good = _write_images(tmp_path, 4)
-    train = pd.DataFrame({"path": good + [str(tmp_path / f"gone{i}.jpg") for i in range(13)],
-                          "label": [0, 1] * 8 + [0]})
+    train = pd.DataFrame(
+        {"path": good + [str(tmp_path / f"gone{i}.jpg") for i in range(13)], "label": [0, 1] * 8 + [0]}
+    )
     with pytest.raises(DataError) as info:
         preflight(train, None, 32, on_bad="error")
     msg = str(info.value)
@@ -116,16 +132,25 @@ def test_byte_identical_files_are_reported_as_duplicates(tmp_path, caplog):
     shutil.copy(good[1], tmp_path / "copy-of-1.png")
     shutil.copy(good[2], tmp_path / "copy-of-2.png")
     shutil.copy(good[4], tmp_path / "leaked.png")
-    train = pd.DataFrame({"path": good + [str(tmp_path / "copy-of-1.png"), str(tmp_path / "copy-of-2.png")],
-                          "label": [0, 1, 0, 1, 0, 1, 1, 1]})  # copy-of-2 says fake, its original says real
+    train = pd.DataFrame(
+        {
+            "path": good + [str(tmp_path / "copy-of-1.png"), str(tmp_path / "copy-of-2.png")],
+            "label": [0, 1, 0, 1, 0, 1, 1, 1],
+        }
+    )  # copy-of-2 says fake, its original says real
     test = pd.DataFrame({"path": [str(tmp_path / "leaked.png")], "image": ["leaked.png"]})
     with caplog.at_level(logging.WARNING, logger="raydf"):
         inputs = preflight(train, test, 32)
     dup = inputs.duplicates
     assert list(dup.columns) == DUPLICATE_COLUMNS
-    assert dup[["copy_group", "set", "row"]].values.tolist() == [[0, "train", 1], [0, "train", 6],
-                                                                 [1, "train", 2], [1, "train", 7],
-                                                                 [2, "test", 0], [2, "train", 4]]
+    assert dup[["copy_group", "set", "row"]].values.tolist() == [
+        [0, "train", 1],
+        [0, "train", 6],
+        [1, "train", 2],
+        [1, "train", 7],
+        [2, "test", 0],
+        [2, "train", 4],
+    ]
     assert dup.groupby("copy_group")["sha256"].nunique().eq(1).all()
     assert inputs.content[1] == inputs.content[6] and inputs.content[2] == inputs.content[7]
     assert "4 training files have byte-identical copies under other names (2 group(s)" in caplog.text

@@ -14,9 +14,20 @@ from raydf.runs.tensorboard_log import TensorBoardLog
 
 
 def _epoch(fold, epoch, epochs=3, t=None, **over):
-    row = {"type": "epoch", "fold": fold, "epoch": epoch, "epochs": epochs, "time": t or time.time(),
-           "train_loss": 0.7 - 0.1 * epoch, "train_acc": 0.5 + 0.1 * epoch, "val_loss": 0.8 - 0.1 * epoch,
-           "val_acc": 0.55 + 0.1 * epoch, "lr": 1e-3 / epoch, "seconds": 1.5, "best_epoch": epoch}
+    row = {
+        "type": "epoch",
+        "fold": fold,
+        "epoch": epoch,
+        "epochs": epochs,
+        "time": t or time.time(),
+        "train_loss": 0.7 - 0.1 * epoch,
+        "train_acc": 0.5 + 0.1 * epoch,
+        "val_loss": 0.8 - 0.1 * epoch,
+        "val_acc": 0.55 + 0.1 * epoch,
+        "lr": 1e-3 / epoch,
+        "seconds": 1.5,
+        "best_epoch": epoch,
+    }
     return row | over
 
 
@@ -30,9 +41,16 @@ def test_progress_events_arrive_at_the_driver_from_the_fold_tasks(ray_local, tin
     splits = {0: (np.arange(20, 40), np.arange(0, 20)), 1: (np.arange(0, 20), np.arange(20, 40))}
     batches: list[list[dict]] = []
     done_folds: list[int] = []
-    results = run_folds(ray_local.put(images), ray_local.put(labels), splits, cfg, {"num_cpus": 1, "num_gpus": 0},
-                        on_done=lambda info, ref: done_folds.append(info["fold"]), on_events=batches.append,
-                        poll_seconds=0.2)
+    results = run_folds(
+        ray_local.put(images),
+        ray_local.put(labels),
+        splits,
+        cfg,
+        {"num_cpus": 1, "num_gpus": 0},
+        on_done=lambda info, ref: done_folds.append(info["fold"]),
+        on_events=batches.append,
+        poll_seconds=0.2,
+    )
 
     events = [e for batch in batches for e in batch]
     assert len(batches) > len(events) / 2  # polled while waiting, not once at the end
@@ -54,13 +72,25 @@ def test_plain_mode_logs_one_line_per_event_with_metrics_and_eta(caplog):
         display([{"type": "start", "fold": 0, "time": t0, "node_id": "abcdef0123456789", "pid": 42}])
         display([_epoch(0, 1, t=t0 + 10)])
         display([])  # a tick without events prints nothing
-        display([{"type": "done", "fold": 0, "time": t0 + 20, "best_epoch": 1, "val_loss": 0.7, "val_acc": 0.65,
-                  "epochs_run": 2}])
+        display(
+            [
+                {
+                    "type": "done",
+                    "fold": 0,
+                    "time": t0 + 20,
+                    "best_epoch": 1,
+                    "val_loss": 0.7,
+                    "val_acc": 0.65,
+                    "epochs_run": 2,
+                }
+            ]
+        )
     lines = [r.getMessage() for r in caplog.records if r.name == "raydf.runs.console"]
     assert lines == [
         "fold 0 started (node abcdef01, pid 42)",
         "fold 0 epoch 1/3: train loss 0.6000 | val loss 0.7000 acc 0.650 | best epoch 1 | 1.5s this epoch | ETA 00:20",
-        "fold 0 done: best epoch 1, val loss 0.7000, val acc 0.650 (2 epochs, 00:20)"]
+        "fold 0 done: best epoch 1, val loss 0.7000, val acc 0.650 (2 epochs, 00:20)",
+    ]
 
 
 def test_a_retried_fold_keeps_its_epochs_and_says_it_resumes(caplog):
@@ -70,8 +100,19 @@ def test_a_retried_fold_keeps_its_epochs_and_says_it_resumes(caplog):
         display([{"type": "start", "fold": 0, "time": t0}, _epoch(0, 1, t=t0 + 10), _epoch(0, 2, t=t0 + 20)])
         display([{"type": "start", "fold": 0, "time": t0 + 25}])  # the worker died during epoch 3
         display([_epoch(0, 3, t=t0 + 35)])
-        display([{"type": "done", "fold": 0, "time": t0 + 45, "best_epoch": 3, "val_loss": 0.7, "val_acc": 0.65,
-                  "epochs_run": 4}])
+        display(
+            [
+                {
+                    "type": "done",
+                    "fold": 0,
+                    "time": t0 + 45,
+                    "best_epoch": 3,
+                    "val_loss": 0.7,
+                    "val_acc": 0.65,
+                    "epochs_run": 4,
+                }
+            ]
+        )
     lines = [r.getMessage() for r in caplog.records if r.name == "raydf.runs.console"]
     assert "fold 0 started (node ?, pid ?, attempt 2, resuming after epoch 2)" in lines
     assert "epoch 3/4" in lines[-2] and lines[-2].endswith("ETA 00:10")  # this attempt's pace: 10 s an epoch

@@ -29,8 +29,14 @@ from raydf.errors import DataError
 needs_shared = pytest.mark.usefixtures("shared_data")  # fails under CI if the shared set is missing
 
 # Broken files: name -> start of the reason bad_inputs.csv must give.
-BROKEN = {"missing.jpg": "file not found", "empty.jpg": "empty file", "truncated.jpg": "truncated JPEG",
-          "error-page.jpg": "HTML or XML", "notes.jpg": "text, not an image", "scan.jpg": "unsupported format: a PDF"}
+BROKEN = {
+    "missing.jpg": "file not found",
+    "empty.jpg": "empty file",
+    "truncated.jpg": "truncated JPEG",
+    "error-page.jpg": "HTML or XML",
+    "notes.jpg": "text, not an image",
+    "scan.jpg": "unsupported format: a PDF",
+}
 
 
 def _convertible(src: Path, folder: Path) -> list[Path]:
@@ -40,11 +46,15 @@ def _convertible(src: Path, folder: Path) -> list[Path]:
     exif = Image.Exif()
     exif[0x0112] = 6
     writers = {
-        "gray.png": lambda p: pil.convert("L").save(p), "rgba.png": lambda p: pil.convert("RGBA").save(p),
-        "palette.png": lambda p: pil.convert("P").save(p), "cmyk.jpg": lambda p: pil.convert("CMYK").save(p),
+        "gray.png": lambda p: pil.convert("L").save(p),
+        "rgba.png": lambda p: pil.convert("RGBA").save(p),
+        "palette.png": lambda p: pil.convert("P").save(p),
+        "cmyk.jpg": lambda p: pil.convert("CMYK").save(p),
         "16bit.png": lambda p: cv2.imwrite(str(p), cv2.imread(str(src)).astype(np.uint16) * 257),
         "exif-rotated.jpg": lambda p: pil.transpose(Image.Transpose.ROTATE_90).save(p, exif=exif),
-        "face.bmp": lambda p: pil.save(p), "face.webp": lambda p: pil.save(p), "face.gif": lambda p: pil.save(p),
+        "face.bmp": lambda p: pil.save(p),
+        "face.webp": lambda p: pil.save(p),
+        "face.gif": lambda p: pil.save(p),
         "tiny.jpg": lambda p: pil.resize((24, 24)).save(p),
         "huge.jpg": lambda p: pil.resize((4000, 3000), Image.Resampling.NEAREST).save(p, quality=70),
     }
@@ -88,15 +98,26 @@ def messy(tmp_path_factory):
     test = [str(SHARED / p) for p in test_faces["path"]]
     test.insert(3, str(root / "broken" / "notes.jpg"))
     test.append(str(root / "test-gone.jpg"))
-    pd.DataFrame({"path": test, "label": list(test_faces["label"][:3]) + [1] + list(test_faces["label"][3:]) + [0]}
-                 ).to_csv(root / "test.csv", index=False)
+    pd.DataFrame(
+        {"path": test, "label": list(test_faces["label"][:3]) + [1] + list(test_faces["label"][3:]) + [0]}
+    ).to_csv(root / "test.csv", index=False)
     return root, train, {str(p) for p in broken}
 
 
 def _overrides(run_dir: Path, root: Path) -> list[str]:
-    return [f"run_dir={run_dir}", f"data.train={root / 'train.csv'}", f"data.test={root / 'test.csv'}",
-            "data.resize=96", "data.crop=80", "train.folds=2", "train.epochs=1", "train.batch_size=16",
-            "train.eval_batch_size=32", "predict.batch_size=16", "resources.gpus_per_fold=0"]
+    return [
+        f"run_dir={run_dir}",
+        f"data.train={root / 'train.csv'}",
+        f"data.test={root / 'test.csv'}",
+        "data.resize=96",
+        "data.crop=80",
+        "train.folds=2",
+        "train.epochs=1",
+        "train.batch_size=16",
+        "train.eval_batch_size=32",
+        "predict.batch_size=16",
+        "resources.gpus_per_fold=0",
+    ]
 
 
 @pytest.mark.slow
@@ -114,7 +135,9 @@ def test_messy_set_trains_to_the_end_leaving_out_exactly_the_broken_files(ray_lo
         assert table["path"].iloc[row] == path and reason.startswith(BROKEN[Path(path).name])
     test_bad = bad[bad["set"] == "test"]
     assert test_bad[["row", "reason"]].values.tolist() == [
-        [3, "text, not an image (starts with 'these are all fakes')"], [13, "file not found"]]
+        [3, "text, not an image (starts with 'these are all fakes')"],
+        [13, "file not found"],
+    ]
 
     folds = pd.read_csv(run_dir / "folds.csv")  # every readable image is used, and only those
     assert folds["path"].tolist() == [p for p in table["path"] if p not in broken]
@@ -138,8 +161,9 @@ def test_messy_set_trains_to_the_end_leaving_out_exactly_the_broken_files(ray_lo
 
 
 def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "raydf.train", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "raydf.train", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
 
 
 @needs_shared
@@ -157,11 +181,17 @@ def test_cli_on_bad_error_stops_before_training_naming_the_files(messy, tmp_path
 
 # Each table and config error has its own core test (test_catalog, test_folds, test_config); these two show
 # that such errors reach the command line as one message (a subprocess costs ~8 s of imports on 2 cores).
-@pytest.mark.parametrize("make, override, expected", [
-    (lambda d: (d / "t.csv").write_text("path,label\na.jpg,0\nb.jpg,1\na.jpg,1\n"), "data.train={d}/t.csv",
-     "lists the same image more than once"),
-    (lambda d: None, "data.test_root={d}/nope", "config key 'data.test_root'"),
-])
+@pytest.mark.parametrize(
+    "make, override, expected",
+    [
+        (
+            lambda d: (d / "t.csv").write_text("path,label\na.jpg,0\nb.jpg,1\na.jpg,1\n"),
+            "data.train={d}/t.csv",
+            "lists the same image more than once",
+        ),
+        (lambda d: None, "data.test_root={d}/nope", "config key 'data.test_root'"),
+    ],
+)
 def test_cli_table_and_config_errors_exit_2_without_traceback(tmp_path, make, override, expected):
     make(tmp_path)
     proc = _cli(override.format(d=tmp_path), f"run_dir={tmp_path / 'run'}")
@@ -188,8 +218,7 @@ def test_a_crash_inside_a_fold_task_is_one_clear_line(ray_local, tiny_demo, tmp_
     images = np.zeros((40, 16, 16, 3), np.uint8)  # 16 px < data.crop=80
     splits = {0: (np.arange(20, 40), np.arange(0, 20)), 1: (np.arange(0, 20), np.arange(20, 40))}
     with pytest.raises(FoldFailed) as info:
-        run_folds(ray_local.put(images), ray_local.put(np.arange(40) % 2), splits, cfg,
-                  {"num_cpus": 1, "num_gpus": 0})
+        run_folds(ray_local.put(images), ray_local.put(np.arange(40) % 2), splits, cfg, {"num_cpus": 1, "num_gpus": 0})
     msg = str(info.value)
     assert msg.startswith("fold ") and " failed: CropSizeError: Crop size" in msg
     assert "Traceback" not in msg and "\n" not in msg

@@ -15,8 +15,12 @@ from raydf.runs import plots
 from raydf.runs.report import bad_input_count, build_report, short_report
 
 # Pixel sizes: figure size in inches x 100 dpi (see raydf/plots.py).
-PNG_SIZES = {"learning_curves.png": (1200, 450), "roc.png": (600, 600), "confusion_matrix.png": (1100, 500),
-             "test_prob_fake.png": (800, 450)}
+PNG_SIZES = {
+    "learning_curves.png": (1200, 450),
+    "roc.png": (600, 600),
+    "confusion_matrix.png": (1100, 500),
+    "test_prob_fake.png": (800, 450),
+}
 
 
 def _assert_png(path, size):
@@ -54,8 +58,9 @@ def test_report_numbers_equal_the_summary(finished_run):
         n, acc, auc, loss = metrics[name]
         assert int(n) == images
         m = summary[key]
-        assert [float(acc), float(auc), float(loss)] == pytest.approx([m["accuracy"], m["auc"], m["log_loss"]],
-                                                                      abs=5e-5)
+        assert [float(acc), float(auc), float(loss)] == pytest.approx(
+            [m["accuracy"], m["auc"], m["log_loss"]], abs=5e-5
+        )
     folds = _table(report, "Folds")
     assert len(folds) == len(summary["folds"]) == 2
     for row, f in zip(folds, summary["folds"]):
@@ -63,8 +68,9 @@ def test_report_numbers_equal_the_summary(finished_run):
         assert [float(row[3]), float(row[4])] == pytest.approx([f["val_loss"], f["val_acc"]], abs=5e-5)
         assert float(row[5]) == pytest.approx(f["finished_at"] - f["started_at"], abs=0.05)
     timings = dict(_table(report, "Timings"))
-    assert float(timings["soft vote over 32 test images"]) == pytest.approx(summary["timings"]["inference_seconds"],
-                                                                             abs=0.05)
+    assert float(timings["soft vote over 32 test images"]) == pytest.approx(
+        summary["timings"]["inference_seconds"], abs=0.05
+    )
     assert float(timings["whole run"]) == pytest.approx(summary["wall_seconds"], abs=0.05)
 
 
@@ -102,15 +108,28 @@ def test_plots_without_test_labels(tmp_path):
     rng = np.random.default_rng(0)
     oof = pd.DataFrame({"label": np.arange(40) % 2, "prob_fake": rng.random(40)})
     sub = pd.DataFrame({"image": [f"{i}.jpg" for i in range(20)], "prob_fake": rng.random(20)})
-    history = pd.DataFrame([{"fold": k, "epoch": e, "train_loss": 1 / e, "val_loss": 1.2 / e + 0.1 * (e == 3),
-                             "val_acc": 0.5 + 0.1 * e} for k in range(3) for e in range(1, 4)])
+    history = pd.DataFrame(
+        [
+            {"fold": k, "epoch": e, "train_loss": 1 / e, "val_loss": 1.2 / e + 0.1 * (e == 3), "val_acc": 0.5 + 0.1 * e}
+            for k in range(3)
+            for e in range(1, 4)
+        ]
+    )
     _assert_png(plots.confusion({"out-of-fold": oof}, tmp_path / "cm.png"), (550, 500))
     _assert_png(plots.probability_histogram(sub, tmp_path / "h.png"), (800, 450))
     _assert_png(plots.roc(oof, tmp_path / "roc.png"), (600, 600))
     _assert_png(plots.learning_curves(history, {0: 2, 1: 2, 2: 2}, tmp_path / "lc.png"), (1200, 450))
 
 
-@pytest.mark.parametrize("value, count", [(3, 3), ([{"path": "a"}, {"path": "b"}], 2), ({"count": 4}, 4),
-                                          ({"train": ["a"], "test": ["b", "c"]}, 3), (None, None)])
+@pytest.mark.parametrize(
+    "value, count",
+    [
+        (3, 3),
+        ([{"path": "a"}, {"path": "b"}], 2),
+        ({"count": 4}, 4),
+        ({"train": ["a"], "test": ["b", "c"]}, 3),
+        (None, None),
+    ],
+)
 def test_bad_input_count_reads_the_shapes_summary_may_hold(value, count):
     assert bad_input_count(value) == count

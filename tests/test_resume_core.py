@@ -24,8 +24,18 @@ def _data(n=40, size=80):
 
 
 def _cfg():
-    return load_config(None, ["data.resize=80", "data.crop=76", "train.batch_size=14", "train.epochs=3",
-                              "train.patience=5", "optim.lr=0.01", "model.dropout=0.5"])
+    return load_config(
+        None,
+        [
+            "data.resize=80",
+            "data.crop=76",
+            "train.batch_size=14",
+            "train.epochs=3",
+            "train.patience=5",
+            "optim.lr=0.01",
+            "model.dropout=0.5",
+        ],
+    )
 
 
 def _crash_after(epoch):
@@ -56,6 +66,49 @@ def test_resumed_fold_repeats_an_uninterrupted_one_exactly(tmp_path, uninterrupt
     assert resumed.resumed_from_epoch == 1 and uninterrupted.resumed_from_epoch is None
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3]  # every epoch once
     # Same order, augmentation and dropout per epoch: the resumed fold computes the same numbers.
+    assert _comparable(resumed.history) == _comparable(uninterrupted.history)
+    for k, v in uninterrupted.weights.items():
+        np.testing.assert_array_equal(resumed.weights[k], v)
+
+
+def test_loader_workers_change_nothing_and_still_resume_exactly(tmp_path, uninterrupted):
+    """The GPU configs augment in DataLoader worker processes: a fold with 2 workers, crashed and resumed, computes
+    what the uninterrupted in-process fold (0 workers) did."""
+    images, labels, tr, va = _data()
+    cfg = _cfg()
+    cfg.resources.loader_workers = 2
+    store = FoldStateStore(RunStorage(tmp_path), 0)
+    with pytest.raises(Crash):
+        train_fold(images, labels, tr, va, cfg, 0, on_epoch=_crash_after(1), state=store)
+    resumed = train_fold(images, labels, tr, va, cfg, 0, state=store)  # new workers, seeded for epoch 2
+    assert resumed.resumed_from_epoch == 1 and [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    assert _comparable(resumed.history) == _comparable(uninterrupted.history)
+    for k, v in uninterrupted.weights.items():
+        np.testing.assert_array_equal(resumed.weights[k], v)
+
+
+@pytest.mark.slow
+def test_fp16_loss_scale_is_saved_with_the_state_and_restored_on_resume(tmp_path, monkeypatch):
+    """The fp16 path of older GPUs, run on the CPU (where autocast and GradScaler work too): the gradient scaler's
+    state is part of a fold's saved state, and a fold resumed after epoch 1 ends where an uninterrupted one does."""
+    import torch
+
+    from raydf.training.engine import Precision
+
+    monkeypatch.setattr(Precision, "resolve", classmethod(lambda cls, name, device: cls(torch.float16)))
+    images, labels, tr, va = _data(n=30)  # one training step per epoch: fp16 autocast is slow on a CPU
+    cfg = _cfg()
+    cfg.train.epochs = 2
+    reference = FoldStateStore(RunStorage(tmp_path / "ref"), 0)
+    uninterrupted = train_fold(images, labels, tr, va, cfg, 0, state=reference)
+    store = FoldStateStore(RunStorage(tmp_path / "run"), 0)
+    with pytest.raises(Crash):
+        train_fold(images, labels, tr, va, cfg, 0, on_epoch=_crash_after(1), state=store)
+    scaler = store.load()["scaler"]
+    assert scaler["scale"] > 0 and "_growth_tracker" in scaler  # an enabled scaler's state, not a disabled one's {}
+    resumed = train_fold(images, labels, tr, va, cfg, 0, state=store)
+    assert resumed.resumed_from_epoch == 1
+    assert store.load()["scaler"] == reference.load()["scaler"]  # same loss scale and count of steps since a change
     assert _comparable(resumed.history) == _comparable(uninterrupted.history)
     for k, v in uninterrupted.weights.items():
         np.testing.assert_array_equal(resumed.weights[k], v)

@@ -52,8 +52,10 @@ def test_cli_prints_one_line_and_the_log_file_not_the_traceback(tmp_path, capsys
         run_cli(main, _args())
     err = capsys.readouterr().err
     assert info.value.code == 2 and "Traceback" not in err
-    assert err.splitlines() == ["raydf: error: fold 1 failed: KeyError: 'no such column'",
-                                f"raydf: the traceback is in {tmp_path / 'raydf.log'} (or rerun with --debug)"]
+    assert err.splitlines() == [
+        "raydf: error: fold 1 failed: KeyError: 'no such column'",
+        f"raydf: the traceback is in {tmp_path / 'raydf.log'} (or rerun with --debug)",
+    ]
 
 
 def test_cli_debug_shows_the_traceback(tmp_path):

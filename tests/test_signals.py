@@ -46,13 +46,15 @@ SIGNALS = {"INT": signal.SIGINT, "TERM": signal.SIGTERM}
 EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
-def _run_until(script: Path, args: list[str], phase: str, sig: int, run_dir: Path, env: dict,
-               second_sig: int | None = None) -> tuple[int, str]:
+def _run_until(
+    script: Path, args: list[str], phase: str, sig: int, run_dir: Path, env: dict, second_sig: int | None = None
+) -> tuple[int, str]:
     """Start the driver, signal it once it is in `phase` (fold training: once a fold saved an epoch)."""
     log = script.parent / f"driver-{phase}-{sig}.err"
     with open(log, "w") as err:
-        driver = start_signalable([sys.executable, str(script), *args], env=dict(env, PAUSE_AT=phase),
-                                  stdout=subprocess.DEVNULL, stderr=err)
+        driver = start_signalable(
+            [sys.executable, str(script), *args], env=dict(env, PAUSE_AT=phase), stdout=subprocess.DEVNULL, stderr=err
+        )
         try:
             if phase == "folds":
                 reached = wait_for(lambda: (run_dir / "state" / "fold0.pt").exists(), timeout=240)
@@ -82,8 +84,7 @@ def _leftover_temp_files(run_dir: Path) -> list[str]:
 # Two chains cover both signals at every step: each run is interrupted in one step and resumed into the next.
 CHAINS = {
     "term-first": [("preflight", "TERM"), ("share", "INT"), ("folds", "TERM"), ("vote", "INT"), ("report", "TERM")],
-    "int-first": [("preflight", "INT"), ("share", "TERM"), ("folds", "INT+TERM"), ("vote", "TERM"),
-                  ("report", "INT")],
+    "int-first": [("preflight", "INT"), ("share", "TERM"), ("folds", "INT+TERM"), ("vote", "TERM"), ("report", "INT")],
 }
 
 
@@ -111,8 +112,9 @@ def test_a_signal_at_every_step_stops_cleanly_and_the_run_resumes_to_the_end(cha
             assert not (run_dir / "summary.json").exists()
             state = RunStorage(run_dir).load_torch("state/fold0.pt")
             assert state["epoch"] >= 1  # the completed epochs are kept
-    proc = subprocess.run([sys.executable, "-m", "raydf.train", *resume], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "raydf.train", *resume], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert [f["epochs_run"] for f in summary["folds"]] == [3, 3] and "test" in summary
@@ -145,8 +147,12 @@ def test_sigterm_stops_predict_without_writing_its_output(finished_run, tiny_dem
     env = dict(os.environ, RAY_AUTH_MODE="disabled", PYTHONPATH=os.pathsep.join([str(REPO), *sys.path]))
     err_file = tmp_path / "predict.err"
     with open(err_file, "w") as err:
-        proc = start_signalable([sys.executable, str(script), "--run", str(run_dir), "--images", str(tiny_demo.test),
-                                 "--out", str(out)], env=env, stdout=subprocess.DEVNULL, stderr=err)
+        proc = start_signalable(
+            [sys.executable, str(script), "--run", str(run_dir), "--images", str(tiny_demo.test), "--out", str(out)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
         assert wait_for(lambda: "PHASE vote" in err_file.read_text(), timeout=120)
         time.sleep(1)
         proc.send_signal(signal.SIGTERM)
@@ -185,8 +191,13 @@ def test_second_signal_exits_at_once_and_removes_partial_files(tmp_path):
     script.write_text(SIGNAL_UNIT)
     partial = tmp_path / "out.csv.tmp"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), *sys.path]))
-    proc = start_signalable([sys.executable, str(script), "second", str(partial)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = start_signalable(
+        [sys.executable, str(script), "second", str(partial)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 143  # the first signal's code
     assert out.split() == ["stopped", "143"] and "second SIGINT" in err

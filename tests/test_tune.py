@@ -23,31 +23,45 @@ REPO = Path(__file__).resolve().parents[1]
 
 # --- the search space in the config ----------------------------------------------------------------------
 
-@pytest.mark.parametrize("override, message", [
-    ("tune.space[model.dropuot]={type: uniform, low: 0.1, high: 0.2}",
-     r"'model\.dropuot' is not a config key.*Did you mean 'model\.dropout'"),
-    ("tune.space[train.epochs]={type: choice, values: [2, 4]}", r"tune\.space\[train\.epochs\].*cannot be tuned"),
-    ("tune.space[optim.lr].type=gaussian", r"tune\.space\[optim\.lr\].*one of loguniform, uniform, randint"),
-    ("tune.space[optim.lr].hi=0.1", r"tune\.space\[optim\.lr\].*unknown: hi"),
-    ("tune.space[model.dropout].high=1.5", r"tune\.space\[model\.dropout\].*1\.5.*must be in \[0, 1\)"),
-    ("tune.space[sched.t_max]={type: uniform, low: 2, high: 9}", r"tune\.space\[sched\.t_max\].*integer"),
-    ("tune.space[optim.lr].low=0", r"tune\.space\[optim\.lr\].*loguniform needs low > 0"),
-    ("tune.space[sched.t_max]={type: choice, values: []}", r"tune\.space\[sched\.t_max\].*non-empty"),
-    ("tune.folds=[0,5]", r"tune\.folds"),
-    ("tune.gpus_per_trial=2", r"tune\.gpus_per_trial"),
-])
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            "tune.space[model.dropuot]={type: uniform, low: 0.1, high: 0.2}",
+            r"'model\.dropuot' is not a config key.*Did you mean 'model\.dropout'",
+        ),
+        ("tune.space[train.epochs]={type: choice, values: [2, 4]}", r"tune\.space\[train\.epochs\].*cannot be tuned"),
+        ("tune.space[optim.lr].type=gaussian", r"tune\.space\[optim\.lr\].*one of loguniform, uniform, randint"),
+        ("tune.space[optim.lr].hi=0.1", r"tune\.space\[optim\.lr\].*unknown: hi"),
+        ("tune.space[model.dropout].high=1.5", r"tune\.space\[model\.dropout\].*1\.5.*must be in \[0, 1\)"),
+        ("tune.space[sched.t_max]={type: uniform, low: 2, high: 9}", r"tune\.space\[sched\.t_max\].*integer"),
+        ("tune.space[optim.lr].low=0", r"tune\.space\[optim\.lr\].*loguniform needs low > 0"),
+        ("tune.space[sched.t_max]={type: choice, values: []}", r"tune\.space\[sched\.t_max\].*non-empty"),
+        ("tune.folds=[0,5]", r"tune\.folds"),
+        ("tune.gpus_per_trial=2", r"tune\.gpus_per_trial"),
+    ],
+)
 def test_bad_search_space_names_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config("tune", [override])
 
 
 def test_search_space_can_be_narrowed_widened_and_extended():
-    cfg = load_config("tune", ["tune.space[optim.lr].high=0.1", "tune.space[sched.t_max]=null",
-                               "tune.space[model.dropout]={type: choice, values: [0.2, 0.5]}",
-                               "tune.space[optim.weight_decay]={type: loguniform, low: 1e-6, high: 1e-3}"])
-    assert cfg.tune.space == {"optim.lr": {"type": "loguniform", "low": 3e-4, "high": 0.1},
-                              "model.dropout": {"type": "choice", "values": [0.2, 0.5]},  # no stale low/high
-                              "optim.weight_decay": {"type": "loguniform", "low": 1e-6, "high": 1e-3}}
+    cfg = load_config(
+        "tune",
+        [
+            "tune.space[optim.lr].high=0.1",
+            "tune.space[sched.t_max]=null",
+            "tune.space[model.dropout]={type: choice, values: [0.2, 0.5]}",
+            "tune.space[optim.weight_decay]={type: loguniform, low: 1e-6, high: 1e-3}",
+        ],
+    )
+    assert cfg.tune.space == {
+        "optim.lr": {"type": "loguniform", "low": 3e-4, "high": 0.1},
+        "model.dropout": {"type": "choice", "values": [0.2, 0.5]},  # no stale low/high
+        "optim.weight_decay": {"type": "loguniform", "low": 1e-6, "high": 1e-3},
+    }
 
 
 def test_baseline_trial_runs_the_configs_own_values():
@@ -67,6 +81,7 @@ def test_randint_bounds_are_inclusive():
 
 # --- folds in lockstep (no Ray) ---------------------------------------------------------------------------
 
+
 def test_folds_in_lockstep_compute_what_they_compute_alone(tmp_path):
     from raydf.runs.storage import RunStorage
     from raydf.training.fold_loop import train_fold
@@ -74,8 +89,17 @@ def test_folds_in_lockstep_compute_what_they_compute_alone(tmp_path):
     from raydf.training.lockstep import lockstep_folds
 
     images, labels = separable_images()
-    cfg = load_config(None, ["data.resize=80", "data.crop=76", "train.batch_size=10", "train.epochs=2",
-                             "train.patience=5", "optim.lr=0.01"])
+    cfg = load_config(
+        None,
+        [
+            "data.resize=80",
+            "data.crop=76",
+            "train.batch_size=10",
+            "train.epochs=2",
+            "train.patience=5",
+            "optim.lr=0.01",
+        ],
+    )
     splits = {0: (np.arange(20, 40), np.arange(20)), 1: (np.arange(20), np.arange(20, 40))}
     alone = {k: train_fold(images, labels, *splits[k], cfg, k).history for k in splits}
     storage = RunStorage(tmp_path)
@@ -95,22 +119,30 @@ def test_folds_in_lockstep_compute_what_they_compute_alone(tmp_path):
 
 # --- the trial table, the plot and best.yaml (no Ray) -----------------------------------------------------
 
+
 def _records():
     def epochs(*losses, going_on=True):
         rows = []
         for i, v in enumerate(losses):
             best = min(range(i + 1), key=lambda j: losses[j])
-            rows.append({"epoch": i + 1, "val_loss": v, "val_acc": 0.5 + i / 10,
-                         "folds_training": int(going_on or i + 1 < len(losses)), "best_val_loss": losses[best],
-                         "best_val_acc": 0.5 + best / 10, "best_epoch": best + 1})
+            rows.append(
+                {
+                    "epoch": i + 1,
+                    "val_loss": v,
+                    "val_acc": 0.5 + i / 10,
+                    "folds_training": int(going_on or i + 1 < len(losses)),
+                    "best_val_loss": losses[best],
+                    "best_val_acc": 0.5 + best / 10,
+                    "best_epoch": best + 1,
+                }
+            )
         return rows
 
     p = lambda lr, dropout, t_max: {"optim.lr": lr, "model.dropout": dropout, "sched.t_max": t_max}  # noqa: E731
     return [
         {"trial": "t_full", "params": p(1e-3, 0.3, 4), "epochs": epochs(0.60, 0.50, 0.55, 0.52), "error": None},
         {"trial": "t_asha", "params": p(2e-2, 0.6, 2), "epochs": epochs(0.90), "error": None},
-        {"trial": "t_patience", "params": p(5e-4, 0.2, 8), "epochs": epochs(0.58, 0.61, going_on=False),
-         "error": None},
+        {"trial": "t_patience", "params": p(5e-4, 0.2, 8), "epochs": epochs(0.58, 0.61, going_on=False), "error": None},
         {"trial": "t_diverged", "params": p(3e-2, 0.1, 3), "epochs": epochs(1e9), "error": None},
         {"trial": "t_error", "params": p(1e-3, 0.5, 5), "epochs": [], "error": "RuntimeError: out of memory"},
     ]
@@ -125,8 +157,13 @@ def test_trial_table_ranks_trials_and_says_why_they_stopped():
     assert table["baseline"].tolist() == [False, True, False, False, False]
     row = table.set_index("trial")
     assert row.loc["t_full", ["best_val_loss", "val_acc", "best_epoch"]].tolist() == [0.50, 0.6, 2]
-    assert row.loc[["t_full", "t_asha", "t_patience", "t_diverged", "t_error"], "status"].tolist() == \
-        ["done", "asha", "patience", "asha", "error"]
+    assert row.loc[["t_full", "t_asha", "t_patience", "t_diverged", "t_error"], "status"].tolist() == [
+        "done",
+        "asha",
+        "patience",
+        "asha",
+        "error",
+    ]
     assert row["stopped_early"].tolist() == [False, True, True, True, True]
     assert row.loc["t_diverged", "diverged"] and not row.loc["t_full", "diverged"]
     assert best_row(table)["trial"] == "t_full"
@@ -157,8 +194,15 @@ GOOD_LR, ABSURD_LRS = 1e-3, [3.0, 30.0]
 
 def _sweep_overrides(run_dir, demo, epochs=3):
     return [o for o in tiny_overrides(run_dir, demo) if not o.startswith("train.epochs=")] + [
-        f"train.epochs={epochs}", f"train.patience={epochs}", "tune.gpus_per_trial=0", "tune.num_samples=1",
-        "tune.max_concurrent=1", "tune.grace_period=1", "tune.reduction_factor=2", "tune.folds=[0]"]
+        f"train.epochs={epochs}",
+        f"train.patience={epochs}",
+        "tune.gpus_per_trial=0",
+        "tune.num_samples=1",
+        "tune.max_concurrent=1",
+        "tune.grace_period=1",
+        "tune.reduction_factor=2",
+        "tune.folds=[0]",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -175,8 +219,11 @@ def sweep(ray_local, tiny_demo, tmp_path_factory):
 
     run_dir = tmp_path_factory.mktemp("sweeps") / "grid"
     grid = "{type: grid, values: [" + ", ".join(str(v) for v in [GOOD_LR, *ABSURD_LRS]) + "]}"
-    cfg = load_config("tune", _sweep_overrides(run_dir, tiny_demo) + [f"tune.space[optim.lr]={grid}",
-                                                                       "tune.then_train=true", "tune.baseline=false"])
+    cfg = load_config(
+        "tune",
+        _sweep_overrides(run_dir, tiny_demo)
+        + [f"tune.space[optim.lr]={grid}", "tune.then_train=true", "tune.baseline=false"],
+    )
     assert run_sweep(cfg) == str(run_dir)
     return run_dir, cfg
 
@@ -191,8 +238,11 @@ def test_sweep_writes_table_plot_and_a_best_config_inside_the_space(sweep):
 
     best = load_config(run_dir / "best.yaml")  # loads into training as it is
     winner = table.loc[table["best_val_loss"].idxmin()]
-    assert (best.optim.lr, best.model.dropout, best.sched.t_max) == \
-        (winner["optim.lr"], winner["model.dropout"], winner["sched.t_max"])
+    assert (best.optim.lr, best.model.dropout, best.sched.t_max) == (
+        winner["optim.lr"],
+        winner["model.dropout"],
+        winner["sched.t_max"],
+    )
     space = cfg.tune.space
     assert best.optim.lr in space["optim.lr"]["values"]
     assert space["model.dropout"]["low"] <= best.model.dropout <= space["model.dropout"]["high"]
@@ -232,8 +282,14 @@ def test_gpus_requested_on_a_cluster_without_gpus_fail_at_once(tiny_demo, tmp_pa
     # The CLI starts its own local Ray instance; with no CUDA device visible it has no GPU.
     env = dict(os.environ, RAY_AUTH_MODE="disabled", CUDA_VISIBLE_DEVICES="")
     overrides = [o for o in _sweep_overrides(run_dir, tiny_demo) if not o.startswith("tune.gpus_per_trial")]
-    proc = subprocess.run([sys.executable, "-m", "raydf.tune", *overrides, "tune.gpus_per_trial=1"], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=120)  # Tune alone would wait forever
+    proc = subprocess.run(
+        [sys.executable, "-m", "raydf.tune", *overrides, "tune.gpus_per_trial=1"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # Tune alone would wait forever
     assert proc.returncode == 2
     assert "tune.gpus_per_trial=1 but no node has a GPU" in proc.stderr and "Traceback" not in proc.stderr
     assert not run_dir.exists()  # refused before anything was written
@@ -257,10 +313,18 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tiny_demo, tmp_p
     run_dir = tmp_path / "sweep"
     scratch_before = _scratch_dirs()
     overrides = _sweep_overrides(run_dir, tiny_demo, epochs=2) + [
-        "tune.space[optim.lr]={type: grid, values: [0.001, 0.002]}", "tune.grace_period=2"]  # no ASHA stops
+        "tune.space[optim.lr]={type: grid, values: [0.001, 0.002]}",
+        "tune.grace_period=2",
+    ]  # no ASHA stops
     env = dict(os.environ, RAY_AUTH_MODE="disabled")
-    driver = subprocess.Popen([sys.executable, "-m", "raydf.tune", *overrides], cwd=REPO, env=env,
-                              start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "raydf.tune", *overrides],
+        cwd=REPO,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
     def first_finished_second_checkpointed():
         states = _trial_states(run_dir)
@@ -279,8 +343,14 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tiny_demo, tmp_p
     [second] = run_dir.glob("tune/trial_*_00001")
     first_results = (first / "result.json").read_text()
 
-    proc = subprocess.run([sys.executable, "-m", "raydf.tune", f"resume={run_dir}"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=400)
+    proc = subprocess.run(
+        [sys.executable, "-m", "raydf.tune", f"resume={run_dir}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (first / "result.json").read_text() == first_results  # the finished trial did not run again
     # (Rows Tune had not flushed to result.json when it was killed are lost; those it wrote stay.)
@@ -302,8 +372,13 @@ def test_sigterm_stops_a_sweep_gracefully_and_it_resumes(tiny_demo, tmp_path):
     run_dir = tmp_path / "sweep"
     overrides = _sweep_overrides(run_dir, tiny_demo, epochs=2) + ["tune.grace_period=2"]
     env = dict(os.environ, RAY_AUTH_MODE="disabled")
-    driver = start_signalable([sys.executable, "-m", "raydf.tune", *overrides], env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True)
+    driver = start_signalable(
+        [sys.executable, "-m", "raydf.tune", *overrides],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert wait_for(lambda: any("checkpoint_000000" in s for s in _trial_states(run_dir).values()), timeout=300)
         driver.send_signal(signal.SIGTERM)
@@ -316,7 +391,13 @@ def test_sigterm_stops_a_sweep_gracefully_and_it_resumes(tiny_demo, tmp_path):
     assert not (run_dir / "trials.csv").exists()
     assert not [p for p in run_dir.rglob("*.tmp")]
 
-    proc = subprocess.run([sys.executable, "-m", "raydf.tune", f"resume={run_dir}"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=400)
+    proc = subprocess.run(
+        [sys.executable, "-m", "raydf.tune", f"resume={run_dir}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert pd.read_csv(run_dir / "trials.csv")["epochs_run"].tolist() == [2]

@@ -78,6 +78,7 @@ class DecodedCache:
                         os.replace(tmp, path)
                 finally:
                     tmp.unlink(missing_ok=True)
-                log.info("decoded %d images to %dpx in %.1fs; cached in %s", len(images), self.size,
-                         time.time() - t0, path)
+                log.info(
+                    "decoded %d images to %dpx in %.1fs; cached in %s", len(images), self.size, time.time() - t0, path
+                )
         return np.load(path, mmap_mode="r")

@@ -15,8 +15,21 @@ from raydf.errors import DataError
 
 # What a folder scan lists. HEIC and SVG are listed too, though they cannot be decoded: the pre-flight check
 # then reports them by name (bad_inputs.csv) instead of the scan leaving them out silently.
-IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif",
-                                     ".avif", ".heic", ".heif", ".svg")
+IMAGE_EXTENSIONS: tuple[str, ...] = (
+    ".jpg",
+    ".jpeg",
+    ".jfif",
+    ".png",
+    ".bmp",
+    ".webp",
+    ".tif",
+    ".tiff",
+    ".gif",
+    ".avif",
+    ".heic",
+    ".heif",
+    ".svg",
+)
 
 PATH_COLUMNS: tuple[str, ...] = ("path", "filepath", "file_path", "image_path", "file", "filename", "image", "img")
 LABEL_COLUMNS: tuple[str, ...] = ("label", "target", "class", "is_fake")
@@ -27,8 +40,9 @@ _MISSING = {"", "nan", "na", "n/a", "none", "null"}
 _FORMATS = "a CSV with columns path,label (or path,real,fake), or a folder with real/ and fake/ subfolders"
 
 
-def read_train(spec: str | os.PathLike, image_root: str | os.PathLike | None = None,
-               group_by: str | None = None) -> pd.DataFrame:
+def read_train(
+    spec: str | os.PathLike, image_root: str | os.PathLike | None = None, group_by: str | None = None
+) -> pd.DataFrame:
     """Read a labelled training set.
 
     Args:
@@ -48,8 +62,10 @@ def read_train(spec: str | os.PathLike, image_root: str | os.PathLike | None = N
     src = _existing(spec)
     if src.is_dir():
         if group_by is not None:
-            raise DataError(f"train.group_by={group_by} names a CSV column, but data.train {src} is a folder; "
-                            "list the images in a CSV with that column, or drop train.group_by")
+            raise DataError(
+                f"train.group_by={group_by} names a CSV column, but data.train {src} is a folder; "
+                "list the images in a CSV with that column, or drop train.group_by"
+            )
         classes = _class_dirs(src)
         if classes is None:
             raise DataError(
@@ -124,8 +140,9 @@ def _read_csv(src: Path) -> pd.DataFrame:
     """Read every cell as a string so paths like `001.jpg` and labels like `1.0` stay as written."""
     try:
         # Blank lines are kept (then dropped) so index i is always line i + 2 of the file.
-        table = pd.read_csv(src, dtype=str, keep_default_na=False, skip_blank_lines=False,
-                            index_col=False, encoding="utf-8-sig")
+        table = pd.read_csv(
+            src, dtype=str, keep_default_na=False, skip_blank_lines=False, index_col=False, encoding="utf-8-sig"
+        )
     except pd.errors.EmptyDataError:
         raise DataError(f"CSV {src} is empty; it needs a header line and one row per image") from None
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
@@ -247,8 +264,10 @@ def _reject_repeated_paths(df: pd.DataFrame, lines: pd.Index, src: Path) -> None
         shown.append(f"{path} at {where}{conflict}")
     n = repeated["path"].nunique()
     more = f" and {n - 5} more" if n > 5 else ""
-    raise DataError(f"CSV {src} lists the same image more than once: {'; '.join(shown)}{more}; "
-                    "keep one row per image (with its correct label)")
+    raise DataError(
+        f"CSV {src} lists the same image more than once: {'; '.join(shown)}{more}; "
+        "keep one row per image (with its correct label)"
+    )
 
 
 def _group_column(table: pd.DataFrame, src: Path, group_by: str | None) -> str | None:
@@ -257,8 +276,10 @@ def _group_column(table: pd.DataFrame, src: Path, group_by: str | None) -> str |
         return _find(table, ("group",))
     col = _find(table, (group_by.lower(),))
     if col is None:
-        raise DataError(f"train.group_by={group_by} but CSV {src} has no such column: found columns "
-                        f"{list(table.columns)}; set train.group_by to one of them")
+        raise DataError(
+            f"train.group_by={group_by} but CSV {src} has no such column: found columns "
+            f"{list(table.columns)}; set train.group_by to one of them"
+        )
     return col
 
 
@@ -280,8 +301,9 @@ def _class_dirs(src: Path) -> dict[int, Path] | None:
     for dirs in found.values():
         if len(dirs) > 1:
             names = [d.name for d in dirs]
-            raise DataError(f"folder {src} has several class folders {names} differing only in case; "
-                            f"merge them into one")
+            raise DataError(
+                f"folder {src} has several class folders {names} differing only in case; merge them into one"
+            )
     if not (found[0] and found[1]):
         return None
     return {label: dirs[0] for label, dirs in found.items()}
@@ -295,8 +317,10 @@ def _images_under(folder: Path) -> list[Path]:
     """
     # Files are not resolved one by one: a symlinked image keeps its place (and name) in the folder.
     files = [
-        f for f in folder.rglob("*")
-        if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file()
+        f
+        for f in folder.rglob("*")
+        if f.suffix.lower() in IMAGE_EXTENSIONS
+        and f.is_file()
         and not any(part.startswith(".") for part in f.relative_to(folder).parts)
     ]
     return sorted(files, key=lambda f: f.relative_to(folder).as_posix())

@@ -6,7 +6,7 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from raydf.data.transforms import seed_transform
 
@@ -23,8 +23,14 @@ class ImageArrayDataset(Dataset):
     worker process, in any order, and again after a resume, so a resumed fold sees what it would have seen.
     """
 
-    def __init__(self, images: np.ndarray, indices: np.ndarray, labels: Optional[np.ndarray],
-                 transform: Callable[..., dict], seed: Optional[int] = None):
+    def __init__(
+        self,
+        images: np.ndarray,
+        indices: np.ndarray,
+        labels: Optional[np.ndarray],
+        transform: Callable[..., dict],
+        seed: Optional[int] = None,
+    ):
         self.images, self.indices, self.labels, self.transform = images, np.asarray(indices), labels, transform
         self.seed = seed
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()  # shared memory: persistent workers see it
@@ -46,14 +52,30 @@ class ImageArrayDataset(Dataset):
         return img, label
 
 
-def make_loader(dataset: ImageArrayDataset, batch_size: int, *, train: bool, workers: int = 0,
-                seed: int = 0, pin_memory: bool = False) -> DataLoader:
+def make_loader(
+    dataset: ImageArrayDataset,
+    batch_size: int,
+    *,
+    train: bool,
+    workers: int = 0,
+    seed: int = 0,
+    pin_memory: bool = False,
+) -> DataLoader:
     """Training loaders shuffle and drop the last partial batch (BatchNorm1d cannot train on one image).
 
-    Reseed `loader.generator` before an epoch to fix that epoch's order.
+    Reseed `loader.sampler.generator` before an epoch to fix that epoch's order. The order has a generator of its
+    own: the DataLoader draws its workers' base seed from `loader.generator` whenever it creates an iterator, which
+    is every epoch without workers but only the first epoch with persistent ones, so an order drawn from that same
+    generator changed with the number of epochs a loader had run (a resumed fold with workers shuffled differently).
     """
-    generator = torch.Generator().manual_seed(seed)
+    sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed)) if train else None
     return DataLoader(
-        dataset, batch_size=batch_size, shuffle=train, drop_last=train, num_workers=workers,
-        generator=generator, persistent_workers=workers > 0, pin_memory=pin_memory,
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        drop_last=train,
+        num_workers=workers,
+        generator=torch.Generator().manual_seed(seed),
+        persistent_workers=workers > 0,
+        pin_memory=pin_memory,
     )

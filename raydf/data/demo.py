@@ -24,8 +24,9 @@ DEMO_VERSION: int = 1  # bump when the generator changes; part of the cache key
 
 _TRAIN, _TEST, _SHUFFLE = 0, 1, 2  # part ids of the per-image random generators
 _SKIN = np.array([[240, 205, 180], [215, 165, 130], [175, 120, 85], [120, 75, 50], [85, 55, 40]], np.float32)
-_HAIR = np.array([[25, 20, 18], [70, 45, 30], [125, 85, 50], [200, 165, 110], [150, 150, 150], [140, 60, 30]],
-                 np.float32)
+_HAIR = np.array(
+    [[25, 20, 18], [70, 45, 30], [125, 85, 50], [200, 165, 110], [150, 150, 150], [140, 60, 30]], np.float32
+)
 
 
 @dataclass(frozen=True)
@@ -65,8 +66,14 @@ def render_face(rng: np.random.Generator, size: int = 256) -> np.ndarray:
     t = np.clip(0.5 + rb[None, :] * np.cos(ang) + rb[:, None] * np.sin(ang), 0, 1)[..., None]
     bg = c0 + (c1 - c0) * t + 12 * _smooth_noise(rng, b, 6, 3)
     for _ in range(rng.integers(2, 6)):
-        cv2.circle(bg, (int(rng.uniform(0, b)), int(rng.uniform(0, b))), int(rng.uniform(0.05, 0.2) * b),
-                   _col(rng.uniform(30, 225, 3)), -1, cv2.LINE_AA)
+        cv2.circle(
+            bg,
+            (int(rng.uniform(0, b)), int(rng.uniform(0, b))),
+            int(rng.uniform(0.05, 0.2) * b),
+            _col(rng.uniform(30, 225, 3)),
+            -1,
+            cv2.LINE_AA,
+        )
     img = cv2.resize(cv2.GaussianBlur(bg, (0, 0), 0.02 * b), (s, s), interpolation=cv2.INTER_LINEAR)
 
     # Head geometry in pixels; the face stays roughly centred so the artefact lands on it.
@@ -78,7 +85,8 @@ def render_face(rng: np.random.Generator, size: int = 256) -> np.ndarray:
     hair = _HAIR[rng.integers(len(_HAIR))] * rng.uniform(0.8, 1.2)
     p = lambda x, y: (int(round(x)), int(round(y)))  # noqa: E731
     e = lambda x, y, a, b, c, ang=0.0, a0=0, a1=360, th=-1: cv2.ellipse(  # noqa: E731
-        img, p(x, y), p(a, b), ang, a0, a1, _col(c), th, cv2.LINE_AA)
+        img, p(x, y), p(a, b), ang, a0, a1, _col(c), th, cv2.LINE_AA
+    )
 
     e(cx, s * 1.05, ax * 1.6, ay * 0.55, rng.uniform(20, 235, 3))  # shoulders / clothes
     cv2.rectangle(img, p(cx - 0.45 * ax, cy), p(cx + 0.45 * ax, s), _col(skin * 0.8), -1)  # neck
@@ -98,8 +106,14 @@ def render_face(rng: np.random.Generator, size: int = 256) -> np.ndarray:
         e(x, ey - 0.02 * ay, 0.19 * ax, 0.09 * ay, skin * 0.75, 0, 200, 340, max(1, int(0.02 * s)))  # lid line
         e(x, ey - 0.13 * ay, 0.2 * ax, 0.05 * ay, hair * 0.9, sx * tilt, 190, 350, max(1, int(0.025 * s)))  # brow
     nose = skin * 0.78
-    cv2.line(img, p(cx, ey + 0.05 * ay), p(cx + rng.normal(0, 0.03) * ax, cy + 0.22 * ay), _col(nose),
-             max(1, int(0.012 * s)), cv2.LINE_AA)
+    cv2.line(
+        img,
+        p(cx, ey + 0.05 * ay),
+        p(cx + rng.normal(0, 0.03) * ax, cy + 0.22 * ay),
+        _col(nose),
+        max(1, int(0.012 * s)),
+        cv2.LINE_AA,
+    )
     for sx in (-1, 1):
         e(cx + sx * 0.1 * ax, cy + 0.25 * ay, 0.06 * ax, 0.03 * ay, nose * 0.8)  # nostrils
     lip = skin * np.array([1.0, 0.65, 0.65]) + rng.normal(0, 8, 3)
@@ -136,8 +150,7 @@ def add_swap_artefact(img: np.ndarray, rng: np.random.Generator, strength: float
     small = cv2.resize(src, (max(2, round(bw * f)), max(2, round(bh * f))), interpolation=cv2.INTER_AREA)
     patch = cv2.resize(small, (bw, bh), interpolation=cv2.INTER_LINEAR)
     # Misalignment: the swapped face never sits exactly where the original was (ghost edges at the seam).
-    m = cv2.getRotationMatrix2D((bw / 2, bh / 2), strength * rng.normal(0, 2),
-                                1 + strength * rng.uniform(-0.04, 0.04))
+    m = cv2.getRotationMatrix2D((bw / 2, bh / 2), strength * rng.normal(0, 2), 1 + strength * rng.uniform(-0.04, 0.04))
     m[:, 2] += strength * rng.normal(0, 0.01 * s, 2)
     patch = cv2.warpAffine(patch, m, (bw, bh), borderMode=cv2.BORDER_REFLECT)
     # Colour mismatch: a contrast change and a per-channel offset of random sign (zero mean over the fakes,
@@ -148,8 +161,10 @@ def add_swap_artefact(img: np.ndarray, rng: np.random.Generator, strength: float
     # Soft elliptical mask over eyes, nose and mouth (centre ~(0.5, 0.52) of the image), feathered; the
     # bounded blur kernel keeps it inside the box, the cut makes its far tail exactly 0.
     mask = np.zeros((bh, bw), np.float32)
-    centre = (round(w * (0.5 + np.clip(rng.normal(0, 0.01), -0.03, 0.03))) - x0,
-              round(h * (0.52 + np.clip(rng.normal(0, 0.01), -0.03, 0.03))) - y0)
+    centre = (
+        round(w * (0.5 + np.clip(rng.normal(0, 0.01), -0.03, 0.03))) - x0,
+        round(h * (0.52 + np.clip(rng.normal(0, 0.01), -0.03, 0.03))) - y0,
+    )
     axes = (round(s * rng.uniform(0.15, 0.19)), round(s * rng.uniform(0.19, 0.23)))
     cv2.ellipse(mask, centre, axes, float(np.clip(rng.normal(0, 4), -10, 10)), 0, 360, 1.0, -1, cv2.LINE_AA)
     sigma = max(0.5, 0.015 * s)
@@ -173,8 +188,14 @@ def _image(seed: int, part: int, index: int, size: int, strength: float) -> tupl
     return (add_swap_artefact(img, rng, strength) if label else img), label
 
 
-def make_demo(root: str | os.PathLike, n_train: int = 1200, n_test: int = 400, size: int = 256, seed: int = 0,
-              strength: float = 1.0) -> DemoSet:
+def make_demo(
+    root: str | os.PathLike,
+    n_train: int = 1200,
+    n_test: int = 400,
+    size: int = 256,
+    seed: int = 0,
+    strength: float = 1.0,
+) -> DemoSet:
     """Write the demo set under root (train/real, train/fake, test/*.jpg, test.csv); same bytes for the same
     arguments. Classes are balanced; test names (test00000.jpg...) do not reveal the class."""
     if n_train < 2 or n_test < 2 or size < 32:
@@ -221,8 +242,10 @@ def ensure_demo(cache_dir: str | os.PathLike | None = None, **make_kwargs) -> De
         raise TypeError(f"unknown demo arguments: {sorted(unknown)}")
     args = {k: (float(v) if k == "strength" else int(v)) for k, v in args.items()}
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    name = (f"demo-v{DEMO_VERSION}-n{args['n_train']}-t{args['n_test']}-s{args['size']}"
-            f"-seed{args['seed']}-k{args['strength']}")
+    name = (
+        f"demo-v{DEMO_VERSION}-n{args['n_train']}-t{args['n_test']}-s{args['size']}"
+        f"-seed{args['seed']}-k{args['strength']}"
+    )
     final = cache / name
     if not final.is_dir():
         cache.mkdir(parents=True, exist_ok=True)

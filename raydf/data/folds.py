@@ -20,28 +20,36 @@ def check_splittable(table: pd.DataFrame, n_splits: int, split: str) -> None:
     """Fail, before any work, when `table` cannot be cut into `n_splits` folds the way `split` asks."""
     n = len(table)
     if n < n_splits:
-        raise DataError(f"the training set has {n} images, fewer than train.folds={n_splits}: "
-                        f"add images or lower train.folds")
+        raise DataError(
+            f"the training set has {n} images, fewer than train.folds={n_splits}: add images or lower train.folds"
+        )
     if split == "stratified":
         n_fake = int((table["label"] == 1).sum())
         if min(n_fake, n - n_fake) < n_splits:
-            raise DataError(f"train.split=stratified needs at least train.folds={n_splits} images of each class; "
-                            f"found {n - n_fake} real and {n_fake} fake: lower train.folds or use train.split=kfold")
+            raise DataError(
+                f"train.split=stratified needs at least train.folds={n_splits} images of each class; "
+                f"found {n - n_fake} real and {n_fake} fake: lower train.folds or use train.split=kfold"
+            )
     if split == "group" and "group" not in table.columns:
-        raise DataError("train.split=group needs a `group` column in the training CSV (the source each image "
-                        "comes from), or train.group_by naming such a column; add one or use train.split=kfold")
+        raise DataError(
+            "train.split=group needs a `group` column in the training CSV (the source each image "
+            "comes from), or train.group_by naming such a column; add one or use train.split=kfold"
+        )
     if "group" in table.columns:
         _check_groups(table["group"].nunique(), n_splits, "")
 
 
 def _check_groups(n_groups: int, n_splits: int, after: str) -> None:
     if n_groups < n_splits:
-        raise DataError(f"grouped folds need at least train.folds={n_splits} groups; found {n_groups}{after}: "
-                        "lower train.folds, or give the images finer groups")
+        raise DataError(
+            f"grouped folds need at least train.folds={n_splits} groups; found {n_groups}{after}: "
+            "lower train.folds, or give the images finer groups"
+        )
 
 
-def assign_folds(table: pd.DataFrame, n_splits: int, seed: int, split: str = "kfold",
-                 content: Optional[Sequence[str]] = None) -> np.ndarray:
+def assign_folds(
+    table: pd.DataFrame, n_splits: int, seed: int, split: str = "kfold", content: Optional[Sequence[str]] = None
+) -> np.ndarray:
     """Fold id (0..n_splits-1) of every row of `table` (columns `label`, optional `group`).
 
     Args:
@@ -70,8 +78,10 @@ def assign_folds(table: pd.DataFrame, n_splits: int, seed: int, split: str = "kf
         fold = _keep_copies_together(fold, content)
     empty = sorted(set(range(n_splits)) - set(fold.tolist()))
     if empty:
-        raise DataError(f"fold {empty[0]} has no images once identical files are kept in one fold: the training "
-                        f"set has too few distinct images for train.folds={n_splits}; lower train.folds")
+        raise DataError(
+            f"fold {empty[0]} has no images once identical files are kept in one fold: the training "
+            f"set has too few distinct images for train.folds={n_splits}; lower train.folds"
+        )
     return fold
 
 

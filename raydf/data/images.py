@@ -97,10 +97,21 @@ def _pillow_rgb(data: bytes, path: str) -> np.ndarray:
 
 
 # Formats users meet in scraped or exported folders that neither OpenCV nor Pillow (without plug-ins) reads.
-_SIGNATURES = ((b"%PDF", "a PDF document"), (b"PK\x03\x04", "a ZIP archive"), (b"\x1f\x8b", "a gzip archive"),
-               (b"8BPS", "a Photoshop PSD file"))
-_BRANDS = {b"heic": "HEIC", b"heix": "HEIC", b"mif1": "HEIF", b"avif": "AVIF", b"isom": "MP4 video",
-           b"mp42": "MP4 video", b"qt  ": "QuickTime video"}
+_SIGNATURES = (
+    (b"%PDF", "a PDF document"),
+    (b"PK\x03\x04", "a ZIP archive"),
+    (b"\x1f\x8b", "a gzip archive"),
+    (b"8BPS", "a Photoshop PSD file"),
+)
+_BRANDS = {
+    b"heic": "HEIC",
+    b"heix": "HEIC",
+    b"mif1": "HEIF",
+    b"avif": "AVIF",
+    b"isom": "MP4 video",
+    b"mp42": "MP4 video",
+    b"qt  ": "QuickTime video",
+}
 
 
 def _not_an_image(data: bytes) -> str:
@@ -144,7 +155,7 @@ def center_crop(images: np.ndarray, crop: int) -> np.ndarray:
     """
     h, w = images.shape[1:3]
     top, left = (h - crop) // 2, (w - crop) // 2
-    return images[:, top:top + crop, left:left + crop]
+    return images[:, top : top + crop, left : left + crop]
 
 
 def decode_image(path: str, size: int) -> np.ndarray:
@@ -157,6 +168,7 @@ def decode_image(path: str, size: int) -> np.ndarray:
 
 def _each(paths: Sequence[str], work: Callable[[int], T], threads: int) -> list[T | BadImage]:
     """`work(i)` for every row on a thread pool (OpenCV and hashlib release the GIL); BadImage kept as a value."""
+
     def guarded(i: int) -> T | BadImage:
         try:
             return work(i)
@@ -198,9 +210,12 @@ def decode_checked(paths: Sequence[str], size: int, threads: int = 0) -> Decoded
             if dst != src:
                 out[dst] = out[src]
         out = out[: int(usable.sum())]
-    return DecodedSet(images=out, usable=usable,
-                      reasons={i: r.reason for i, r in enumerate(results) if isinstance(r, BadImage)},
-                      sha256=[None if isinstance(r, BadImage) else r for r in results])
+    return DecodedSet(
+        images=out,
+        usable=usable,
+        reasons={i: r.reason for i, r in enumerate(results) if isinstance(r, BadImage)},
+        sha256=[None if isinstance(r, BadImage) else r for r in results],
+    )
 
 
 def check_images(paths: Sequence[str], threads: int = 0) -> tuple[dict[int, str], list[Optional[str]]]:

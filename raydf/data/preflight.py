@@ -54,8 +54,9 @@ class CheckedInputs:
         return {s: int((self.bad["set"] == s).sum()) for s in ("train", "test")}
 
 
-def preflight(train: pd.DataFrame, test: Optional[pd.DataFrame], size: int, threads: int = 0,
-              on_bad: str = "skip") -> CheckedInputs:
+def preflight(
+    train: pd.DataFrame, test: Optional[pd.DataFrame], size: int, threads: int = 0, on_bad: str = "skip"
+) -> CheckedInputs:
     """Decode the training set (at `size` px) and check the test set; apply the `on_bad` policy.
 
     Raises:
@@ -67,29 +68,41 @@ def preflight(train: pd.DataFrame, test: Optional[pd.DataFrame], size: int, thre
     test_bad, test_content = check_images(test["path"].tolist(), threads) if test is not None else ({}, [])
     bad = _bad_table(train, decoded.reasons, test, test_bad)
     n_test = 0 if test is None else len(test)
-    found = f"{len(bad)} unreadable ({len(decoded.reasons)} training, {len(test_bad)} test)" if len(bad) \
-        else "all readable"
-    log.info("pre-flight: checked %d training and %d test images in %.1fs: %s", len(train), n_test,
-             time.time() - t0, found)
+    found = (
+        f"{len(bad)} unreadable ({len(decoded.reasons)} training, {len(test_bad)} test)" if len(bad) else "all readable"
+    )
+    log.info(
+        "pre-flight: checked %d training and %d test images in %.1fs: %s", len(train), n_test, time.time() - t0, found
+    )
     if len(bad) and on_bad == "error":
-        raise DataError(f"{len(bad)} of {len(train) + n_test} images cannot be read (data.on_bad=error):\n  "
-                        f"{_list_bad(bad)}\nFix or remove them, or set data.on_bad=skip to train without them "
-                        "(they are then listed in RUN_DIR/bad_inputs.csv)")
+        raise DataError(
+            f"{len(bad)} of {len(train) + n_test} images cannot be read (data.on_bad=error):\n  "
+            f"{_list_bad(bad)}\nFix or remove them, or set data.on_bad=skip to train without them "
+            "(they are then listed in RUN_DIR/bad_inputs.csv)"
+        )
     usable = train[decoded.usable].reset_index(drop=True)
     content = [h for h in decoded.sha256 if h is not None]
     if decoded.reasons:
         check_two_classes(usable, f"the training set without its {len(decoded.reasons)} unreadable images")
     if test is not None and len(test_bad) == len(test):
-        raise DataError(f"none of the {len(test)} test images can be read:\n  {_list_bad(bad[bad['set'] == 'test'])}"
-                        "\nFix data.test (or data.test_root)")
+        raise DataError(
+            f"none of the {len(test)} test images can be read:\n  {_list_bad(bad[bad['set'] == 'test'])}"
+            "\nFix data.test (or data.test_root)"
+        )
     if len(bad):
         flagged = f"; the {len(test_bad)} test ones get a row flagged bad_input in submission.csv" if test_bad else ""
-        log.warning("left out %d unreadable images (data.on_bad=skip; all listed in bad_inputs.csv in the run "
-                    "directory)%s:\n  %s", len(bad), flagged, _list_bad(bad))
+        log.warning(
+            "left out %d unreadable images (data.on_bad=skip; all listed in bad_inputs.csv in the run "
+            "directory)%s:\n  %s",
+            len(bad),
+            flagged,
+            _list_bad(bad),
+        )
     duplicates = find_duplicates(usable, content, test, test_content)
     _warn_duplicates(duplicates)
-    return CheckedInputs(train=usable, images=decoded.images, content=content, test_bad=test_bad, bad=bad,
-                         duplicates=duplicates)
+    return CheckedInputs(
+        train=usable, images=decoded.images, content=content, test_bad=test_bad, bad=bad, duplicates=duplicates
+    )
 
 
 def check_test_set(test: pd.DataFrame, threads: int = 0, on_bad: str = "skip") -> dict[int, str]:
@@ -98,16 +111,22 @@ def check_test_set(test: pd.DataFrame, threads: int = 0, on_bad: str = "skip") -
     bad = _bad_table(test.iloc[:0], {}, test, reasons)
     if reasons and (on_bad == "error" or len(reasons) == len(test)):
         policy = " (data.on_bad=error in the run's config)" if on_bad == "error" else ""
-        raise DataError(f"{len(reasons)} of {len(test)} images cannot be read:\n  {_list_bad(bad)}\n"
-                        f"Fix or remove them{policy}")
+        raise DataError(
+            f"{len(reasons)} of {len(test)} images cannot be read:\n  {_list_bad(bad)}\nFix or remove them{policy}"
+        )
     if reasons:
-        log.warning("%d of %d images cannot be read; they get the prior P(fake) and flag=bad_input:\n  %s",
-                    len(reasons), len(test), _list_bad(bad))
+        log.warning(
+            "%d of %d images cannot be read; they get the prior P(fake) and flag=bad_input:\n  %s",
+            len(reasons),
+            len(test),
+            _list_bad(bad),
+        )
     return reasons
 
 
-def _bad_table(train: pd.DataFrame, train_bad: dict[int, str], test: Optional[pd.DataFrame],
-               test_bad: dict[int, str]) -> pd.DataFrame:
+def _bad_table(
+    train: pd.DataFrame, train_bad: dict[int, str], test: Optional[pd.DataFrame], test_bad: dict[int, str]
+) -> pd.DataFrame:
     rows = [("train", i, train["path"].iat[i], r) for i, r in sorted(train_bad.items())]
     if test is not None:
         rows += [("test", i, test["path"].iat[i], r) for i, r in sorted(test_bad.items())]
@@ -121,15 +140,37 @@ def _list_bad(bad: pd.DataFrame) -> str:
     return "\n  ".join(lines)
 
 
-def find_duplicates(train: pd.DataFrame, train_content: Sequence[str], test: Optional[pd.DataFrame],
-                    test_content: Sequence[Optional[str]]) -> pd.DataFrame:
+def find_duplicates(
+    train: pd.DataFrame,
+    train_content: Sequence[str],
+    test: Optional[pd.DataFrame],
+    test_content: Sequence[Optional[str]],
+) -> pd.DataFrame:
     """Byte-identical files under different rows: groups with at least one training file and two rows."""
-    frames = [pd.DataFrame({"set": "train", "row": np.arange(len(train)), "path": train["path"],
-                            "label": train["label"].astype("Int64"), "sha256": list(train_content)})]
+    frames = [
+        pd.DataFrame(
+            {
+                "set": "train",
+                "row": np.arange(len(train)),
+                "path": train["path"],
+                "label": train["label"].astype("Int64"),
+                "sha256": list(train_content),
+            }
+        )
+    ]
     if test is not None:
         labels = test["label"].astype("Int64") if "label" in test.columns else pd.array([pd.NA] * len(test), "Int64")
-        frames.append(pd.DataFrame({"set": "test", "row": np.arange(len(test)), "path": test["path"],
-                                    "label": labels, "sha256": list(test_content)}))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "set": "test",
+                    "row": np.arange(len(test)),
+                    "path": test["path"],
+                    "label": labels,
+                    "sha256": list(test_content),
+                }
+            )
+        )
     rows = pd.concat(frames, ignore_index=True).dropna(subset=["sha256"])
     has_train = rows[rows["set"] == "train"]["sha256"]
     rows = rows[rows["sha256"].duplicated(keep=False) & rows["sha256"].isin(has_train)].copy()
@@ -149,14 +190,22 @@ def _warn_duplicates(dup: pd.DataFrame) -> None:
     in_train = [g for _, g in groups if (g["set"] == "train").sum() > 1]
     if in_train:
         conflicting = [g for g in in_train if g[g["set"] == "train"]["label"].nunique() > 1]
-        log.warning("%d training files have byte-identical copies under other names (%d group(s), e.g. %s); each "
-                    "group is kept in one fold (listed in duplicates.csv)%s",
-                    sum(int((g["set"] == "train").sum()) for g in in_train),
-                    len(in_train), example(in_train[0]),
-                    f"; {len(conflicting)} group(s) carry both labels, check them (e.g. {example(conflicting[0])})"
-                    if conflicting else "")
+        log.warning(
+            "%d training files have byte-identical copies under other names (%d group(s), e.g. %s); each "
+            "group is kept in one fold (listed in duplicates.csv)%s",
+            sum(int((g["set"] == "train").sum()) for g in in_train),
+            len(in_train),
+            example(in_train[0]),
+            f"; {len(conflicting)} group(s) carry both labels, check them (e.g. {example(conflicting[0])})"
+            if conflicting
+            else "",
+        )
     crossing = [g for _, g in groups if (g["set"] == "test").any()]
     if crossing:
         n = sum(int((g["set"] == "test").sum()) for g in crossing)
-        log.warning("%d test images are byte-identical to training images (e.g. %s): test scores on them are not "
-                    "a fair estimate (listed in duplicates.csv)", n, example(crossing[0]))
+        log.warning(
+            "%d test images are byte-identical to training images (e.g. %s): test scores on them are not "
+            "a fair estimate (listed in duplicates.csv)",
+            n,
+            example(crossing[0]),
+        )

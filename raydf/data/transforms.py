@@ -32,8 +32,15 @@ def seed_transform(transform: A.Compose, seed: int) -> None:
 def _affine() -> A.Affine:
     # ShiftScaleRotate(0.1, 0.2, 10, BORDER_CONSTANT) is deprecated; Affine with the same ranges. keep_ratio:
     # ShiftScaleRotate drew one scale for both axes (Affine's default draws x and y scales independently).
-    return A.Affine(translate_percent=(-0.1, 0.1), scale=(0.8, 1.2), rotate=(-10, 10), keep_ratio=True,
-                    border_mode=cv2.BORDER_CONSTANT, fill=0, p=0.5)
+    return A.Affine(
+        translate_percent=(-0.1, 0.1),
+        scale=(0.8, 1.2),
+        rotate=(-10, 10),
+        keep_ratio=True,
+        border_mode=cv2.BORDER_CONSTANT,
+        fill=0,
+        p=0.5,
+    )
 
 
 class FastFancyPCA(A.FancyPCA):
@@ -100,7 +107,6 @@ def eval_transform(crop: int) -> A.Compose:
     return A.Compose([A.CenterCrop(crop, crop)])
 
 
-
 class FastTrainTransform:
     """`train_transform`'s augmentations at a fraction of the cost: one warp straight into the crop, then the
     per-pixel operations on the crop only.
@@ -130,8 +136,10 @@ class FastTrainTransform:
     def __call__(self, *, image: np.ndarray) -> dict[str, np.ndarray]:
         h, w = image.shape[:2]
         if h < self.crop or w < self.crop:  # the reference's CenterCrop refuses this too
-            raise CropSizeError(f"Crop size (height, width) exceeds image dimensions (height, width): "
-                                f"{(self.crop, self.crop)} vs {(h, w)}")
+            raise CropSizeError(
+                f"Crop size (height, width) exceeds image dimensions (height, width): "
+                f"{(self.crop, self.crop)} vs {(h, w)}"
+            )
         c, top, left = self.crop, (h - self.crop) // 2, (w - self.crop) // 2
         matrix = np.eye(3)
         if self.py_random.random() < self.flip_p:
@@ -143,14 +151,21 @@ class FastTrainTransform:
         matrix = np.array([[1.0, 0, -left], [0, 1, -top], [0, 0, 1]]) @ matrix  # (3, 3) source -> crop pixels
         coverage = None
         if warped:
-            out = cv2.warpAffine(image, matrix[:2], (c, c), flags=cv2.INTER_LINEAR,
-                                 borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-            coverage = cv2.warpAffine(np.full((h, w), 255, np.uint8), matrix[:2], (c, c), flags=cv2.INTER_LINEAR,
-                                      borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+            out = cv2.warpAffine(
+                image, matrix[:2], (c, c), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
+            )
+            coverage = cv2.warpAffine(
+                np.full((h, w), 255, np.uint8),
+                matrix[:2],
+                (c, c),
+                flags=cv2.INTER_LINEAR,
+                borderMode=cv2.BORDER_CONSTANT,
+                borderValue=0,
+            )
         elif matrix[0, 0] < 0:  # flip only: the mirrored columns of the crop window
-            out = image[top:top + c, w - left - c:w - left][:, ::-1]
+            out = image[top : top + c, w - left - c : w - left][:, ::-1]
         else:
-            out = image[top:top + c, left:left + c]
+            out = image[top : top + c, left : left + c]
         out = self.pixel(image=np.ascontiguousarray(out))["image"]
         if coverage is not None and coverage.min() < 255:
             out = ((out.astype(np.uint16) * coverage[..., None] + 127) // 255).astype(np.uint8)

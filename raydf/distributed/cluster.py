@@ -27,8 +27,10 @@ def describe_cluster() -> str:
     for n in sorted(nodes, key=lambda n: (HEAD_MARKER not in n["Resources"], n["NodeManagerAddress"])):
         r = n["Resources"]
         role = "head" if HEAD_MARKER in r else "worker"
-        lines.append(f"  {role} {n['NodeManagerAddress']} {n['NodeID'][:12]}: {r.get('CPU', 0):g} CPU, "
-                     f"{r.get('GPU', 0):g} GPU, object store {r.get('object_store_memory', 0) / 2**30:.1f} GiB")
+        lines.append(
+            f"  {role} {n['NodeManagerAddress']} {n['NodeID'][:12]}: {r.get('CPU', 0):g} CPU, "
+            f"{r.get('GPU', 0):g} GPU, object store {r.get('object_store_memory', 0) / 2**30:.1f} GiB"
+        )
     return "\n".join(lines)
 
 
@@ -49,8 +51,10 @@ def check_readable_on_every_node(paths: Sequence[str], key: str, sample: int = 3
         return
     picked = [str(paths[i]) for i in np.unique(np.linspace(0, len(paths) - 1, min(sample, len(paths))).astype(int))]
     nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) > 0]
-    checks = [_unreadable.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
-              .remote(picked) for node in nodes]
+    checks = [
+        _unreadable.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(picked)
+        for node in nodes
+    ]
     for check in checks:
         try:
             ip, missing = ray.get(check)
@@ -61,4 +65,5 @@ def check_readable_on_every_node(paths: Sequence[str], key: str, sample: int = 3
                 f"{key}: {len(missing)} of {len(picked)} sampled images cannot be read on node {ip} of the Ray "
                 f"cluster, e.g. {missing[0]}. Ray Data decodes them on every node, so every node needs them at "
                 f"the same path: put them on a shared file system mounted on every node, or copy them to every "
-                f"node (cluster.yaml: file_mounts or setup_commands; see README, 'Run on a cluster')")
+                f"node (cluster.yaml: file_mounts or setup_commands; see README, 'Run on a cluster')"
+            )

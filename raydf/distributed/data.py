@@ -42,9 +42,14 @@ def share_images(paths: Sequence[str], cfg: Config, decoded: Optional[np.ndarray
         store = ray.available_resources().get("object_store_memory", 0)
         mode = "memory" if cache.nbytes <= OBJECT_STORE_SHARE * store else "disk"
     images = cache.load(cfg.data.decode_threads, decoded)
-    log.info("training images ready in %.1fs: %d x %dpx (%.0f MB), shared through the %s", time.time() - t0,
-             len(paths), cfg.data.resize, cache.nbytes / 2**20,
-             "object store" if mode == "memory" else f"memory-mapped cache file {cache.file}")
+    log.info(
+        "training images ready in %.1fs: %d x %dpx (%.0f MB), shared through the %s",
+        time.time() - t0,
+        len(paths),
+        cfg.data.resize,
+        cache.nbytes / 2**20,
+        "object store" if mode == "memory" else f"memory-mapped cache file {cache.file}",
+    )
     return ray.put(np.ascontiguousarray(images)) if mode == "memory" else cache
 
 

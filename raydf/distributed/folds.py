@@ -28,21 +28,40 @@ log = logging.getLogger(__name__)
 
 
 @ray.remote(num_returns=2)
-def _fold_task(images: np.ndarray | DecodedCache, labels: np.ndarray, fold: int, train_idx: np.ndarray,
-               val_idx: np.ndarray, cfg: Config, storage: Optional[RunStorage],
-               progress: Optional[ray.actor.ActorHandle] = None) -> tuple[dict[str, np.ndarray], dict]:
+def _fold_task(
+    images: np.ndarray | DecodedCache,
+    labels: np.ndarray,
+    fold: int,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    cfg: Config,
+    storage: Optional[RunStorage],
+    progress: Optional[ray.actor.ActorHandle] = None,
+) -> tuple[dict[str, np.ndarray], dict]:
     # `images` arrives as a zero-copy, read-only view of the object store, or names the node's memory-mapped
     # cache file: either way every fold on a node shares one copy.
     # Ray re-runs this task when its worker dies (max_retries); the state store makes the rerun resume.
     ctx = ray.get_runtime_context()
     state = FoldStateStore(storage, fold) if storage else None
-    attempt = state.begin_attempt(pid=os.getpid(), node_id=ctx.get_node_id()) if state else \
-        {"attempts": 1, "first_started_at": time.time()}
+    attempt = (
+        state.begin_attempt(pid=os.getpid(), node_id=ctx.get_node_id())
+        if state
+        else {"attempts": 1, "first_started_at": time.time()}
+    )
     torch.set_num_threads(cfg.resources.cpus_per_fold)
     images = resolve_images(images)
     events = EventSender(progress)
-    events.send({"type": "start", "fold": fold, "time": time.time(), "epochs": cfg.train.epochs,
-                 "node_id": ctx.get_node_id(), "pid": os.getpid(), "attempt": attempt["attempts"]})
+    events.send(
+        {
+            "type": "start",
+            "fold": fold,
+            "time": time.time(),
+            "epochs": cfg.train.epochs,
+            "node_id": ctx.get_node_id(),
+            "pid": os.getpid(),
+            "attempt": attempt["attempts"],
+        }
+    )
 
     def on_epoch(row: dict) -> None:
         log.debug("fold %d epoch %d: %s", fold, row["epoch"], row)
@@ -54,9 +73,16 @@ def _fold_task(images: np.ndarray | DecodedCache, labels: np.ndarray, fold: int,
         events.flush()  # the driver sees every epoch before it sees the fold finish
     info = asdict(outcome)
     del info["weights"]  # returned as its own object so inference actors can fetch it alone
-    info.update(fold=fold, val_index=np.asarray(val_idx), started_at=attempt["first_started_at"],
-                finished_at=time.time(), node_id=ctx.get_node_id(), pid=os.getpid(),
-                gpu_ids=[str(g) for g in ray.get_gpu_ids()], attempts=attempt["attempts"])
+    info.update(
+        fold=fold,
+        val_index=np.asarray(val_idx),
+        started_at=attempt["first_started_at"],
+        finished_at=time.time(),
+        node_id=ctx.get_node_id(),
+        pid=os.getpid(),
+        gpu_ids=[str(g) for g in ray.get_gpu_ids()],
+        attempts=attempt["attempts"],
+    )
     return outcome.weights, info
 
 
@@ -76,11 +102,17 @@ def _describe(e: ray.exceptions.RayError) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]  # e.g. the worker died (out of memory)
 
 
-def run_folds(images_ref: ImagesHandle, labels_ref: ray.ObjectRef, splits: dict[int, tuple[np.ndarray, np.ndarray]],
-              cfg: Config, resources: dict[str, float], storage: Optional[RunStorage] = None,
-              on_done: Optional[Callable[[dict, ray.ObjectRef], None]] = None,
-              on_events: Optional[Callable[[list[dict]], None]] = None,
-              poll_seconds: float = 0.5) -> dict[int, tuple[ray.ObjectRef, dict]]:
+def run_folds(
+    images_ref: ImagesHandle,
+    labels_ref: ray.ObjectRef,
+    splits: dict[int, tuple[np.ndarray, np.ndarray]],
+    cfg: Config,
+    resources: dict[str, float],
+    storage: Optional[RunStorage] = None,
+    on_done: Optional[Callable[[dict, ray.ObjectRef], None]] = None,
+    on_events: Optional[Callable[[list[dict]], None]] = None,
+    poll_seconds: float = 0.5,
+) -> dict[int, tuple[ray.ObjectRef, dict]]:
     """Train the folds `splits` ({fold: (train rows, val rows)}) at once; returns {fold: (best-weights ref, info)}.
 
     With `storage` (the run directory) every fold saves its state per epoch and resumes from it when Ray
@@ -102,8 +134,7 @@ def run_folds(images_ref: ImagesHandle, labels_ref: ray.ObjectRef, splits: dict[
     for k, (train_idx, val_idx) in splits.items():
         weights_ref, info_ref = task.remote(images_ref, labels_ref, k, train_idx, val_idx, cfg, storage, progress)
         submitted[info_ref] = (k, weights_ref)
-    log.info("submitted %d fold tasks (%g CPU, %g GPU each)", len(splits), resources["num_cpus"],
-             resources["num_gpus"])
+    log.info("submitted %d fold tasks (%g CPU, %g GPU each)", len(splits), resources["num_cpus"], resources["num_gpus"])
     results: dict[int, tuple[ray.ObjectRef, dict]] = {}
     pending = list(submitted)
     # A second Ctrl-C/SIGTERM exits at once: first kill this node's fold workers, then remove their temp files.
@@ -113,8 +144,17 @@ def run_folds(images_ref: ImagesHandle, labels_ref: ray.ObjectRef, splits: dict[
         return _collect(submitted, pending, results, splits, storage, on_done, on_events, progress, poll_seconds)
 
 
-def _collect(submitted: dict, pending: list, results: dict, splits: dict, storage: Optional[RunStorage],
-             on_done: Optional[Callable], on_events: Optional[Callable], progress, poll_seconds: float) -> dict:
+def _collect(
+    submitted: dict,
+    pending: list,
+    results: dict,
+    splits: dict,
+    storage: Optional[RunStorage],
+    on_done: Optional[Callable],
+    on_events: Optional[Callable],
+    progress,
+    poll_seconds: float,
+) -> dict:
     """Wait for the fold tasks (see `run_folds`); cancel what still runs when leaving early."""
     try:
         while pending:
@@ -132,8 +172,16 @@ def _collect(submitted: dict, pending: list, results: dict, splits: dict, storag
             if on_done:
                 on_done(info, weights_ref)
             if progress is not None:
-                on_events([{"type": "done", "fold": k, "time": info["finished_at"],
-                            **{key: info[key] for key in ("best_epoch", "val_loss", "val_acc", "epochs_run")}}])
+                on_events(
+                    [
+                        {
+                            "type": "done",
+                            "fold": k,
+                            "time": info["finished_at"],
+                            **{key: info[key] for key in ("best_epoch", "val_loss", "val_acc", "epochs_run")},
+                        }
+                    ]
+                )
     finally:
         for ref in pending:  # on error or Ctrl-C, do not leave folds training in the background
             ray.cancel(ref, force=True)

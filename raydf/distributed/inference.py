@@ -28,8 +28,16 @@ class SoftVotePredictor:
     2 actors on 2 CPUs).
     """
 
-    def __init__(self, weight_refs: Sequence[ray.ObjectRef], dropout: float, crop: int, resize: int,
-                 precision: str = "auto", tta: bool = False, threads: int = 1):
+    def __init__(
+        self,
+        weight_refs: Sequence[ray.ObjectRef],
+        dropout: float,
+        crop: int,
+        resize: int,
+        precision: str = "auto",
+        tta: bool = False,
+        threads: int = 1,
+    ):
         # Ray Data does not resolve ObjectRefs in constructor arguments; fetch the K state dicts here.
         states = ray.get(list(weight_refs))
         torch.set_num_threads(threads)  # the CPUs this actor holds (intra-op parallelism on a CPU node)
@@ -52,10 +60,21 @@ class SoftVotePredictor:
         return out
 
 
-def soft_vote_predict(paths: Sequence[str], weight_refs: Sequence[ray.ObjectRef], *, resize: int, crop: int,
-                      dropout: float, batch_size: int, actors: int = 0, gpus_per_actor: float = 0,
-                      precision: str = "auto", tta: bool = False, actor_restarts: int = 0,
-                      on_rows: Optional[Callable[[int], None]] = None) -> pd.DataFrame:
+def soft_vote_predict(
+    paths: Sequence[str],
+    weight_refs: Sequence[ray.ObjectRef],
+    *,
+    resize: int,
+    crop: int,
+    dropout: float,
+    batch_size: int,
+    actors: int = 0,
+    gpus_per_actor: float = 0,
+    precision: str = "auto",
+    tta: bool = False,
+    actor_restarts: int = 0,
+    on_rows: Optional[Callable[[int], None]] = None,
+) -> pd.DataFrame:
     """P(fake) of every path by the mean of the K fold softmaxes; columns row, prob_fake, prob_fold{k}.
 
     Decoding and the models run in `actors` actors (default: one per GPU; without GPUs one per node, holding all
@@ -79,6 +98,10 @@ def soft_vote_predict(paths: Sequence[str], weight_refs: Sequence[ray.ObjectRef]
     ds = ray.data.from_pandas([frame.iloc[a:b] for a, b in zip(bounds[:-1], bounds[1:]) if b > a])
     if on_rows is not None:  # the caller shows progress: Ray Data's own bars would print a second display
         ds.context.enable_progress_bars = False
+    # By default Ray Data raises a UserCodeException "from" the actor's exception, and that cause is lost on the way
+    # to the driver (exceptions pickle without __cause__): a test image that cannot be decoded (a DataError naming
+    # it) then reached the user as a bare Ray traceback. The original exception keeps its message.
+    ds.context.raise_original_map_exception = True
     # One actor per GPU lands on every GPU of the cluster: Ray Data creates actors with the SPREAD strategy
     # (ray/data/context.py DEFAULT_SCHEDULING_STRATEGY, applied in actor_pool_map_operator.py), and each
     # holds `gpus_per_actor`. The K weight refs reach each node's object store once, like the images.
@@ -89,16 +112,32 @@ def soft_vote_predict(paths: Sequence[str], weight_refs: Sequence[ray.ObjectRef]
     # (Ray's own comment in ActorPoolMapOperator names it), so that one warning is silenced here.
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated", category=DeprecationWarning)
-        ds = ds.map_batches(SoftVotePredictor, batch_size=batch_size,
-                            fn_constructor_kwargs={"weight_refs": list(weight_refs), "dropout": dropout,
-                                                   "crop": crop, "resize": resize, "precision": precision, "tta": tta,
-                                                   "threads": cpus_per_actor},
-                            compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=gpus_per_actor,
-                            num_cpus=cpus_per_actor,
-                            max_restarts=actor_restarts)
-    log.info("soft vote of %d models over %d images on %d actor(s) (%d CPU%s each)%s", len(weight_refs), len(frame),
-             actors, cpus_per_actor, f", {gpus_per_actor:g} GPU" if gpus_per_actor else "",
-             " with flip TTA" if tta else "")
+        ds = ds.map_batches(
+            SoftVotePredictor,
+            batch_size=batch_size,
+            fn_constructor_kwargs={
+                "weight_refs": list(weight_refs),
+                "dropout": dropout,
+                "crop": crop,
+                "resize": resize,
+                "precision": precision,
+                "tta": tta,
+                "threads": cpus_per_actor,
+            },
+            compute=ray.data.ActorPoolStrategy(size=actors),
+            num_gpus=gpus_per_actor,
+            num_cpus=cpus_per_actor,
+            max_restarts=actor_restarts,
+        )
+    log.info(
+        "soft vote of %d models over %d images on %d actor(s) (%d CPU%s each)%s",
+        len(weight_refs),
+        len(frame),
+        actors,
+        cpus_per_actor,
+        f", {gpus_per_actor:g} GPU" if gpus_per_actor else "",
+        " with flip TTA" if tta else "",
+    )
     parts = []
     for part in ds.iter_batches(batch_size=None, batch_format="pandas"):  # blocks as they finish: live progress
         parts.append(part)

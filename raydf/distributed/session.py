@@ -23,8 +23,10 @@ log = logging.getLogger(__name__)
 # (20 attempts of ~40 s, ray/_private/node.py::_init_gcs_client) before it raises.
 CONNECT_TIMEOUT_S = 5.0
 RAY_CLIENT_PORT = 10001
-START_HINT = ("start one with `ray up cluster.yaml` (see README, 'Run on a cluster') or `ray start --head`, "
-              "check it with `ray status`, or leave ray.address unset to start a local Ray instance")
+START_HINT = (
+    "start one with `ray up cluster.yaml` (see README, 'Run on a cluster') or `ray start --head`, "
+    "check it with `ray status`, or leave ray.address unset to start a local Ray instance"
+)
 
 
 @dataclass
@@ -50,9 +52,11 @@ def resolve_address(configured: Optional[str]) -> tuple[str, str]:
     else:
         return "local", "default"
     if address.startswith(("http://", "https://")):
-        raise ConfigError(f"{source}={address} is a dashboard address (what `ray job submit` talks to), not a "
-                          f"cluster address: run the command through `ray job submit`, or set ray.address to "
-                          f"auto, host:6379 or ray://host:10001")
+        raise ConfigError(
+            f"{source}={address} is a dashboard address (what `ray job submit` talks to), not a "
+            f"cluster address: run the command through `ray job submit`, or set ray.address to "
+            f"auto, host:6379 or ray://host:10001"
+        )
     return address, source
 
 
@@ -61,13 +65,15 @@ def _host_port(address: str, source: str) -> Optional[tuple[str, int]]:
     if address in ("local", "auto"):
         return None
     client = address.startswith("ray://")
-    rest = address[len("ray://"):] if client else address
+    rest = address[len("ray://") :] if client else address
     host, sep, port = rest.rpartition(":")
     if not sep and client:
         host, port = rest, str(RAY_CLIENT_PORT)
     if not host or not port.isdigit():
-        raise ConfigError(f"{source}={address} is not a Ray address: use auto, host:port (the cluster's GCS, "
-                          f"port 6379 on a `ray up` cluster) or ray://host:10001 (Ray Client)")
+        raise ConfigError(
+            f"{source}={address} is not a Ray address: use auto, host:port (the cluster's GCS, "
+            f"port 6379 on a `ray up` cluster) or ray://host:10001 (Ray Client)"
+        )
     return host.strip("[]"), int(port)
 
 
@@ -81,8 +87,9 @@ def check_reachable(address: str, source: str, timeout_s: float = CONNECT_TIMEOU
             pass
     except OSError as e:
         reason = e.strerror or type(e).__name__
-        raise ConfigError(f"{source}={address}: no Ray cluster answers at {target[0]}:{target[1]} ({reason}): "
-                          f"{START_HINT}") from None
+        raise ConfigError(
+            f"{source}={address}: no Ray cluster answers at {target[0]}:{target[1]} ({reason}): {START_HINT}"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -108,8 +115,11 @@ def ray_session(address: Optional[str]) -> Iterator[RaySession]:
     finally:
         signals.reinstall()  # ray.init sets a SIGTERM handler that exits without cleaning up
     try:
-        where = "started a local Ray instance" if not session.existing_cluster else \
-            f"connected to the Ray cluster at {address} ({source})"
+        where = (
+            "started a local Ray instance"
+            if not session.existing_cluster
+            else f"connected to the Ray cluster at {address} ({source})"
+        )
         dashboard = getattr(context, "dashboard_url", None) or ""
         if dashboard and "://" not in dashboard:
             dashboard = f"http://{dashboard}"
@@ -130,12 +140,26 @@ def fold_resources(cfg: Config, session: Optional[RaySession] = None) -> dict[st
     `ray.scale_up_timeout_s` first.
     """
     wait_s = cfg.ray.scale_up_timeout_s if session is not None and session.existing_cluster else 0
-    return checked_resources(cfg.resources.cpus_per_fold, cfg.resources.gpus_per_fold, "resources.cpus_per_fold",
-                             "resources.gpus_per_fold", session, wait_s, cfg.train.folds)
+    return checked_resources(
+        cfg.resources.cpus_per_fold,
+        cfg.resources.gpus_per_fold,
+        "resources.cpus_per_fold",
+        "resources.gpus_per_fold",
+        session,
+        wait_s,
+        cfg.train.folds,
+    )
 
 
-def checked_resources(cpus: int, gpus: Optional[float], cpu_key: str, gpu_key: str,
-                      session: Optional[RaySession] = None, wait_s: float = 0, count: int = 1) -> dict[str, float]:
+def checked_resources(
+    cpus: int,
+    gpus: Optional[float],
+    cpu_key: str,
+    gpu_key: str,
+    session: Optional[RaySession] = None,
+    wait_s: float = 0,
+    count: int = 1,
+) -> dict[str, float]:
     """`{"num_cpus", "num_gpus"}` one task (a fold, a trial) asks for; `gpus=None`: 1 if the cluster has GPUs.
 
     Ray (and Tune) wait forever for resources no node has, so an impossible request is refused here, naming
@@ -153,8 +177,12 @@ def checked_resources(cpus: int, gpus: Optional[float], cpu_key: str, gpu_key: s
         except Exception as e:  # e.g. through Ray Client; pending tasks still make an autoscaler scale up
             log.warning("could not ask the autoscaler for nodes (%s)", e)
         asked = f"asked the autoscaler for {count} of them, " if session.requested_resources else ""
-        log.warning("no node of the Ray cluster can run a fold (%s) yet: %swaiting up to %gs for a node "
-                    "(watch `ray status`)", bundle, asked, wait_s)
+        log.warning(
+            "no node of the Ray cluster can run a fold (%s) yet: %swaiting up to %gs for a node (watch `ray status`)",
+            bundle,
+            asked,
+            wait_s,
+        )
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline and not any(fits(n) for n in alive_nodes()):
             time.sleep(2)
@@ -164,15 +192,20 @@ def checked_resources(cpus: int, gpus: Optional[float], cpu_key: str, gpu_key: s
     max_cpu = max((n.get("CPU", 0) for n in nodes), default=0)
     if gpus > max_gpu:
         where = "no node has a GPU" if max_gpu == 0 else f"the largest node has {max_gpu:g} GPU(s)"
-        raise ConfigError(f"{gpu_key}={gpus:g} but {where} in the Ray cluster{waited}: "
-                          f"set {gpu_key}=0 to run on CPU, or add GPU nodes")
+        raise ConfigError(
+            f"{gpu_key}={gpus:g} but {where} in the Ray cluster{waited}: "
+            f"set {gpu_key}=0 to run on CPU, or add GPU nodes"
+        )
     if cpus > max_cpu:
-        raise ConfigError(f"{cpu_key}={cpus} but the largest node of the Ray cluster has "
-                          f"{max_cpu:g} CPU(s){waited}: lower {cpu_key}")
+        raise ConfigError(
+            f"{cpu_key}={cpus} but the largest node of the Ray cluster has {max_cpu:g} CPU(s){waited}: lower {cpu_key}"
+        )
     if not any(fits(n) for n in nodes):
         best = max((n.get("CPU", 0) for n in nodes if n.get("GPU", 0) >= gpus), default=0)
-        raise ConfigError(f"{cpu_key}={cpus} with {gpu_key}={gpus:g}: no node of the Ray cluster has both; its "
-                          f"nodes with {gpus:g} GPU(s) have at most {best:g} CPU(s){waited}: lower {cpu_key}")
+        raise ConfigError(
+            f"{cpu_key}={cpus} with {gpu_key}={gpus:g}: no node of the Ray cluster has both; its "
+            f"nodes with {gpus:g} GPU(s) have at most {best:g} CPU(s){waited}: lower {cpu_key}"
+        )
     return {"num_cpus": cpus, "num_gpus": gpus}
 
 

@@ -39,11 +39,13 @@ HISTORY = "trial.json"  # the trial's per-epoch means, in its checkpoint next to
 
 def search_space(space: dict[str, dict]) -> dict[str, Any]:
     """The config's `tune.space` as Ray Tune domains, keyed by dotted config key (randint's high included)."""
-    domains = {"loguniform": lambda s: tune.loguniform(s["low"], s["high"]),
-               "uniform": lambda s: tune.uniform(s["low"], s["high"]),
-               "randint": lambda s: tune.randint(s["low"], s["high"] + 1),  # Tune's upper bound is exclusive
-               "choice": lambda s: tune.choice(s["values"]),
-               "grid": lambda s: tune.grid_search(s["values"])}
+    domains = {
+        "loguniform": lambda s: tune.loguniform(s["low"], s["high"]),
+        "uniform": lambda s: tune.uniform(s["low"], s["high"]),
+        "randint": lambda s: tune.randint(s["low"], s["high"] + 1),  # Tune's upper bound is exclusive
+        "choice": lambda s: tune.choice(s["values"]),
+        "grid": lambda s: tune.grid_search(s["values"]),
+    }
     return {key: domains[spec["type"]](spec) for key, spec in space.items()}
 
 
@@ -56,8 +58,9 @@ def trial_folds(cfg: Config) -> list[int]:
     return list(range(cfg.train.folds)) if cfg.tune.folds == "all" else list(cfg.tune.folds)
 
 
-def _trial(params: dict[str, Any], *, images: np.ndarray, labels: np.ndarray, folds: np.ndarray, cfg: Config,
-           scratch: str) -> None:
+def _trial(
+    params: dict[str, Any], *, images: np.ndarray, labels: np.ndarray, folds: np.ndarray, cfg: Config, scratch: str
+) -> None:
     """One trial: `params` applied to `cfg`, its folds trained in lockstep, one `tune.report` per epoch."""
     cfg = with_values(cfg, params)
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # a "Checkpoint successfully created" per epoch
@@ -83,8 +86,11 @@ def _trial(params: dict[str, Any], *, images: np.ndarray, labels: np.ndarray, fo
                 best = min(history, key=lambda h: h[METRIC])
                 metrics.update(best_val_loss=best[METRIC], best_val_acc=best["val_acc"], best_epoch=best["epoch"])
                 storage.write_text(HISTORY, json.dumps(history))
-                print(f"{tune.get_context().get_trial_name()} epoch {metrics['epoch']}/{cfg.train.epochs}: "
-                      f"val loss {metrics[METRIC]:.4f} acc {metrics['val_acc']:.3f} | {_short(params)}", flush=True)
+                print(
+                    f"{tune.get_context().get_trial_name()} epoch {metrics['epoch']}/{cfg.train.epochs}: "
+                    f"val loss {metrics[METRIC]:.4f} acc {metrics['val_acc']:.3f} | {_short(params)}",
+                    flush=True,
+                )
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(work))
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -98,33 +104,52 @@ def _trial_name(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def make_tuner(cfg: Config, storage: RunStorage, images: np.ndarray, labels: np.ndarray, folds: np.ndarray,
-               resources: dict[str, float], scratch: str) -> tune.Tuner:
+def make_tuner(
+    cfg: Config,
+    storage: RunStorage,
+    images: np.ndarray,
+    labels: np.ndarray,
+    folds: np.ndarray,
+    resources: dict[str, float],
+    scratch: str,
+) -> tune.Tuner:
     """A new Tuner for the sweep of `cfg` into RUN_DIR/tune, or the interrupted one there, restored."""
     trainable = tune.with_parameters(_trial, images=images, labels=labels, folds=folds, cfg=cfg, scratch=scratch)
     trainable = tune.with_resources(trainable, {"cpu": resources["num_cpus"], "gpu": resources["num_gpus"]})
     root = str(storage.local_path()) if storage.local else storage.root.rstrip("/")  # Tune takes paths or URIs
     path = f"{root}/{EXPERIMENT}"
     if cfg.resume and tune.Tuner.can_restore(path):
-        log.info("resuming the sweep in %s: finished trials are kept, unfinished ones continue from their last "
-                 "epoch", path)
+        log.info(
+            "resuming the sweep in %s: finished trials are kept, unfinished ones continue from their last epoch", path
+        )
         return tune.Tuner.restore(path, trainable, resume_unfinished=True)
     t, point = cfg.tune, baseline_point(cfg)
-    scheduler = ASHAScheduler(time_attr="epoch", max_t=cfg.train.epochs, grace_period=t.grace_period,
-                              reduction_factor=t.reduction_factor)
+    scheduler = ASHAScheduler(
+        time_attr="epoch", max_t=cfg.train.epochs, grace_period=t.grace_period, reduction_factor=t.reduction_factor
+    )
     return tune.Tuner(
         trainable,
         param_space=search_space(t.space),
         tune_config=tune.TuneConfig(
-            metric=METRIC, mode="min", scheduler=scheduler, num_samples=t.num_samples,
+            metric=METRIC,
+            mode="min",
+            scheduler=scheduler,
+            num_samples=t.num_samples,
             # The limit goes to the generator: Tune ignores max_concurrent_trials when given a search_alg.
-            search_alg=BasicVariantGenerator(max_concurrent=t.max_concurrent, random_state=t.seed,
-                                             points_to_evaluate=[point] if point else None),
-            trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
+            search_alg=BasicVariantGenerator(
+                max_concurrent=t.max_concurrent, random_state=t.seed, points_to_evaluate=[point] if point else None
+            ),
+            trial_name_creator=_trial_name,
+            trial_dirname_creator=_trial_name,
+        ),
         run_config=tune.RunConfig(
-            name=EXPERIMENT, storage_path=root,
+            name=EXPERIMENT,
+            storage_path=root,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            failure_config=tune.FailureConfig(max_failures=cfg.ray.max_retries), verbose=1))
+            failure_config=tune.FailureConfig(max_failures=cfg.ray.max_retries),
+            verbose=1,
+        ),
+    )
 
 
 def trial_records(results: tune.ResultGrid, keys: list[str]) -> list[dict]:
@@ -132,9 +157,17 @@ def trial_records(results: tune.ResultGrid, keys: list[str]) -> list[dict]:
     records = []
     for result in results:
         frame = result.metrics_dataframe
-        epochs = [] if frame is None or METRIC not in frame else \
-            frame.dropna(subset=[METRIC])[[*EPOCH_KEYS]].to_dict("records")
-        records.append({"trial": os.path.basename(result.path.rstrip("/")),
-                        "params": {k: result.config.get(k) for k in keys}, "epochs": epochs,
-                        "error": None if result.error is None else f"{type(result.error).__name__}: {result.error}"})
+        epochs = (
+            []
+            if frame is None or METRIC not in frame
+            else frame.dropna(subset=[METRIC])[[*EPOCH_KEYS]].to_dict("records")
+        )
+        records.append(
+            {
+                "trial": os.path.basename(result.path.rstrip("/")),
+                "params": {k: result.config.get(k) for k in keys},
+                "epochs": epochs,
+                "error": None if result.error is None else f"{type(result.error).__name__}: {result.error}",
+            }
+        )
     return records

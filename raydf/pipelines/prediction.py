@@ -10,8 +10,14 @@ from raydf.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
-def predict(run_dir: str, images: str, out: str, image_root: Optional[str] = None,
-            address: Optional[str] = None, tta: Optional[bool] = None) -> str:
+def predict(
+    run_dir: str,
+    images: str,
+    out: str,
+    image_root: Optional[str] = None,
+    address: Optional[str] = None,
+    tta: Optional[bool] = None,
+) -> str:
     """Write `image,label,prob_fake` for `images` with the run's K fold checkpoints (paths or URIs).
 
     `tta` (horizontal-flip test-time augmentation) defaults to the run's `predict.tta`.
@@ -33,8 +39,10 @@ def predict(run_dir: str, images: str, out: str, image_root: Optional[str] = Non
     cfg = resume_config(str(run_dir))
     missing = [k for k in range(cfg.train.folds) if not storage.exists(f"checkpoints/fold{k}.pt")]
     if missing:
-        raise ConfigError(f"{run_dir} is not a finished raydf run: checkpoints of folds {missing} are missing "
-                          f"(finish it with python -m raydf.train resume={run_dir})")
+        raise ConfigError(
+            f"{run_dir} is not a finished raydf run: checkpoints of folds {missing} are missing "
+            f"(finish it with python -m raydf.train resume={run_dir})"
+        )
     test_df = read_test(images, image_root)
     bad = check_test_set(test_df, cfg.data.decode_threads, cfg.data.on_bad)  # before Ray starts
     # The prior an unreadable image gets: the fraction of fakes among the run's training images.
@@ -43,8 +51,10 @@ def predict(run_dir: str, images: str, out: str, image_root: Optional[str] = Non
         # Ray Data decodes them on any node
         check_readable_on_every_node([p for i, p in enumerate(test_df["path"]) if i not in bad], "--images")
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
-        refs = [ray.put({k: v.numpy() for k, v in load_fold_checkpoint(storage, fold)[0].items()})
-                for fold in range(cfg.train.folds)]
+        refs = [
+            ray.put({k: v.numpy() for k, v in load_fold_checkpoint(storage, fold)[0].items()})
+            for fold in range(cfg.train.folds)
+        ]
         readable = [p for i, p in enumerate(test_df["path"]) if i not in bad]
         pred = predict_paths(cfg, readable, refs, gpus_per_actor=gpus, tta=tta)
     write_submission(*RunStorage.for_file(out), test_df, pred, bad, prior)

@@ -32,8 +32,11 @@ class SweepInterrupted(Interrupted):
 
     @classmethod
     def resumable(cls, run_dir: str, exit_code: int) -> SweepInterrupted:
-        return cls(f"interrupted: finished trials and every reported epoch are saved in {run_dir}. Resume "
-                   f"with:\n  python -m raydf.tune resume={run_dir}", exit_code)
+        return cls(
+            f"interrupted: finished trials and every reported epoch are saved in {run_dir}. Resume "
+            f"with:\n  python -m raydf.tune resume={run_dir}",
+            exit_code,
+        )
 
 
 def run_sweep(cfg: Config) -> str:
@@ -50,27 +53,40 @@ def run_sweep(cfg: Config) -> str:
     except KeyboardInterrupt as stop:  # outside Tune's own graceful stop (raydf.signals)
         if cfg.run_dir and RunStorage(cfg.run_dir).exists("folds.csv"):
             raise SweepInterrupted.resumable(cfg.run_dir, signals.exit_code(stop)) from None
-        raise SweepInterrupted(f"interrupted ({stop or 'SIGINT'}) before the sweep directory was written: run "
-                               f"the same command again to start over", signals.exit_code(stop)) from None
+        raise SweepInterrupted(
+            f"interrupted ({stop or 'SIGINT'}) before the sweep directory was written: run "
+            f"the same command again to start over",
+            signals.exit_code(stop),
+        ) from None
 
 
 def _run_sweep(cfg: Config) -> str:
     with ray_session(cfg.ray.address):
         # Before any work: Tune would only warn, and wait forever, for GPUs the cluster does not have.
-        resources = checked_resources(cfg.tune.cpus_per_trial, cfg.tune.gpus_per_trial, "tune.cpus_per_trial",
-                                      "tune.gpus_per_trial")
+        resources = checked_resources(
+            cfg.tune.cpus_per_trial, cfg.tune.gpus_per_trial, "tune.cpus_per_trial", "tune.gpus_per_trial"
+        )
         if cfg.resume:
             storage, table, _ = reopen_run_dir(cfg)
             if storage.exists("checkpoints") or storage.exists("state"):
-                raise ConfigError(f"resume={cfg.run_dir} is a training run, not a sweep: continue it with "
-                                  f"python -m raydf.train resume={cfg.run_dir}")
+                raise ConfigError(
+                    f"resume={cfg.run_dir} is a training run, not a sweep: continue it with "
+                    f"python -m raydf.train resume={cfg.run_dir}"
+                )
         else:
             table, _ = read_fold_table(cfg)
             storage = create_run_dir(cfg, table, default="runs/tune-%Y%m%d-%H%M%S")
         images = decode_table(cfg, table)
         labels, folds = table["label"].to_numpy(np.int64), table["fold"].to_numpy(np.int64)
-        log.info("sweep in %s: %d trials of up to %d epochs on fold(s) %s, %g CPU and %g GPU each", cfg.run_dir,
-                 num_trials(cfg), cfg.train.epochs, trial_folds(cfg), resources["num_cpus"], resources["num_gpus"])
+        log.info(
+            "sweep in %s: %d trials of up to %d epochs on fold(s) %s, %g CPU and %g GPU each",
+            cfg.run_dir,
+            num_trials(cfg),
+            cfg.train.epochs,
+            trial_folds(cfg),
+            resources["num_cpus"],
+            resources["num_gpus"],
+        )
         scratch = _scratch_dir(storage)
         shutil.rmtree(scratch, ignore_errors=True)  # what a killed driver of this sweep left
         try:

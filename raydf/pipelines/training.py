@@ -38,8 +38,19 @@ from raydf.training.metrics import classification_metrics
 
 log = logging.getLogger(__name__)
 
-SUMMARY_FOLD_KEYS = ("fold", "best_epoch", "val_loss", "val_acc", "epochs_run", "started_at", "finished_at",
-                     "node_id", "pid", "attempts", "resumed_from_epoch")
+SUMMARY_FOLD_KEYS = (
+    "fold",
+    "best_epoch",
+    "val_loss",
+    "val_acc",
+    "epochs_run",
+    "started_at",
+    "finished_at",
+    "node_id",
+    "pid",
+    "attempts",
+    "resumed_from_epoch",
+)
 
 
 class RunInterrupted(Interrupted):
@@ -49,10 +60,16 @@ class RunInterrupted(Interrupted):
     def during(cls, stop: BaseException, run_dir: str, started: bool) -> RunInterrupted:
         how = f"interrupted ({stop or 'SIGINT'})"
         if not started:  # the pre-flight: no run directory yet (the decoded cache is written atomically)
-            return cls(f"{how} in the pre-flight, before the run directory {run_dir or ''} was written: nothing "
-                       f"to resume; run the same command again to start over", signals.exit_code(stop))
-        return cls(f"{how}: running folds were cancelled; finished folds and every completed epoch are saved "
-                   f"in {run_dir}. Resume with:\n  python -m raydf.train resume={run_dir}", signals.exit_code(stop))
+            return cls(
+                f"{how} in the pre-flight, before the run directory {run_dir or ''} was written: nothing "
+                f"to resume; run the same command again to start over",
+                signals.exit_code(stop),
+            )
+        return cls(
+            f"{how}: running folds were cancelled; finished folds and every completed epoch are saved "
+            f"in {run_dir}. Resume with:\n  python -m raydf.train resume={run_dir}",
+            signals.exit_code(stop),
+        )
 
 
 def _start_run(cfg: Config) -> tuple[RunStorage, pd.DataFrame, Optional[pd.DataFrame], dict, Optional[np.ndarray]]:
@@ -102,8 +119,16 @@ def train(cfg: Config) -> str:
         raise RunInterrupted.during(stop, cfg.run_dir, started=True) from None
 
 
-def _run(cfg: Config, storage: RunStorage, table: pd.DataFrame, test_df: Optional[pd.DataFrame], test_bad: dict,
-         images: Optional[np.ndarray], t_start: float, timings: dict) -> str:
+def _run(
+    cfg: Config,
+    storage: RunStorage,
+    table: pd.DataFrame,
+    test_df: Optional[pd.DataFrame],
+    test_bad: dict,
+    images: Optional[np.ndarray],
+    t_start: float,
+    timings: dict,
+) -> str:
     """The run once its directory exists: folds, OOF, soft vote, summary and report."""
     timings["preflight_seconds"] = time.time() - t_start  # tables, every image decoded and checked, folds
     folds = table["fold"].to_numpy()
@@ -114,14 +139,19 @@ def _run(cfg: Config, storage: RunStorage, table: pd.DataFrame, test_df: Optiona
     # RUN_DIR/raydf.log keeps the log and the traceback of whatever stops the run (off the console).
     logged = run_log(storage.local_path("raydf.log")) if storage.local else contextlib.nullcontext()
     with logged, ray_session(cfg.ray.address) as session:
-        log.info("run directory %s: %d training images in %d folds%s%s%s", cfg.run_dir, len(table), cfg.train.folds,
-                 f" ({n_bad['train']} unreadable left out)" if n_bad["train"] else "",
-                 f", {len(test_df)} test images" + (f" ({n_bad['test']} unreadable, flagged)" if n_bad["test"] else "")
-                 if test_df is not None else "",
-                 f"; resuming, folds {sorted(finished)} already finished" if cfg.resume else "")
+        log.info(
+            "run directory %s: %d training images in %d folds%s%s%s",
+            cfg.run_dir,
+            len(table),
+            cfg.train.folds,
+            f" ({n_bad['train']} unreadable left out)" if n_bad["train"] else "",
+            f", {len(test_df)} test images" + (f" ({n_bad['test']} unreadable, flagged)" if n_bad["test"] else "")
+            if test_df is not None
+            else "",
+            f"; resuming, folds {sorted(finished)} already finished" if cfg.resume else "",
+        )
         if test_df is not None:  # decoded by Ray Data on any node: fail now, not after the training
-            check_readable_on_every_node([p for i, p in enumerate(test_df["path"]) if i not in test_bad],
-                                         "data.test")
+            check_readable_on_every_node([p for i, p in enumerate(test_df["path"]) if i not in test_bad], "data.test")
         infos, weight_refs = _train_folds(cfg, session, storage, table, folds, todo, finished, images, timings)
         del images
         summary = _summarize(cfg, storage, table, folds, infos)
@@ -141,9 +171,17 @@ def _run(cfg: Config, storage: RunStorage, table: pd.DataFrame, test_df: Optiona
     return cfg.run_dir
 
 
-def _train_folds(cfg: Config, session: RaySession, storage: RunStorage, table: pd.DataFrame, folds: np.ndarray,
-                 todo: list[int], finished: dict[int, tuple[dict, dict]], images: Optional[np.ndarray],
-                 timings: dict) -> tuple[list[dict], list[ray.ObjectRef]]:
+def _train_folds(
+    cfg: Config,
+    session: RaySession,
+    storage: RunStorage,
+    table: pd.DataFrame,
+    folds: np.ndarray,
+    todo: list[int],
+    finished: dict[int, tuple[dict, dict]],
+    images: Optional[np.ndarray],
+    timings: dict,
+) -> tuple[list[dict], list[ray.ObjectRef]]:
     """Train the folds in `todo` in parallel; returns every fold's info and best-weights ref, in fold order.
 
     `images`: the training set the pre-flight decoded (None on resume: then it comes from the cache).
@@ -159,19 +197,24 @@ def _train_folds(cfg: Config, session: RaySession, storage: RunStorage, table: p
 
         def on_done(info: dict, weights_ref: ray.ObjectRef) -> None:
             meta = {k: v for k, v in info.items() if k not in ("val_index", "val_prob_fake")}
-            meta.update(val_index=info["val_index"].tolist(), val_prob_fake=info["val_prob_fake"].tolist(),
-                        config=to_dict(cfg))
+            meta.update(
+                val_index=info["val_index"].tolist(), val_prob_fake=info["val_prob_fake"].tolist(), config=to_dict(cfg)
+            )
             save_fold_checkpoint(storage, info["fold"], ray.get(weights_ref), meta)
-            log.debug("fold %d: best weights (epoch %d, attempt %d) saved", info["fold"], info["best_epoch"],
-                      info["attempts"])
+            log.debug(
+                "fold %d: best weights (epoch %d, attempt %d) saved", info["fold"], info["best_epoch"], info["attempts"]
+            )
 
         splits = {k: (np.flatnonzero(folds != k), np.flatnonzero(folds == k)) for k in todo}
         t0 = time.time()
         # Progress events from the fold tasks feed the live display and the TensorBoard files, both on the driver
         # (TensorBoard files only for a local run directory: the writer needs a local folder).
         tb_dir = storage.local_path("tensorboard")
-        with (FoldProgress(cfg.train.folds, cfg.train.epochs) as display,
-              TensorBoardLog(tb_dir) if tb_dir else contextlib.nullcontext(lambda events: None) as tensorboard):
+        with (
+            FoldProgress(cfg.train.folds, cfg.train.epochs) as display,
+            TensorBoardLog(tb_dir) if tb_dir else contextlib.nullcontext(lambda events: None) as tensorboard,
+        ):
+
             def on_events(events: list[dict]) -> None:
                 display(events)
                 tensorboard(events)
@@ -184,8 +227,7 @@ def _train_folds(cfg: Config, session: RaySession, storage: RunStorage, table: p
     return [infos[k] for k in order], [refs[k] for k in order]
 
 
-def _summarize(cfg: Config, storage: RunStorage, table: pd.DataFrame, folds: np.ndarray,
-               infos: list[dict]) -> dict:
+def _summarize(cfg: Config, storage: RunStorage, table: pd.DataFrame, folds: np.ndarray, infos: list[dict]) -> dict:
     """oof.csv, history.csv and the fold and CV part of summary.json."""
     prob = np.full(len(table), np.nan)
     for info in infos:
@@ -193,12 +235,21 @@ def _summarize(cfg: Config, storage: RunStorage, table: pd.DataFrame, folds: np.
     oof = pd.DataFrame({"path": table["path"], "label": table["label"], "fold": folds, "prob_fake": prob})
     write_csv(storage, "oof.csv", oof)
     write_csv(storage, "history.csv", pd.DataFrame([row for info in infos for row in info["history"]]))
-    return {"folds": [{k: info[k] for k in SUMMARY_FOLD_KEYS} for info in infos],
-            "cv": classification_metrics(oof["label"], oof["prob_fake"])}
+    return {
+        "folds": [{k: info[k] for k in SUMMARY_FOLD_KEYS} for info in infos],
+        "cv": classification_metrics(oof["label"], oof["prob_fake"]),
+    }
 
 
-def _predict_test(cfg: Config, storage: RunStorage, test_df: pd.DataFrame, weight_refs: list[ray.ObjectRef],
-                  test_bad: Collection[int], prior: float, timings: dict) -> Optional[dict]:
+def _predict_test(
+    cfg: Config,
+    storage: RunStorage,
+    test_df: pd.DataFrame,
+    weight_refs: list[ray.ObjectRef],
+    test_bad: Collection[int],
+    prior: float,
+    timings: dict,
+) -> Optional[dict]:
     """submission.csv by the distributed soft vote (kept as it is when a resumed run already has it).
 
     Unreadable test rows are never dropped: they get `prior` and a flag. Test metrics score the submission
@@ -217,8 +268,10 @@ def _predict_test(cfg: Config, storage: RunStorage, test_df: pd.DataFrame, weigh
             user = find_user_error(e)
             if user is None:
                 raise
-            raise DataError(f"predicting the test set failed: {user}\nThe fold checkpoints are saved: once "
-                            f"fixed, run python -m raydf.train resume={cfg.run_dir}") from e
+            raise DataError(
+                f"predicting the test set failed: {user}\nThe fold checkpoints are saved: once "
+                f"fixed, run python -m raydf.train resume={cfg.run_dir}"
+            ) from e
         sub = write_submission(storage, "submission.csv", test_df, pred, test_bad, prior)
         timings["inference_seconds"] = time.time() - t0
         log.info("soft vote over %d test images in %.1fs", len(readable), timings["inference_seconds"])
@@ -229,12 +282,22 @@ def _predict_test(cfg: Config, storage: RunStorage, test_df: pd.DataFrame, weigh
     return classification_metrics(test_df["label"], prob_fake)
 
 
-def predict_paths(cfg: Config, paths: list[str], weight_refs: list[ray.ObjectRef], gpus_per_actor: float,
-                  tta: Optional[bool] = None) -> pd.DataFrame:
+def predict_paths(
+    cfg: Config, paths: list[str], weight_refs: list[ray.ObjectRef], gpus_per_actor: float, tta: Optional[bool] = None
+) -> pd.DataFrame:
     """The distributed soft vote of `weight_refs` over `paths` with the config's predict settings, with progress."""
     with CountProgress(len(paths), f"soft vote of {len(weight_refs)} folds") as progress:
         return soft_vote_predict(
-            paths, weight_refs, resize=cfg.data.resize, crop=cfg.data.crop, dropout=cfg.model.dropout,
-            batch_size=cfg.predict.batch_size, actors=cfg.predict.actors, gpus_per_actor=gpus_per_actor,
-            precision=cfg.train.precision, tta=cfg.predict.tta if tta is None else tta,
-            actor_restarts=cfg.predict.actor_restarts, on_rows=progress.update)
+            paths,
+            weight_refs,
+            resize=cfg.data.resize,
+            crop=cfg.data.crop,
+            dropout=cfg.model.dropout,
+            batch_size=cfg.predict.batch_size,
+            actors=cfg.predict.actors,
+            gpus_per_actor=gpus_per_actor,
+            precision=cfg.train.precision,
+            tta=cfg.predict.tta if tta is None else tta,
+            actor_restarts=cfg.predict.actor_restarts,
+            on_rows=progress.update,
+        )

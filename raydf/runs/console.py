@@ -92,13 +92,19 @@ class FoldProgress:
         self._bars: dict[int, tqdm] = {}
         self._stack = contextlib.ExitStack()
 
-    def __enter__(self) -> "FoldProgress":
+    def __enter__(self) -> FoldProgress:
         if self.live:
             self._stack.enter_context(logging_redirect_tqdm())  # log lines print above the bars, not through them
             for k, state in self.folds.items():
-                self._bars[k] = tqdm(total=state.epochs, desc=f"fold {k}", position=k, file=self.stream,
-                                     leave=True, bar_format="{desc} {bar:12} {n_fmt}/{total_fmt} epochs{postfix}",
-                                     **_size(self.stream))
+                self._bars[k] = tqdm(
+                    total=state.epochs,
+                    desc=f"fold {k}",
+                    position=k,
+                    file=self.stream,
+                    leave=True,
+                    bar_format="{desc} {bar:12} {n_fmt}/{total_fmt} epochs{postfix}",
+                    **_size(self.stream),
+                )
             self._refresh()
         return self
 
@@ -145,28 +151,37 @@ class FoldProgress:
         """One plain log line for one event."""
         kind = event["type"]
         if kind == "start":
-            retry = (f", attempt {state.attempts}, resuming after epoch {state.first_epoch}"
-                     if state.attempts > 1 else "")
+            retry = (
+                f", attempt {state.attempts}, resuming after epoch {state.first_epoch}" if state.attempts > 1 else ""
+            )
             node = str(event.get("node_id", "?"))[:8]
             return f"fold {fold} started (node {node}, pid {event.get('pid', '?')}{retry})"
         if kind == "epoch":
-            return (f"fold {fold} epoch {event['epoch']}/{state.epochs}: train loss {event['train_loss']:.4f} | "
-                    f"val loss {event['val_loss']:.4f} acc {event['val_acc']:.3f} | best epoch {event['best_epoch']} "
-                    f"| {event['seconds']:.1f}s this epoch | ETA {_fmt_seconds(state.eta(now))}")
-        return (f"fold {fold} done: best epoch {event['best_epoch']}, val loss {event['val_loss']:.4f}, "
-                f"val acc {event['val_acc']:.3f} ({event['epochs_run']} epochs, {_fmt_seconds(state.elapsed(now))})")
+            return (
+                f"fold {fold} epoch {event['epoch']}/{state.epochs}: train loss {event['train_loss']:.4f} | "
+                f"val loss {event['val_loss']:.4f} acc {event['val_acc']:.3f} | best epoch {event['best_epoch']} "
+                f"| {event['seconds']:.1f}s this epoch | ETA {_fmt_seconds(state.eta(now))}"
+            )
+        return (
+            f"fold {fold} done: best epoch {event['best_epoch']}, val loss {event['val_loss']:.4f}, "
+            f"val acc {event['val_acc']:.3f} ({event['epochs_run']} epochs, {_fmt_seconds(state.elapsed(now))})"
+        )
 
     def _postfix(self, state: _FoldState, now: float) -> str:
         if state.done:
             d = state.done
-            return (f"done: best epoch {d['best_epoch']}, val loss {d['val_loss']:.4f} acc {d['val_acc']:.3f} "
-                    f"| {d['epochs_run']} epochs in {_fmt_seconds(state.elapsed(now))}")
+            return (
+                f"done: best epoch {d['best_epoch']}, val loss {d['val_loss']:.4f} acc {d['val_acc']:.3f} "
+                f"| {d['epochs_run']} epochs in {_fmt_seconds(state.elapsed(now))}"
+            )
         if state.row is None:
             return state.status
         r = state.row
-        return (f"train loss {r['train_loss']:.4f} | val loss {r['val_loss']:.4f} acc {r['val_acc']:.3f} "
-                f"| best epoch {r['best_epoch']} | elapsed {_fmt_seconds(state.elapsed(now))} "
-                f"| ETA {_fmt_seconds(state.eta(now))}")
+        return (
+            f"train loss {r['train_loss']:.4f} | val loss {r['val_loss']:.4f} acc {r['val_acc']:.3f} "
+            f"| best epoch {r['best_epoch']} | elapsed {_fmt_seconds(state.elapsed(now))} "
+            f"| ETA {_fmt_seconds(state.eta(now))}"
+        )
 
     def _refresh(self, now: Optional[float] = None) -> None:
         now = now or time.time()
@@ -180,8 +195,16 @@ class FoldProgress:
 class CountProgress:
     """Progress of a count (e.g. images predicted): a tqdm bar on a terminal, a log line every `every` s otherwise."""
 
-    def __init__(self, total: int, desc: str, unit: str = "images", *, live: Optional[bool] = None,
-                 stream: Optional[TextIO] = None, every: float = 10.0):
+    def __init__(
+        self,
+        total: int,
+        desc: str,
+        unit: str = "images",
+        *,
+        live: Optional[bool] = None,
+        stream: Optional[TextIO] = None,
+        every: float = 10.0,
+    ):
         self.total, self.desc, self.unit, self.every = total, desc, unit, every
         self.stream = stream or sys.stderr
         self.enabled = log.isEnabledFor(logging.INFO)
@@ -191,11 +214,12 @@ class CountProgress:
         self._stack = contextlib.ExitStack()
         self._start = self._last_log = time.time()
 
-    def __enter__(self) -> "CountProgress":
+    def __enter__(self) -> CountProgress:
         if self.live:
             self._stack.enter_context(logging_redirect_tqdm())
-            self._bar = self._stack.enter_context(tqdm(total=self.total, desc=self.desc, unit=f" {self.unit}",
-                                                       file=self.stream, **_size(self.stream)))
+            self._bar = self._stack.enter_context(
+                tqdm(total=self.total, desc=self.desc, unit=f" {self.unit}", file=self.stream, **_size(self.stream))
+            )
         return self
 
     def update(self, n: int) -> None:
@@ -207,8 +231,16 @@ class CountProgress:
             if now - self._last_log >= self.every or self.n >= self.total:
                 self._last_log = now
                 rate = self.n / max(now - self._start, 1e-9)
-                log.info("%s: %d/%d %s (%.0f%%), %.1f %s/s", self.desc, self.n, self.total, self.unit,
-                         100 * self.n / max(self.total, 1), rate, self.unit)
+                log.info(
+                    "%s: %d/%d %s (%.0f%%), %.1f %s/s",
+                    self.desc,
+                    self.n,
+                    self.total,
+                    self.unit,
+                    100 * self.n / max(self.total, 1),
+                    rate,
+                    self.unit,
+                )
 
     def __exit__(self, *exc) -> None:
         self._stack.close()

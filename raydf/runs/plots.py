@@ -57,10 +57,20 @@ def learning_curves(history: pd.DataFrame, best_epochs: dict[int, int], path: Pa
         ax.grid(alpha=0.3)
     fold_ids = sorted(history["fold"].unique())
     folds = [Line2D([], [], color=f"C{i % 10}", label=f"fold {f}") for i, f in enumerate(fold_ids)]
-    styles = [Line2D([], [], color="gray", ls="-", marker="o", markersize=3, label="validation"),
-              Line2D([], [], color="gray", ls="--", label="training"),
-              Line2D([], [], color="gray", ls="", marker="*", markersize=12, markeredgecolor="black",
-                     label="best epoch (lowest val loss)")]
+    styles = [
+        Line2D([], [], color="gray", ls="-", marker="o", markersize=3, label="validation"),
+        Line2D([], [], color="gray", ls="--", label="training"),
+        Line2D(
+            [],
+            [],
+            color="gray",
+            ls="",
+            marker="*",
+            markersize=12,
+            markeredgecolor="black",
+            label="best epoch (lowest val loss)",
+        ),
+    ]
     ax_loss.legend(handles=folds + styles, fontsize=8)
     ax_acc.legend(handles=folds + styles[:1] + styles[2:], fontsize=8, loc="lower right")
     fig.suptitle(f"Learning curves of {len(folds)} folds")
@@ -86,8 +96,14 @@ def roc(oof: pd.DataFrame, path: Path, test: Optional[pd.DataFrame] = None) -> P
         fpr, tpr, _ = roc_curve(y, p)
         ax.plot(fpr, tpr, color=color, lw=2, label=f"{name} ({len(y)} images): AUC {roc_auc_score(y, p):.4f}")
     ax.plot([0, 1], [0, 1], ":", color="gray", label="chance (AUC 0.5)")
-    ax.set(title="ROC curve (positive class: fake)", xlabel="false positive rate (real images called fake)",
-           ylabel="true positive rate (fakes caught)", xlim=(0, 1), ylim=(0, 1.01), aspect="equal")
+    ax.set(
+        title="ROC curve (positive class: fake)",
+        xlabel="false positive rate (real images called fake)",
+        ylabel="true positive rate (fakes caught)",
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+        aspect="equal",
+    )
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=9)
     return _save(fig, path)
@@ -106,11 +122,25 @@ def confusion(panels: dict[str, pd.DataFrame], path: Path) -> Path:
         ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
         for i in range(2):
             for j in range(2):
-                ax.text(j, i, f"{cm[i, j]}\n{share[i, j]:.1%} of true {CLASS_NAMES[i]}", ha="center",
-                        va="center", fontsize=11, color="white" if share[i, j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{cm[i, j]}\n{share[i, j]:.1%} of true {CLASS_NAMES[i]}",
+                    ha="center",
+                    va="center",
+                    fontsize=11,
+                    color="white" if share[i, j] > 0.5 else "black",
+                )
         accuracy = np.trace(cm) / max(cm.sum(), 1)
-        ax.set(title=f"{name}: {cm.sum()} images, accuracy {accuracy:.4f}", xlabel="predicted",
-               ylabel="true", xticks=[0, 1], yticks=[0, 1], xticklabels=CLASS_NAMES, yticklabels=CLASS_NAMES)
+        ax.set(
+            title=f"{name}: {cm.sum()} images, accuracy {accuracy:.4f}",
+            xlabel="predicted",
+            ylabel="true",
+            xticks=[0, 1],
+            yticks=[0, 1],
+            xticklabels=CLASS_NAMES,
+            yticklabels=CLASS_NAMES,
+        )
     fig.suptitle(f"Confusion matrix at P(fake) > {THRESHOLD}")
     return _save(fig, path)
 
@@ -126,11 +156,17 @@ def probability_histogram(submission: pd.DataFrame, path: Path, labels: Optional
     else:
         labels = np.asarray(labels, dtype=int)
         for value, color in ((0, "C0"), (1, "C3")):
-            ax.hist(p[labels == value], bins=bins, color=color, alpha=0.6,
-                    label=f"true {CLASS_NAMES[value]} ({int((labels == value).sum())})")
+            ax.hist(
+                p[labels == value],
+                bins=bins,
+                color=color,
+                alpha=0.6,
+                label=f"true {CLASS_NAMES[value]} ({int((labels == value).sum())})",
+            )
     ax.axvline(THRESHOLD, color="black", ls="--", label=f"threshold {THRESHOLD}")
-    ax.set(title="Test set: soft-vote P(fake)", xlabel="P(fake), mean of the fold softmaxes",
-           ylabel="images", xlim=(0, 1))
+    ax.set(
+        title="Test set: soft-vote P(fake)", xlabel="P(fake), mean of the fold softmaxes", ylabel="images", xlim=(0, 1)
+    )
     ax.grid(alpha=0.3)
     ax.legend()
     return _save(fig, path)

@@ -23,10 +23,18 @@ log = logging.getLogger(__name__)
 
 REPORT = "report.md"
 TEST_LABELS = "test_labels.csv"  # image, label: the test set's true labels, when known (for the test plots)
-PLOT_FILES = {"learning_curves": "learning_curves.png", "roc": "roc.png", "confusion": "confusion_matrix.png",
-              "test_probabilities": "test_prob_fake.png"}
-PLOT_TITLES = {"learning_curves": "Learning curves", "roc": "ROC curve", "confusion": "Confusion matrix",
-               "test_probabilities": "Test set P(fake)"}
+PLOT_FILES = {
+    "learning_curves": "learning_curves.png",
+    "roc": "roc.png",
+    "confusion": "confusion_matrix.png",
+    "test_probabilities": "test_prob_fake.png",
+}
+PLOT_TITLES = {
+    "learning_curves": "Learning curves",
+    "roc": "ROC curve",
+    "confusion": "Confusion matrix",
+    "test_probabilities": "Test set P(fake)",
+}
 
 
 @dataclass
@@ -46,8 +54,9 @@ class RunFiles:
         """Submission rows with their true label (columns label, prob_fake), when the labels are known."""
         if self.submission is None or self.test_labels is None:
             return None
-        return pd.DataFrame({"label": self.test_labels["label"].to_numpy(),
-                             "prob_fake": self.submission["prob_fake"].to_numpy()})
+        return pd.DataFrame(
+            {"label": self.test_labels["label"].to_numpy(), "prob_fake": self.submission["prob_fake"].to_numpy()}
+        )
 
 
 def read_run(run_dir: Path) -> RunFiles:
@@ -56,9 +65,13 @@ def read_run(run_dir: Path) -> RunFiles:
     missing = [name for name in needed if not (run_dir / name).is_file()]
     if missing:
         raise ConfigError(f"{run_dir} is not a finished raydf run: missing {', '.join(missing)}")
-    run = RunFiles(run_dir=run_dir, summary=json.loads((run_dir / "summary.json").read_text()),
-                   config_text=(run_dir / "config.yaml").read_text(),
-                   history=pd.read_csv(run_dir / "history.csv"), oof=pd.read_csv(run_dir / "oof.csv"))
+    run = RunFiles(
+        run_dir=run_dir,
+        summary=json.loads((run_dir / "summary.json").read_text()),
+        config_text=(run_dir / "config.yaml").read_text(),
+        history=pd.read_csv(run_dir / "history.csv"),
+        oof=pd.read_csv(run_dir / "oof.csv"),
+    )
     if (run_dir / "submission.csv").is_file():
         run.submission = pd.read_csv(run_dir / "submission.csv")
         if (run_dir / TEST_LABELS).is_file():
@@ -66,8 +79,10 @@ def read_run(run_dir: Path) -> RunFiles:
             if labels["image"].astype(str).tolist() == run.submission["image"].astype(str).tolist():
                 run.test_labels = labels
             else:
-                log.warning("%s does not list the images of submission.csv in order: test plots without labels",
-                            run_dir / TEST_LABELS)
+                log.warning(
+                    "%s does not list the images of submission.csv in order: test plots without labels",
+                    run_dir / TEST_LABELS,
+                )
     return run
 
 
@@ -76,8 +91,10 @@ def write_plots(run: RunFiles) -> dict[str, Path]:
     out = {k: run.run_dir / v for k, v in PLOT_FILES.items()}
     best = {f["fold"]: f["best_epoch"] for f in run.summary["folds"]}
     truth = run.test_truth
-    written = {"learning_curves": plots.learning_curves(run.history, best, out["learning_curves"]),
-               "roc": plots.roc(run.oof, out["roc"], test=truth)}
+    written = {
+        "learning_curves": plots.learning_curves(run.history, best, out["learning_curves"]),
+        "roc": plots.roc(run.oof, out["roc"], test=truth),
+    }
     panels = {"out-of-fold": run.oof} | ({"test": truth} if truth is not None else {})
     written["confusion"] = plots.confusion(panels, out["confusion"])
     if run.submission is not None:
@@ -122,11 +139,18 @@ def render(run: RunFiles, plot_files: dict[str, Path]) -> str:
     s, folds = run.summary, run.summary["folds"]
     started = min(f["started_at"] for f in folds)
     n_test = len(run.submission) if run.submission is not None else 0
-    lines = [f"# raydf run `{run.run_dir.name}`", "",
-             f"{len(folds)} folds trained in parallel on {len(run.oof)} training images, started "
-             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))}"
-             + (f"; soft vote of the {len(folds)} folds over {n_test} test images." if n_test else "."), "",
-             "## Metrics", "", "| set | images | accuracy | ROC AUC | log loss |", "|---|---:|---:|---:|---:|"]
+    lines = [
+        f"# raydf run `{run.run_dir.name}`",
+        "",
+        f"{len(folds)} folds trained in parallel on {len(run.oof)} training images, started "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))}"
+        + (f"; soft vote of the {len(folds)} folds over {n_test} test images." if n_test else "."),
+        "",
+        "## Metrics",
+        "",
+        "| set | images | accuracy | ROC AUC | log loss |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for name, m, n in _metric_rows(run):
         lines.append(f"| {name} | {n} | {_num(m['accuracy'])} | {_num(m['auc'])} | {_num(m['log_loss'])} |")
     if "test" not in s:
@@ -135,24 +159,36 @@ def render(run: RunFiles, plot_files: dict[str, Path]) -> str:
     if bad is not None:
         per_set = s["bad_inputs"] if isinstance(s["bad_inputs"], dict) else {}
         detail = ", ".join(f"{k} {v}" for k, v in per_set.items())
-        lines += ["", f"Unreadable images left out: {bad}" + (f" ({detail})" if detail else "")
-                  + "; listed in `bad_inputs.csv`."]
-    lines += ["", "## Folds", "", "Best epoch = lowest validation loss; its weights are the fold's checkpoint.", "",
-              "| fold | best epoch | epochs run | val loss | val acc | seconds | node | pid | attempts |",
-              "|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
+        lines += [
+            "",
+            f"Unreadable images left out: {bad}" + (f" ({detail})" if detail else "") + "; listed in `bad_inputs.csv`.",
+        ]
+    lines += [
+        "",
+        "## Folds",
+        "",
+        "Best epoch = lowest validation loss; its weights are the fold's checkpoint.",
+        "",
+        "| fold | best epoch | epochs run | val loss | val acc | seconds | node | pid | attempts |",
+        "|---:|---:|---:|---:|---:|---:|---|---:|---:|",
+    ]
     for f in folds:
-        lines.append(f"| {f['fold']} | {f['best_epoch']} | {f['epochs_run']} | {_num(f['val_loss'])} | "
-                     f"{_num(f['val_acc'])} | {_fold_seconds(f):.1f} | {str(f['node_id'])[:8]} | {f['pid']} | "
-                     f"{f['attempts']} |")
+        lines.append(
+            f"| {f['fold']} | {f['best_epoch']} | {f['epochs_run']} | {_num(f['val_loss'])} | "
+            f"{_num(f['val_acc'])} | {_fold_seconds(f):.1f} | {str(f['node_id'])[:8]} | {f['pid']} | "
+            f"{f['attempts']} |"
+        )
     lines += ["", "## Plots", ""]
     for name, path in plot_files.items():
         lines += [f"### {PLOT_TITLES[name]}", "", f"![{PLOT_TITLES[name]}]({path.relative_to(run.run_dir)})", ""]
     lines += ["## Timings", "", "| step | seconds |", "|---|---:|"]
     timings = s.get("timings", {})
-    for key, label in (("preflight_seconds", "check the inputs (every image decoded once)"),
-                       ("share_images_seconds", "share the decoded images with the folds"),
-                       ("folds_seconds", f"train {len(folds)} folds (in parallel, wall clock)"),
-                       ("inference_seconds", f"soft vote over {n_test} test images")):
+    for key, label in (
+        ("preflight_seconds", "check the inputs (every image decoded once)"),
+        ("share_images_seconds", "share the decoded images with the folds"),
+        ("folds_seconds", f"train {len(folds)} folds (in parallel, wall clock)"),
+        ("inference_seconds", f"soft vote over {n_test} test images"),
+    ):
         if key in timings:
             lines.append(f"| {label} | {timings[key]:.1f} |")
     for f in folds:
@@ -178,13 +214,16 @@ def short_report(run_dir: Path) -> str:
     s = json.loads((run_dir / "summary.json").read_text())
     lines = [f"run directory: {run_dir}", "fold  best epoch  epochs  val loss  val acc  seconds"]
     for f in s["folds"]:
-        lines.append(f"{f['fold']:>4}  {f['best_epoch']:>10}  {f['epochs_run']:>6}  {f['val_loss']:>8.4f}  "
-                     f"{f['val_acc']:>7.4f}  {_fold_seconds(f):>7.0f}")
+        lines.append(
+            f"{f['fold']:>4}  {f['best_epoch']:>10}  {f['epochs_run']:>6}  {f['val_loss']:>8.4f}  "
+            f"{f['val_acc']:>7.4f}  {_fold_seconds(f):>7.0f}"
+        )
     for name in ("cv", "test"):
         if name in s:
             m = s[name]
-            lines.append(f"{name:>4}: accuracy {_num(m['accuracy'])}  auc {_num(m['auc'])}  "
-                         f"log loss {_num(m['log_loss'])}")
+            lines.append(
+                f"{name:>4}: accuracy {_num(m['accuracy'])}  auc {_num(m['auc'])}  log loss {_num(m['log_loss'])}"
+            )
     bad = bad_input_count(s.get("bad_inputs"))
     if bad:
         lines.append(f"bad inputs: {bad} (see summary.json)")

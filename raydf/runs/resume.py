@@ -12,8 +12,15 @@ from raydf.errors import ConfigError
 from raydf.runs.storage import RunStorage
 
 # Keys a resumed run may change: where and how fast it runs, not what it computes.
-RESUME_SAFE_PREFIXES = ("resources.", "ray.", "predict.batch_size", "predict.actors", "data.decode_threads",
-                        "run_dir", "resume")
+RESUME_SAFE_PREFIXES = (
+    "resources.",
+    "ray.",
+    "predict.batch_size",
+    "predict.actors",
+    "data.decode_threads",
+    "run_dir",
+    "resume",
+)
 
 
 def _flat(cfg: Config) -> dict[str, object]:
@@ -33,16 +40,16 @@ def _flat(cfg: Config) -> dict[str, object]:
 def config_changes(old: Config, new: Config) -> dict[str, tuple[object, object]]:
     """{key: (old, new)} for every result-changing key that differs."""
     a, b = _flat(old), _flat(new)
-    return {k: (a[k], b[k]) for k in a
-            if a[k] != b[k] and not any(k.startswith(p) for p in RESUME_SAFE_PREFIXES)}
+    return {k: (a[k], b[k]) for k in a if a[k] != b[k] and not any(k.startswith(p) for p in RESUME_SAFE_PREFIXES)}
 
 
 def resume_config(run_dir: str, config: Optional[str] = None, overrides: Sequence[str] = ()) -> Config:
     """The config of the run at `run_dir`, with `overrides` that do not change its results."""
     storage = RunStorage(run_dir)
     if not storage.exists("config.yaml") or not storage.exists("folds.csv"):
-        raise ConfigError(f"resume={run_dir}: not a raydf run directory (it needs config.yaml and folds.csv); "
-                          f"check the path")
+        raise ConfigError(
+            f"resume={run_dir}: not a raydf run directory (it needs config.yaml and folds.csv); check the path"
+        )
     with tempfile.TemporaryDirectory() as tmp:
         saved_file = Path(tmp) / "config.yaml"
         saved_file.write_text(storage.read_text("config.yaml"))
@@ -51,7 +58,9 @@ def resume_config(run_dir: str, config: Optional[str] = None, overrides: Sequenc
     changes = config_changes(saved, new)
     if changes:
         listed = ", ".join(f"{k} ({a!r} -> {b!r})" for k, (a, b) in changes.items())
-        raise ConfigError(f"resume={run_dir} would change the run's results: {listed}. Resume with the run's own "
-                          f"settings (drop those overrides) or start a new run with another run_dir")
+        raise ConfigError(
+            f"resume={run_dir} would change the run's results: {listed}. Resume with the run's own "
+            f"settings (drop those overrides) or start a new run with another run_dir"
+        )
     new.run_dir = new.resume = run_dir
     return new

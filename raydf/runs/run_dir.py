@@ -49,8 +49,10 @@ def _check_fold_sizes(folds: np.ndarray, batch_size: int) -> None:
     for k in np.unique(folds):
         n_train = int((folds != k).sum())
         if n_train < batch_size:
-            raise DataError(f"fold {k} has {n_train} training images, fewer than train.batch_size={batch_size}: "
-                            f"lower train.batch_size or train.folds, or add images")
+            raise DataError(
+                f"fold {k} has {n_train} training images, fewer than train.batch_size={batch_size}: "
+                f"lower train.batch_size or train.folds, or add images"
+            )
 
 
 def checked_table(cfg: Config, with_test: bool = True) -> tuple[pd.DataFrame, Optional[pd.DataFrame], CheckedInputs]:
@@ -64,21 +66,24 @@ def checked_table(cfg: Config, with_test: bool = True) -> tuple[pd.DataFrame, Op
     test_df = read_test(test_spec, cfg.data.test_root) if test_spec and with_test else None
     check_splittable(table, cfg.train.folds, cfg.train.split)  # table errors first: they cost no decoding
     inputs = preflight(table, test_df, cfg.data.resize, cfg.data.decode_threads, cfg.data.on_bad)
-    table = inputs.train.assign(fold=assign_folds(inputs.train, cfg.train.folds, cfg.train.seed, cfg.train.split,
-                                                  content=inputs.content))
+    table = inputs.train.assign(
+        fold=assign_folds(inputs.train, cfg.train.folds, cfg.train.seed, cfg.train.split, content=inputs.content)
+    )
     _check_fold_sizes(table["fold"].to_numpy(), cfg.train.batch_size)
     return table, test_df, inputs
 
 
-def create_run_dir(cfg: Config, table: pd.DataFrame, default: str = "runs/%Y%m%d-%H%M%S",
-                   inputs: Optional[CheckedInputs] = None) -> RunStorage:
+def create_run_dir(
+    cfg: Config, table: pd.DataFrame, default: str = "runs/%Y%m%d-%H%M%S", inputs: Optional[CheckedInputs] = None
+) -> RunStorage:
     """A new run directory (`run_dir`, else `default` with the time filled in) with config.yaml, folds.csv and,
     given the pre-flight's `inputs`, bad_inputs.csv and duplicates.csv. Refuses a non-empty one."""
     storage = empty_run_dir(cfg, default)
     files = {"config.yaml": to_yaml(cfg), "folds.csv": table.to_csv(index=False)}
     if inputs is not None:  # written even when empty: "checked, none found"
-        files.update({"bad_inputs.csv": inputs.bad.to_csv(index=False),
-                      "duplicates.csv": inputs.duplicates.to_csv(index=False)})
+        files.update(
+            {"bad_inputs.csv": inputs.bad.to_csv(index=False), "duplicates.csv": inputs.duplicates.to_csv(index=False)}
+        )
     try:
         for rel, text in files.items():
             storage.write_text(rel, text)
@@ -93,8 +98,10 @@ def empty_run_dir(cfg: Config, default: str) -> RunStorage:
     cfg.run_dir = cfg.run_dir or time.strftime(default)
     storage = RunStorage(cfg.run_dir)
     if storage.listdir():
-        raise ConfigError(f"run_dir {cfg.run_dir} already exists and is not empty: choose another run_dir, or "
-                          f"continue it with resume={cfg.run_dir} (finished runs are never overwritten)")
+        raise ConfigError(
+            f"run_dir {cfg.run_dir} already exists and is not empty: choose another run_dir, or "
+            f"continue it with resume={cfg.run_dir} (finished runs are never overwritten)"
+        )
     return storage
 
 
@@ -104,7 +111,8 @@ def read_fold_table(cfg: Config) -> tuple[pd.DataFrame, Optional[str]]:
     table, _, inputs = checked_table(cfg, with_test=False)
     if cfg.data.cache != "off":
         DecodedCache.for_images(table["path"].tolist(), cfg.data.resize, cfg.data.cache_dir).load(
-            cfg.data.decode_threads, inputs.images)
+            cfg.data.decode_threads, inputs.images
+        )
     return table, data_specs(cfg)[1]
 
 

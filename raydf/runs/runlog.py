@@ -28,8 +28,17 @@ def run_log(path: Path) -> Iterator[None]:
         yield
     except BaseException as e:
         # Straight to the file handler: a logger call would print the traceback on the console too.
-        handler.handle(logging.makeLogRecord({"name": "raydf", "levelno": logging.ERROR, "levelname": "ERROR",
-                                              "msg": "the run stopped:", "exc_info": sys.exc_info()}))
+        handler.handle(
+            logging.makeLogRecord(
+                {
+                    "name": "raydf",
+                    "levelno": logging.ERROR,
+                    "levelname": "ERROR",
+                    "msg": "the run stopped:",
+                    "exc_info": sys.exc_info(),
+                }
+            )
+        )
         if isinstance(e, RaydfError) and e.__cause__ is not None:
             e.log_file = str(path)
         raise

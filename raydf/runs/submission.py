@@ -12,8 +12,9 @@ from raydf.runs.storage import RunStorage
 FLAG_BAD = "bad_input"  # `flag` of a test image that could not be read (its prob_fake is the prior)
 
 
-def build_submission(test: pd.DataFrame, prob_fake: np.ndarray, bad_rows: Collection[int] = (),
-                     prior: float = 0.5) -> pd.DataFrame:
+def build_submission(
+    test: pd.DataFrame, prob_fake: np.ndarray, bad_rows: Collection[int] = (), prior: float = 0.5
+) -> pd.DataFrame:
     """`image,label,prob_fake` (label: 1 = fake, prob_fake > 0.5), plus `flag` only when some image is bad.
 
     Args:
@@ -32,8 +33,14 @@ def build_submission(test: pd.DataFrame, prob_fake: np.ndarray, bad_rows: Collec
     return sub
 
 
-def write_submission(storage: RunStorage, rel: str, test_df: pd.DataFrame, pred: pd.DataFrame,
-                     bad_rows: Collection[int] = (), prior: float = 0.5) -> pd.DataFrame:
+def write_submission(
+    storage: RunStorage,
+    rel: str,
+    test_df: pd.DataFrame,
+    pred: pd.DataFrame,
+    bad_rows: Collection[int] = (),
+    prior: float = 0.5,
+) -> pd.DataFrame:
     """`image,label,prob_fake` in the test table's row order (label: argmax of the soft vote, 1 = fake).
 
     `pred` holds the readable rows only; `bad_rows` get `prior` and `flag=bad_input` (`raydf.runs.submission`).

@@ -42,8 +42,9 @@ def baseline_point(cfg: Config) -> dict[str, Any]:
     return {k: value_of(cfg, k) for k, spec in cfg.tune.space.items() if spec["type"] != "grid"}
 
 
-def trials_table(records: list[dict], keys: list[str], max_epochs: int,
-                 baseline: Optional[dict[str, Any]] = None) -> pd.DataFrame:
+def trials_table(
+    records: list[dict], keys: list[str], max_epochs: int, baseline: Optional[dict[str, Any]] = None
+) -> pd.DataFrame:
     """One row per trial, best first: its values of `keys`, best val loss (and the val acc and epoch where it
     was reached), epochs run, whether it stopped before `max_epochs` and why (asha, patience, error), and
     whether it ran exactly the `baseline` values (the config's own)."""
@@ -57,13 +58,20 @@ def trials_table(records: list[dict], keys: list[str], max_epochs: int,
             status = STATUS_DONE
         else:  # its folds stopped on patience after the last epoch it reported, or else ASHA stopped it
             status = STATUS_PATIENCE if last["folds_training"] == 0 else STATUS_ASHA
-        rows.append({"trial": r["trial"], **{k: r["params"].get(k) for k in keys},
-                     "best_val_loss": last["best_val_loss"] if last else math.nan,
-                     "val_acc": last["best_val_acc"] if last else math.nan,
-                     "best_epoch": last["best_epoch"] if last else 0, "epochs_run": n,
-                     "stopped_early": n < max_epochs, "status": status,
-                     "diverged": any(e["val_loss"] >= DIVERGED_LOSS for e in r["epochs"]),
-                     "baseline": bool(baseline) and all(r["params"].get(k) == v for k, v in baseline.items())})
+        rows.append(
+            {
+                "trial": r["trial"],
+                **{k: r["params"].get(k) for k in keys},
+                "best_val_loss": last["best_val_loss"] if last else math.nan,
+                "val_acc": last["best_val_acc"] if last else math.nan,
+                "best_epoch": last["best_epoch"] if last else 0,
+                "epochs_run": n,
+                "stopped_early": n < max_epochs,
+                "status": status,
+                "diverged": any(e["val_loss"] >= DIVERGED_LOSS for e in r["epochs"]),
+                "baseline": bool(baseline) and all(r["params"].get(k) == v for k, v in baseline.items()),
+            }
+        )
     table = pd.DataFrame(rows)
     return table.sort_values(["best_val_loss", "trial"], na_position="last", kind="stable").reset_index(drop=True)
 
@@ -73,8 +81,10 @@ def best_row(table: pd.DataFrame) -> pd.Series:
     never counts)."""
     ok = _usable(table)
     if ok.empty:
-        raise SweepFailed("no trial finished an epoch with a finite validation loss: every one failed or "
-                          "diverged (see trials.csv); lower the learning rates in tune.space")
+        raise SweepFailed(
+            "no trial finished an epoch with a finite validation loss: every one failed or "
+            "diverged (see trials.csv); lower the learning rates in tune.space"
+        )
     return ok.loc[ok["best_val_loss"].idxmin()]
 
 
@@ -88,9 +98,11 @@ def best_config(cfg: Config, params: dict[str, Any], train_dir: str) -> Config:
 
 def best_yaml(best: Config, sweep_dir: str, row: pd.Series, keys: list[str]) -> str:
     values = ", ".join(f"{k}={_fmt(row[k])}" for k in keys)
-    return (f"# The best configuration of the sweep in {sweep_dir}: {row['trial']}, validation loss "
-            f"{row['best_val_loss']:.4f} at epoch {row['best_epoch']}\n# ({values}).\n"
-            f"# Train with it: python -m raydf.train --config {sweep_dir}/best.yaml\n" + to_yaml(best))
+    return (
+        f"# The best configuration of the sweep in {sweep_dir}: {row['trial']}, validation loss "
+        f"{row['best_val_loss']:.4f} at epoch {row['best_epoch']}\n# ({values}).\n"
+        f"# Train with it: python -m raydf.train --config {sweep_dir}/best.yaml\n" + to_yaml(best)
+    )
 
 
 def format_table(table: pd.DataFrame) -> str:
@@ -121,8 +133,9 @@ def plot_sweep(table: pd.DataFrame, history: pd.DataFrame, space: dict[str, dict
     colour_key = "sched.t_max" if "sched.t_max" in keys else "epochs_run"
     colours = pd.to_numeric(ok[colour_key], errors="coerce")
     vmin, vmax = (colours.min(), colours.max()) if colours.notna().any() else (0, 1)
-    fig, axes = plt.subplots(1, len(keys) + 1, figsize=(4.4 * (len(keys) + 1), 4.2), squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(
+        1, len(keys) + 1, figsize=(4.4 * (len(keys) + 1), 4.2), squeeze=False, layout="constrained"
+    )
     axes = axes[0]
     scatter = None
     for ax, key in zip(axes, keys):
@@ -130,13 +143,23 @@ def plot_sweep(table: pd.DataFrame, history: pd.DataFrame, space: dict[str, dict
         for stopped, marker in ((False, "o"), (True, "v")):
             part = ok["stopped_early"] == stopped
             if part.any():
-                scatter = ax.scatter(x[part], ok["best_val_loss"][part].clip(upper=cap), marker=marker, s=60,
-                                     c=colours[part], cmap="viridis", vmin=vmin, vmax=vmax, edgecolors="black",
-                                     linewidths=0.5)
+                scatter = ax.scatter(
+                    x[part],
+                    ok["best_val_loss"][part].clip(upper=cap),
+                    marker=marker,
+                    s=60,
+                    c=colours[part],
+                    cmap="viridis",
+                    vmin=vmin,
+                    vmax=vmax,
+                    edgecolors="black",
+                    linewidths=0.5,
+                )
         if best is not None:
             bx, _ = _positions(pd.Series([best[key]]), labels)
-            ax.scatter(bx, [best["best_val_loss"]], marker="*", s=280, c="red", edgecolors="black",
-                       linewidths=0.5, zorder=3)
+            ax.scatter(
+                bx, [best["best_val_loss"]], marker="*", s=280, c="red", edgecolors="black", linewidths=0.5, zorder=3
+            )
         if labels is not None:
             ax.set_xticks(range(len(labels)), labels, rotation=30)
         elif space[key]["type"] == "loguniform" or _wide_positive(ok[key]):
@@ -144,15 +167,27 @@ def plot_sweep(table: pd.DataFrame, history: pd.DataFrame, space: dict[str, dict
         ax.set_xlabel(key)
         _clip_line(ax, cap, ok["best_val_loss"])
     axes[0].set_ylabel("best validation loss of the trial")
-    axes[0].legend([_marker("o", "lightgrey", 8), _marker("v", "lightgrey", 8), _marker("*", "red", 14)],
-                   ["all epochs", "stopped early", "best"], fontsize=8, loc="best")
+    axes[0].legend(
+        [_marker("o", "lightgrey", 8), _marker("v", "lightgrey", 8), _marker("*", "red", 14)],
+        ["all epochs", "stopped early", "best"],
+        fontsize=8,
+        loc="best",
+    )
     if scatter is not None:
-        fig.colorbar(scatter, ax=list(axes[:len(keys)]), label=colour_key, pad=0.01, aspect=30)
+        fig.colorbar(scatter, ax=list(axes[: len(keys)]), label=colour_key, pad=0.01, aspect=30)
     ax = axes[-1]
     for trial, rows in history.sort_values("epoch").groupby("trial", sort=False):
         is_best = best is not None and trial == best["trial"]
-        ax.plot(rows["epoch"], rows["val_loss"].clip(upper=cap), marker="o", ms=4, lw=2.5 if is_best else 1,
-                color="red" if is_best else "grey", alpha=1 if is_best else 0.7, zorder=3 if is_best else 2)
+        ax.plot(
+            rows["epoch"],
+            rows["val_loss"].clip(upper=cap),
+            marker="o",
+            ms=4,
+            lw=2.5 if is_best else 1,
+            color="red" if is_best else "grey",
+            alpha=1 if is_best else 0.7,
+            zorder=3 if is_best else 2,
+        )
     _clip_line(ax, cap, history["val_loss"])
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation loss")
@@ -161,8 +196,9 @@ def plot_sweep(table: pd.DataFrame, history: pd.DataFrame, space: dict[str, dict
     ax.set_title("every trial per epoch (red: best)", fontsize=9)
     stopped = int(table["stopped_early"].sum())
     title = f"Sweep: {len(table)} trials, {stopped} stopped early"
-    fig.suptitle(title + (f"; lowest validation loss {best['best_val_loss']:.4f} ({best['trial']})" if best is not None
-                          else ""))
+    fig.suptitle(
+        title + (f"; lowest validation loss {best['best_val_loss']:.4f} ({best['trial']})" if best is not None else "")
+    )
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
@@ -183,8 +219,7 @@ def _clip_line(ax, cap: float, values: pd.Series) -> None:
     ax.grid(alpha=0.3)
     if (values > cap).any():
         ax.axhline(cap, ls="--", lw=0.8, color="black")
-        ax.annotate("above: clipped", (0.01, cap), xycoords=("axes fraction", "data"), fontsize=7,
-                    va="bottom")
+        ax.annotate("above: clipped", (0.01, cap), xycoords=("axes fraction", "data"), fontsize=7, va="bottom")
 
 
 def _usable(table: pd.DataFrame) -> pd.DataFrame:
@@ -207,8 +242,10 @@ def _wide_positive(values: pd.Series) -> bool:
 
 def history_frame(records: list[dict]) -> pd.DataFrame:
     """One row per trial and epoch: trial, epoch, val_loss, val_acc."""
-    return pd.DataFrame([{"trial": r["trial"], **e} for r in records for e in r["epochs"]],
-                        columns=["trial", "epoch", "val_loss", "val_acc"])
+    return pd.DataFrame(
+        [{"trial": r["trial"], **e} for r in records for e in r["epochs"]],
+        columns=["trial", "epoch", "val_loss", "val_acc"],
+    )
 
 
 def write_report(storage: RunStorage, cfg: Config, records: list[dict]) -> Config:
@@ -223,8 +260,11 @@ def write_report(storage: RunStorage, cfg: Config, records: list[dict]) -> Confi
     best = best_config(cfg, {k: _plain(row[k]) for k in keys}, f"{cfg.run_dir.rstrip('/')}/train")
     storage.write_text("best.yaml", best_yaml(best, cfg.run_dir, row, keys))
     note = ": the config's own values, no trial beat them" if row["baseline"] else ""
-    print(f"best: {row['trial']} (validation loss {row['best_val_loss']:.4f}){note}; {cfg.run_dir}/best.yaml, "
-          f"trials.csv, sweep.png written", flush=True)
+    print(
+        f"best: {row['trial']} (validation loss {row['best_val_loss']:.4f}){note}; {cfg.run_dir}/best.yaml, "
+        f"trials.csv, sweep.png written",
+        flush=True,
+    )
     return best
 
 

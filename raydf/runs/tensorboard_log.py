@@ -9,8 +9,13 @@ from pathlib import Path
 from typing import Any
 
 # Scalar tag -> key of an epoch event. Tags group into TensorBoard sections (loss, accuracy, lr).
-SCALARS = {"loss/train": "train_loss", "loss/val": "val_loss", "accuracy/train": "train_acc",
-           "accuracy/val": "val_acc", "lr": "lr"}
+SCALARS = {
+    "loss/train": "train_loss",
+    "loss/val": "val_loss",
+    "accuracy/train": "train_acc",
+    "accuracy/val": "val_acc",
+    "lr": "lr",
+}
 
 
 class TensorBoardLog:
@@ -41,7 +46,7 @@ class TensorBoardLog:
                     writer.add_scalar(tag, event[key], global_step=event["epoch"], walltime=event.get("time"))
                 writer.flush()  # a TensorBoard open on the run shows each epoch as it arrives
 
-    def __enter__(self) -> "TensorBoardLog":
+    def __enter__(self) -> TensorBoardLog:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -17,8 +17,7 @@ def checkpoint_name(fold: int) -> str:
     return f"checkpoints/fold{fold}.pt"
 
 
-def save_fold_checkpoint(storage: RunStorage, fold: int, weights: dict[str, np.ndarray],
-                         meta: dict[str, Any]) -> None:
+def save_fold_checkpoint(storage: RunStorage, fold: int, weights: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
     """Save `{"state_dict": tensors, "meta": plain data}` (numpy weights from the object store become tensors)."""
     state = {k: torch.from_numpy(np.array(v)) for k, v in weights.items()}  # np.array: copy of read-only views
     storage.save_torch(checkpoint_name(fold), {"state_dict": state, "meta": meta})
@@ -37,6 +36,11 @@ def try_load_fold_checkpoint(storage: RunStorage, fold: int) -> Optional[tuple[d
     try:
         return load_fold_checkpoint(storage, fold)
     except Exception as e:  # a truncated or foreign file: report it and retrain rather than crash the run
-        log.warning("fold %d: checkpoint %s is unreadable (%s: %s); the fold will be trained again from its "
-                    "last saved epoch", fold, storage.path(checkpoint_name(fold)), type(e).__name__, e)
+        log.warning(
+            "fold %d: checkpoint %s is unreadable (%s: %s); the fold will be trained again from its last saved epoch",
+            fold,
+            storage.path(checkpoint_name(fold)),
+            type(e).__name__,
+            e,
+        )
         return None

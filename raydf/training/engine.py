@@ -27,6 +27,15 @@ def cpu_has_native_bf16() -> bool:
     return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
 
 
+def cuda_has_native_bf16(device: torch.device) -> bool:
+    """Whether the GPU computes bf16 in hardware: compute capability 8.0+ (A100, L4, H100), or any ROCm GPU.
+
+    Not `torch.cuda.is_bf16_supported()`: since torch 2.3 it also says yes on older GPUs (T4, V100) that can merely
+    hold bf16 tensors; there bf16 is emulated (cuDNN has no bf16 convolutions) and fp16 with a scaler is the fast way.
+    """
+    return bool(torch.version.hip) or torch.cuda.get_device_capability(device)[0] >= 8
+
+
 @dataclass
 class Precision:
     """How a fold computes: the autocast dtype (None = fp32) and whether fp16 needs a gradient scaler."""
@@ -44,7 +53,7 @@ class Precision:
             # fp32, and fp16 autocast on a CPU is always slower.
             native = name == "auto" and cpu_has_native_bf16()
             return cls(torch.bfloat16 if name == "bf16" or native else None)
-        if name == "bf16" or (name == "auto" and torch.cuda.is_bf16_supported()):
+        if name == "bf16" or (name == "auto" and cuda_has_native_bf16(device)):
             return cls(torch.bfloat16)
         return cls(torch.float16)
 
@@ -70,9 +79,14 @@ def to_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     return torch.addcmul(shift, x.float(), scale)
 
 
-def train_one_epoch(model: torch.nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
-                    device: torch.device, precision: Precision = Precision(),
-                    scaler: Optional[torch.amp.GradScaler] = None) -> dict[str, float]:
+def train_one_epoch(
+    model: torch.nn.Module,
+    loader: Iterable,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    precision: Precision = Precision(),
+    scaler: Optional[torch.amp.GradScaler] = None,
+) -> dict[str, float]:
     """One pass over `loader`; loss and accuracy are averaged per sample, not per batch."""
     model.train()
     scaler = scaler or precision.scaler(device)
@@ -95,8 +109,9 @@ def train_one_epoch(model: torch.nn.Module, loader: Iterable, optimizer: torch.o
 
 
 @torch.no_grad()
-def predict_logits(model: torch.nn.Module, loader: Iterable, device: torch.device,
-                   precision: Precision = Precision()) -> tuple[torch.Tensor, torch.Tensor]:
+def predict_logits(
+    model: torch.nn.Module, loader: Iterable, device: torch.device, precision: Precision = Precision()
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits (N, 2) in float32 on the CPU and the loader's labels (N,), in loader order."""
     model.eval()
     logits, labels = [], []
@@ -108,18 +123,26 @@ def predict_logits(model: torch.nn.Module, loader: Iterable, device: torch.devic
     return torch.cat(logits), torch.cat(labels)
 
 
-def evaluate(model: torch.nn.Module, loader: Iterable, device: torch.device,
-             precision: Precision = Precision()) -> tuple[dict[str, float], np.ndarray]:
+def evaluate(
+    model: torch.nn.Module, loader: Iterable, device: torch.device, precision: Precision = Precision()
+) -> tuple[dict[str, float], np.ndarray]:
     """Sample-weighted cross-entropy and accuracy, plus the softmax probabilities (N, 2)."""
     logits, labels = predict_logits(model, loader, device, precision)
-    metrics = {"loss": F.cross_entropy(logits, labels).item(),
-               "acc": (logits.argmax(1) == labels).float().mean().item()}
+    metrics = {
+        "loss": F.cross_entropy(logits, labels).item(),
+        "acc": (logits.argmax(1) == labels).float().mean().item(),
+    }
     return metrics, torch.softmax(logits, dim=1).numpy()
 
 
 @torch.inference_mode()
-def fold_prob_fake(models: Sequence[torch.nn.Module], x: torch.Tensor, device: torch.device,
-                   precision: Precision = Precision(), tta: bool = False) -> list[np.ndarray]:
+def fold_prob_fake(
+    models: Sequence[torch.nn.Module],
+    x: torch.Tensor,
+    device: torch.device,
+    precision: Precision = Precision(),
+    tta: bool = False,
+) -> list[np.ndarray]:
     """P(fake) of a normalised batch `x` (B, 3, H, W) under each model: K arrays of shape (B,).
 
     With `tta` the horizontally flipped batch goes through every model too, and each model's two

@@ -45,14 +45,27 @@ def seed_everything(seed: int) -> None:
 
 def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
     """RAdam with decoupled weight decay: the update torch_optimizer.RAdam (the seed's) applies."""
-    return torch.optim.RAdam(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
-                             eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay, decoupled_weight_decay=True)
+    return torch.optim.RAdam(
+        model.parameters(),
+        lr=cfg.optim.lr,
+        betas=tuple(cfg.optim.betas),
+        eps=cfg.optim.eps,
+        weight_decay=cfg.optim.weight_decay,
+        decoupled_weight_decay=True,
+    )
 
 
-
-def train_fold(images: np.ndarray, labels: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray,
-               cfg: Config, fold: int, on_epoch: Optional[Callable[[dict], None]] = None,
-               device: Optional[torch.device] = None, state: Optional[FoldStateStore] = None) -> FoldOutcome:
+def train_fold(
+    images: np.ndarray,
+    labels: np.ndarray,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    cfg: Config,
+    fold: int,
+    on_epoch: Optional[Callable[[dict], None]] = None,
+    device: Optional[torch.device] = None,
+    state: Optional[FoldStateStore] = None,
+) -> FoldOutcome:
     """Train on `images[train_idx]`, select the epoch with the lowest validation loss on `images[val_idx]`.
 
     `images` is the decoded (N, H, W, 3) uint8 array at `data.resize`; `labels` (N,) holds 1 = fake.
@@ -74,17 +87,20 @@ def train_fold(images: np.ndarray, labels: np.ndarray, train_idx: np.ndarray, va
     else:
         train_tf = FastTrainTransform(cfg.data.crop) if cfg.train.fast_augment else train_transform(cfg.data.crop)
     train_set = ImageArrayDataset(images, train_idx, labels, train_tf, seed=seed)
-    train_loader = make_loader(train_set, cfg.train.batch_size, train=True, workers=workers, seed=seed,
-                               pin_memory=pin)
-    val_loader = make_loader(ImageArrayDataset(images, val_idx, labels, eval_transform(cfg.data.crop)),
-                             cfg.train.eval_batch_size, train=False, workers=workers, pin_memory=pin)
+    train_loader = make_loader(train_set, cfg.train.batch_size, train=True, workers=workers, seed=seed, pin_memory=pin)
+    val_loader = make_loader(
+        ImageArrayDataset(images, val_idx, labels, eval_transform(cfg.data.crop)),
+        cfg.train.eval_batch_size,
+        train=False,
+        workers=workers,
+        pin_memory=pin,
+    )
 
     model = build_model(cfg.model.dropout).to(device, memory_format=torch.channels_last)
     # The compiled module shares the parameters; state dicts are taken from `model` (no "_orig_mod." prefix).
     net = torch.compile(model) if cfg.train.compile else model
     optimizer = make_optimizer(model, cfg)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.sched.t_max,
-                                                           eta_min=cfg.sched.eta_min)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.sched.t_max, eta_min=cfg.sched.eta_min)
     scaler = precision.scaler(device)
 
     best = {"loss": math.inf, "epoch": 0, "acc": 0.0, "weights": {}, "probs": torch.empty(0)}
@@ -106,7 +122,7 @@ def train_fold(images: np.ndarray, labels: np.ndarray, train_idx: np.ndarray, va
             break
         t0 = time.time()
         torch.manual_seed(sample_seed(seed, epoch))  # dropout
-        train_loader.generator.manual_seed(sample_seed(seed, epoch, 1))  # order (and workers' base seed)
+        train_loader.sampler.generator.manual_seed(sample_seed(seed, epoch, 1))  # order
         train_set.set_epoch(epoch)  # augmentation
         lr = optimizer.param_groups[0]["lr"]
         train_m = train_one_epoch(net, train_loader, optimizer, device, precision, scaler)
@@ -114,25 +130,53 @@ def train_fold(images: np.ndarray, labels: np.ndarray, train_idx: np.ndarray, va
         scheduler.step()  # once per epoch, as the seed did
         if val_m["loss"] < best["loss"]:
             # A copy, not a reference: the seed kept the live model, so it predicted with last-epoch weights.
-            best = {"loss": val_m["loss"], "epoch": epoch, "acc": val_m["acc"],
-                    "weights": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
-                    "probs": torch.from_numpy(val_probs[:, 1].copy())}
+            best = {
+                "loss": val_m["loss"],
+                "epoch": epoch,
+                "acc": val_m["acc"],
+                "weights": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
+                "probs": torch.from_numpy(val_probs[:, 1].copy()),
+            }
             stale = 0
         else:
             stale += 1
-        row = {"fold": fold, "epoch": epoch, "train_loss": train_m["loss"], "train_acc": train_m["acc"],
-               "val_loss": val_m["loss"], "val_acc": val_m["acc"], "lr": lr, "seconds": time.time() - t0,
-               "best_epoch": best["epoch"]}
+        row = {
+            "fold": fold,
+            "epoch": epoch,
+            "train_loss": train_m["loss"],
+            "train_acc": train_m["acc"],
+            "val_loss": val_m["loss"],
+            "val_acc": val_m["acc"],
+            "lr": lr,
+            "seconds": time.time() - t0,
+            "best_epoch": best["epoch"],
+        }
         history.append(row)
         if state:
             # In an improving epoch the best weights are the model's: not stored twice (94 MB at fp32).
             best_saved = best | {"weights": None} if best["epoch"] == epoch else best
-            state.save({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "best": best_saved,
-                        "history": history, "stale": stale})
+            state.save(
+                {
+                    "epoch": epoch,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "best": best_saved,
+                    "history": history,
+                    "stale": stale,
+                }
+            )
         if on_epoch:
             on_epoch(row)
-    return FoldOutcome(weights={k: v.numpy() for k, v in best["weights"].items()}, best_epoch=best["epoch"],
-                       val_loss=best["loss"], val_acc=best["acc"], epochs_run=len(history),
-                       val_prob_fake=best["probs"].numpy().astype(np.float64), device=str(device),
-                       history=history, resumed_from_epoch=resumed_from)
+    return FoldOutcome(
+        weights={k: v.numpy() for k, v in best["weights"].items()},
+        best_epoch=best["epoch"],
+        val_loss=best["loss"],
+        val_acc=best["acc"],
+        epochs_run=len(history),
+        val_prob_fake=best["probs"].numpy().astype(np.float64),
+        device=str(device),
+        history=history,
+        resumed_from_epoch=resumed_from,
+    )

@@ -17,8 +17,8 @@ STATE_KEYS = {"epoch", "model", "optimizer", "scheduler", "scaler", "best", "his
 class FoldStateStore:
     """`state/fold{k}.pt` (latest epoch) and `state/fold{k}.prev.pt` (the one before) in the run storage.
 
-    Two generations: if the latest file is unreadable (a disk filled up, someone truncated it), the fold
-    resumes from the previous epoch instead of from scratch.
+    Two generations on a file system: if the latest file is unreadable (a disk filled up, someone truncated
+    it), the fold resumes from the previous epoch instead of from scratch. On an object store only the latest.
     """
 
     def __init__(self, storage: RunStorage, fold: int):
@@ -27,7 +27,10 @@ class FoldStateStore:
         self.attempt_file = f"state/fold{fold}.attempt.json"
 
     def save(self, state: dict[str, Any]) -> None:
-        if self.storage.exists(self.current):
+        # On an object store the upload replaces the latest state whole or not at all, so it is never half
+        # written, and keeping the one before would cost a move: a server-side copy of hundreds of MB per epoch,
+        # then a delete (not atomic either).
+        if self.storage.local and self.storage.exists(self.current):
             self.storage.move(self.current, self.previous)
         self.storage.save_torch(self.current, state)
 
@@ -43,8 +46,13 @@ class FoldStateStore:
                     raise ValueError(f"missing {sorted(missing)}")
                 return state
             except Exception as e:  # truncated zip, wrong file, unpickling refused: all mean "not usable"
-                log.warning("fold %d: state file %s is unreadable (%s: %s); falling back to an older state",
-                            self.fold, self.storage.path(rel), type(e).__name__, e)
+                log.warning(
+                    "fold %d: state file %s is unreadable (%s: %s); falling back to an older state",
+                    self.fold,
+                    self.storage.path(rel),
+                    type(e).__name__,
+                    e,
+                )
         return None
 
     def remove_partial_writes(self) -> None:

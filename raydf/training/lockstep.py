@@ -74,8 +74,13 @@ class FoldStepper:
             self._thread.join()
 
 
-def lockstep_folds(images: np.ndarray, labels: np.ndarray, splits: dict[int, tuple[np.ndarray, np.ndarray]],
-                   cfg: Config, stores: dict[int, FoldStateStore]) -> Iterator[dict]:
+def lockstep_folds(
+    images: np.ndarray,
+    labels: np.ndarray,
+    splits: dict[int, tuple[np.ndarray, np.ndarray]],
+    cfg: Config,
+    stores: dict[int, FoldStateStore],
+) -> Iterator[dict]:
     """Train the folds of `splits` ({fold: (train rows, val rows)}) epoch by epoch; yield after every epoch.
 
     Each yield is `{"epoch", "val_loss", "val_acc", "train_loss"}`, means over the folds, and `folds_training`,
@@ -84,9 +89,13 @@ def lockstep_folds(images: np.ndarray, labels: np.ndarray, splits: dict[int, tup
     keep from it. With states in the stores, the folds continue after their last saved epoch. Close the
     generator (or leave a `with contextlib.closing(...)`) to stop.
     """
-    steppers = {k: FoldStepper(lambda on_epoch, k=k: train_fold(images, labels, *splits[k], cfg, k, on_epoch=on_epoch,
-                                                                 state=stores[k]), name=f"fold{k}")
-                for k in splits}
+    steppers = {
+        k: FoldStepper(
+            lambda on_epoch, k=k: train_fold(images, labels, *splits[k], cfg, k, on_epoch=on_epoch, state=stores[k]),
+            name=f"fold{k}",
+        )
+        for k in splits
+    }
     try:
         while True:
             rows = {}
@@ -97,11 +106,13 @@ def lockstep_folds(images: np.ndarray, labels: np.ndarray, splits: dict[int, tup
             if not rows:
                 return
             per_fold = [rows[k] if k in rows else _best_row(s.outcome) for k, s in steppers.items()]
-            yield {"epoch": max(r["epoch"] for r in rows.values()),
-                   "val_loss": _mean(r["val_loss"] for r in per_fold),
-                   "val_acc": _mean(r["val_acc"] for r in per_fold),
-                   "train_loss": _mean(r["train_loss"] for r in rows.values()),
-                   "folds_training": sum(_goes_on(r, cfg) for r in rows.values())}
+            yield {
+                "epoch": max(r["epoch"] for r in rows.values()),
+                "val_loss": _mean(r["val_loss"] for r in per_fold),
+                "val_acc": _mean(r["val_acc"] for r in per_fold),
+                "train_loss": _mean(r["train_loss"] for r in rows.values()),
+                "folds_training": sum(_goes_on(r, cfg) for r in rows.values()),
+            }
     finally:
         for stepper in steppers.values():
             stepper.close()
