@@ -18,7 +18,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import tiny_overrides, wait_for
+from conftest import REPO, start_signalable, tiny_overrides, wait_for
 
 from raydf.runs.run_dir import read_csv
 from raydf.runs.storage import RunStorage
@@ -27,7 +27,6 @@ from raydf.training.fold_state import STATE_KEYS, FoldStateStore
 boto3 = pytest.importorskip("boto3", reason="the S3 tests need the test extra: pip install -e '.[test]'")
 pytest.importorskip("moto.server", reason="the S3 tests need moto[server]: pip install -e '.[test]'")
 
-REPO = Path(__file__).resolve().parents[1]
 BUCKET = "raydf-test"
 RUN_FILES = [
     "config.yaml",
@@ -46,20 +45,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _default_signals() -> None:
-    # A background job of a script inherits SIGINT ignored: the child gets the default dispositions back.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
 def _start(args: list[str], out) -> subprocess.Popen:
     """`python -m ARGS` in its own session (killable as a group, with Ray's processes), output to `out`."""
-    return subprocess.Popen(
+    return start_signalable(
         [sys.executable, "-m", *args],
         cwd=REPO,
         env=dict(os.environ, RAY_AUTH_MODE="disabled"),
         start_new_session=True,
-        preexec_fn=_default_signals,
         stdout=out,
         stderr=subprocess.STDOUT,
         text=True,

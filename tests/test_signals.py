@@ -24,6 +24,7 @@ from raydf.runs.storage import RunStorage
 DRIVER = textwrap.dedent("""
     import os, sys, time
     import raydf.pipelines.training as pipeline
+    import raydf.runs.run_dir as run_dir
 
     def announce(name, fn, pause):
         def step(*args, **kwargs):
@@ -33,9 +34,11 @@ DRIVER = textwrap.dedent("""
             return fn(*args, **kwargs)
         return step
 
-    for name, attr, pause in [("preflight", "preflight", True), ("share", "share_images", True),
-                              ("vote", "soft_vote_predict", False), ("report", "build_report", True)]:
-        setattr(pipeline, attr, announce(name, getattr(pipeline, attr), pause))
+    for module, name, attr, pause in [(run_dir, "preflight", "preflight", True),
+                                      (pipeline, "share", "share_images", True),
+                                      (pipeline, "vote", "soft_vote_predict", False),
+                                      (pipeline, "report", "build_report", True)]:
+        setattr(module, attr, announce(name, getattr(module, attr), pause))
 
     from raydf.cli import run_cli
     from raydf.train import main, parse_args
@@ -125,6 +128,7 @@ def test_a_signal_at_every_step_stops_cleanly_and_the_run_resumes_to_the_end(cha
 PREDICT_DRIVER = textwrap.dedent("""
     import sys
     import raydf.pipelines.training as pipeline
+    import raydf.runs.run_dir as run_dir
 
     vote = pipeline.soft_vote_predict
     def announced(*args, **kwargs):
