@@ -77,6 +77,6 @@ def run_cli(main: Callable[[argparse.Namespace], int], args: argparse.Namespace)
             print(f"raydf: the traceback is in {e.log_file} (or rerun with --debug)", file=sys.stderr)
         code = e.exit_code
     except KeyboardInterrupt as e:  # a stop signal outside any step that explains how to continue
-        print(f"raydf: interrupted ({e or 'SIGINT'}); nothing is left half-written", file=sys.stderr)
+        print(f"raydf: interrupted ({signals.name(e)}); nothing is left half-written", file=sys.stderr)
         code = signals.exit_code(e)
     sys.exit(code)

@@ -34,7 +34,7 @@ def main(args: argparse.Namespace) -> int:
         print(predict(args.run, args.images, out, args.image_root, args.address, args.tta))
     except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM (raydf.signals): the output is written whole or not at all
         raise Interrupted(
-            f"interrupted ({stop or 'SIGINT'}): nothing was written to {out}; run the same command again to predict",
+            f"interrupted ({signals.name(stop)}): nothing was written to {out}; run the same command again to predict",
             signals.exit_code(stop),
         ) from None
     return 0

@@ -47,6 +47,14 @@ def exit_code(exc: BaseException) -> int:
     return getattr(exc, "exit_code", None) or (128 + (_received or signal.SIGINT))
 
 
+def name(exc: BaseException) -> str:
+    """The stop signal's name for a message: a KeyboardInterrupt raised elsewhere (Ray re-raises a bare one
+    inside its waits) carries none, so the signal this process received tells, else Ctrl-C's SIGINT."""
+    if isinstance(exc, Stopped):
+        return signal.Signals(exc.signum).name
+    return signal.Signals(_received or signal.SIGINT).name
+
+
 def received() -> Optional[int]:
     """The stop signal this process received first, if any."""
     return _received

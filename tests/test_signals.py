@@ -107,6 +107,8 @@ def test_a_signal_at_every_step_stops_cleanly_and_the_run_resumes_to_the_end(cha
         assert code == EXIT[first], f"{phase}: exit {code}\n{err[-3000:]}"
         assert "Traceback" not in err, f"{phase}:\n{err[-3000:]}"
         assert not _leftover_temp_files(run_dir), phase
+        if not second:  # the message names the signal that stopped it
+            assert f"interrupted ({first.name})" in err, f"{phase}:\n{err[-3000:]}"
         if phase == "preflight":  # nothing was written: the same command starts over
             assert "run the same command again" in err and not run_dir.exists()
         elif not second:
@@ -163,7 +165,7 @@ def test_sigterm_stops_predict_without_writing_its_output(finished_run, tiny_dem
         proc.wait(timeout=120)
     text = err_file.read_text()
     assert proc.returncode == 143, text[-3000:]
-    assert "Traceback" not in text and "run the same command again" in text
+    assert "Traceback" not in text and "run the same command again" in text and "interrupted (SIGTERM)" in text
     assert not out.exists() and not list(tmp_path.glob("*.tmp"))
 
 

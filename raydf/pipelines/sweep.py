@@ -54,7 +54,7 @@ def run_sweep(cfg: Config) -> str:
         if cfg.run_dir and RunStorage(cfg.run_dir).exists("folds.csv"):
             raise SweepInterrupted.resumable(cfg.run_dir, signals.exit_code(stop)) from None
         raise SweepInterrupted(
-            f"interrupted ({stop or 'SIGINT'}) before the sweep directory was written: run "
+            f"interrupted ({signals.name(stop)}) before the sweep directory was written: run "
             f"the same command again to start over",
             signals.exit_code(stop),
         ) from None

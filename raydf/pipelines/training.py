@@ -58,7 +58,7 @@ class RunInterrupted(Interrupted):
 
     @classmethod
     def during(cls, stop: BaseException, run_dir: str, started: bool) -> RunInterrupted:
-        how = f"interrupted ({stop or 'SIGINT'})"
+        how = f"interrupted ({signals.name(stop)})"
         if not started:  # the pre-flight: no run directory yet (the decoded cache is written atomically)
             return cls(
                 f"{how} in the pre-flight, before the run directory {run_dir or ''} was written: nothing "
