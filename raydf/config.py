@@ -40,6 +40,23 @@ class DataConfig:
 
 
 @dataclass
+class FacesConfig:
+    """`python -m raydf.faces SRC FACES_DIR`: faces out of videos and uncropped photos (MTCNN)."""
+
+    frames_per_video: int = 32  # frames spread evenly over each video (DeepfakeBench: 32)
+    frame_step: int = 0  # > 0: every frame_step-th frame instead, at most frames_per_video of them
+    detect_size: int = 640  # frames are scaled down to this longest side for detection; 0 = full size
+    margin: float = 0.3  # crop side = (1 + margin) x the face box's longer side
+    size: Optional[int] = None  # crops are size x size px; None = data.resize
+    keep: str = "largest"  # largest (one face per frame or photo) | all
+    min_face: int = 40  # faces shorter than this (source px) are dropped
+    min_score: float = 0.95  # MTCNN's face probability a kept face needs
+    batch_size: int = 32  # frames per MTCNN call
+    actors: int = 0  # extraction actors; 0 = one per GPU, or one per CPU without GPUs
+    gpus_per_actor: Optional[float] = None  # None = 1 when the cluster has GPUs, else 0
+
+
+@dataclass
 class DemoConfig:
     n_train: int = 1200
     n_test: int = 400
@@ -156,6 +173,7 @@ class Config:
     resume: Optional[str] = None  # a run directory to continue (python -m raydf.train resume=RUN_DIR)
     data: DataConfig = field(default_factory=DataConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
+    faces: FacesConfig = field(default_factory=FacesConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -361,11 +379,28 @@ def _validate_values(cfg: Config) -> None:
     _require(cfg.predict.actor_restarts >= -1, "predict.actor_restarts", "must be >= 0, or -1 for unlimited")
     _require(cfg.ray.max_retries >= -1, "ray.max_retries", "must be >= 0, or -1 for unlimited")
     _require(cfg.ray.scale_up_timeout_s >= 0, "ray.scale_up_timeout_s", "must be >= 0 (seconds; 0 = do not wait)")
+    _validate_faces(cfg)
     _require(
         cfg.demo.n_train >= 4 * cfg.train.folds or cfg.data.train is not None,
         "demo.n_train",
         f"must be at least 4 x train.folds = {4 * cfg.train.folds}",
     )
+
+
+def _validate_faces(cfg: Config) -> None:
+    f = cfg.faces
+    _require(f.frames_per_video >= 1, "faces.frames_per_video", f"must be at least 1 (got {f.frames_per_video})")
+    _require(f.frame_step >= 0, "faces.frame_step", f"must be >= 0 (0 = spread evenly; got {f.frame_step})")
+    _require(f.detect_size >= 0, "faces.detect_size", f"must be >= 0 (0 = full size; got {f.detect_size})")
+    _require(f.margin >= 0, "faces.margin", f"must be >= 0 (got {f.margin})")
+    _require(f.size is None or f.size >= 16, "faces.size", "must be at least 16 px, or null for data.resize")
+    _require(f.keep in ("largest", "all"), "faces.keep", f"must be largest or all (got '{f.keep}')")
+    _require(f.min_face >= 1, "faces.min_face", f"must be at least 1 px (got {f.min_face})")
+    _require(0 <= f.min_score <= 1, "faces.min_score", f"must be in [0, 1] (got {f.min_score})")
+    _require(f.batch_size >= 1, "faces.batch_size", "must be at least 1")
+    _require(f.actors >= 0, "faces.actors", "must be >= 0 (0 = automatic)")
+    g = f.gpus_per_actor
+    _require(g is None or 0 <= g <= 1, "faces.gpus_per_actor", f"must be in [0, 1] or null for auto (got {g})")
 
 
 _DATA_PATHS = {

@@ -41,7 +41,10 @@ _FORMATS = "a CSV with columns path,label (or path,real,fake), or a folder with 
 
 
 def read_train(
-    spec: str | os.PathLike, image_root: str | os.PathLike | None = None, group_by: str | None = None
+    spec: str | os.PathLike,
+    image_root: str | os.PathLike | None = None,
+    group_by: str | None = None,
+    extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
 ) -> pd.DataFrame:
     """Read a labelled training set.
 
@@ -50,6 +53,7 @@ def read_train(
         image_root: folder that relative CSV paths resolve against (default: the CSV's folder).
         group_by: the CSV column naming each image's source (`train.group_by`); default: a `group` column
             if there is one.
+        extensions: the files a folder scan lists (the face extraction adds videos).
 
     Returns:
         Columns `path` (absolute str), `label` (int64, 1 = fake, 0 = real) and, when the CSV has one,
@@ -72,7 +76,7 @@ def read_train(
                 f"training folder {src} has no real/ and fake/ subfolders; put real images under "
                 f"{src / 'real'} and fake ones under {src / 'fake'}, or pass {_FORMATS}"
             )
-        df = _scan_classes(src, classes)
+        df = _scan_classes(src, classes, extensions)
     else:
         table = _read_csv(src)
         df = _paths(table, src, image_root)
@@ -83,11 +87,15 @@ def read_train(
         group = _group_column(table, src, group_by)
         if group is not None:
             df["group"] = _group(table, group, src)
-    check_two_classes(df, f"training set {src}")
+    check_two_classes(df, f"training set {src}", extensions)
     return df.reset_index(drop=True)
 
 
-def read_test(spec: str | os.PathLike, image_root: str | os.PathLike | None = None) -> pd.DataFrame:
+def read_test(
+    spec: str | os.PathLike,
+    image_root: str | os.PathLike | None = None,
+    extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
+) -> pd.DataFrame:
     """Read a test set, keeping its row order (a Kaggle template's order is the submission's order).
 
     Args:
@@ -107,13 +115,13 @@ def read_test(spec: str | os.PathLike, image_root: str | os.PathLike | None = No
     if src.is_dir():
         classes = _class_dirs(src)
         if classes is not None:
-            df = _scan_classes(src, classes)
+            df = _scan_classes(src, classes, extensions)
         else:
-            files = _images_under(src)
+            files = _images_under(src, extensions)
             df = pd.DataFrame({"path": [str(f) for f in files]})
         if df.empty:
             raise DataError(
-                f"test folder {src} contains no images ({', '.join(IMAGE_EXTENSIONS)}); "
+                f"test folder {src} contains no images ({', '.join(extensions)}); "
                 "add images or point data.test elsewhere"
             )
         df.insert(1, "image", [Path(p).relative_to(src).as_posix() for p in df["path"]])
@@ -309,7 +317,7 @@ def _class_dirs(src: Path) -> dict[int, Path] | None:
     return {label: dirs[0] for label, dirs in found.items()}
 
 
-def _images_under(folder: Path) -> list[Path]:
+def _images_under(folder: Path, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> list[Path]:
     """Image files under `folder`, recursively, sorted by relative path.
 
     Hidden files and folders are skipped: macOS `._x.jpg` resource forks carry an image extension
@@ -319,16 +327,16 @@ def _images_under(folder: Path) -> list[Path]:
     files = [
         f
         for f in folder.rglob("*")
-        if f.suffix.lower() in IMAGE_EXTENSIONS
+        if f.suffix.lower() in extensions
         and f.is_file()
         and not any(part.startswith(".") for part in f.relative_to(folder).parts)
     ]
     return sorted(files, key=lambda f: f.relative_to(folder).as_posix())
 
 
-def _scan_classes(src: Path, classes: dict[int, Path]) -> pd.DataFrame:
+def _scan_classes(src: Path, classes: dict[int, Path], extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> pd.DataFrame:
     """All images of both class folders, sorted by path relative to `src`."""
-    rows = [(str(f), label) for label, folder in classes.items() for f in _images_under(folder)]
+    rows = [(str(f), label) for label, folder in classes.items() for f in _images_under(folder, extensions)]
     rows.sort(key=lambda r: Path(r[0]).relative_to(src).as_posix())
     df = pd.DataFrame(rows, columns=["path", "label"])
     df["path"] = df["path"].astype(str)
@@ -336,11 +344,11 @@ def _scan_classes(src: Path, classes: dict[int, Path]) -> pd.DataFrame:
     return df
 
 
-def check_two_classes(df: pd.DataFrame, what: str) -> None:
+def check_two_classes(df: pd.DataFrame, what: str, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> None:
     """A classifier needs both classes; say which one is present and how often (`what` names the set)."""
     n_fake, n_real = int((df["label"] == 1).sum()), int((df["label"] == 0).sum())
     if n_fake == 0 and n_real == 0:
-        exts = ", ".join(IMAGE_EXTENSIONS)
+        exts = ", ".join(extensions)
         raise DataError(f"{what} contains no images ({exts}); add real and fake images")
     if n_fake == 0 or n_real == 0:
         present, count, missing = ("fake", n_fake, "real") if n_real == 0 else ("real", n_real, "fake")

@@ -1,0 +1,173 @@
+"""Faces out of photos and video frames: MTCNN detection at a reduced size, square crops with a margin.
+
+Plain PyTorch/OpenCV (no Ray): `FaceExtractor.extract(source)` turns one photo or video into crops and their
+manifest rows, or a reason why it gave none. `raydf.distributed.faces` runs it over a cluster.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from raydf.data.images import BadImage, read_image
+from raydf.data.video import BadVideo, is_video, read_frames
+
+# Crop coordinates of the five MTCNN landmarks: left eye, right eye, nose, left and right mouth corner.
+LANDMARK_COLUMNS = [f"lm{i}_{axis}" for i in range(5) for axis in ("x", "y")]
+BOX_COLUMNS = ["box_x1", "box_y1", "box_x2", "box_y2"]  # the detected face in the source's pixels
+MANIFEST_COLUMNS = ["path", "label", "group", "source", "frame", "face", *BOX_COLUMNS, "score", *LANDMARK_COLUMNS]
+NO_FACE_COLUMNS = ["source", "label", "group", "reason"]
+
+
+@dataclass(frozen=True)
+class FaceSettings:
+    """What decides the crops; stored with them (`settings.json`), so crops of two settings never mix."""
+
+    frames_per_video: int = 32  # frames spread evenly over each video (DeepfakeBench: 32)
+    frame_step: int = 0  # > 0: every frame_step-th frame instead (at most frames_per_video of them)
+    detect_size: int = 640  # frames and photos are scaled down to this longest side for detection (0: never)
+    margin: float = 0.3  # crop side = (1 + margin) x the face box's longer side
+    size: int = 256  # crops are size x size px
+    keep: str = "largest"  # largest (one face per frame or photo) | all
+    min_face: int = 40  # faces whose box is shorter than this (source px) are dropped
+    min_score: float = 0.95  # MTCNN's face probability a kept face needs
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Face:
+    frame: int
+    face: int
+    box: np.ndarray  # (4,) x1 y1 x2 y2, source pixels
+    score: float
+    crop: np.ndarray  # (size, size, 3) uint8 RGB
+    landmarks: np.ndarray  # (5, 2) crop pixels
+
+
+@dataclass
+class SourceFaces:
+    """One source's faces, or the reason it has none; and what reading it cost."""
+
+    faces: list[Face]
+    reason: Optional[str] = None
+    note: Optional[str] = None  # something the user should know about a source that did give faces
+    frames_used: int = 0
+    frames_grabbed: int = 0
+    seconds: float = 0.0
+
+
+def crop_square(
+    image: np.ndarray, box: np.ndarray, landmarks: np.ndarray, margin: float, size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The square around `box` grown by `margin`, resized to `size` px; outside the image is black.
+
+    Returns the (size, size, 3) crop and `landmarks` (5, 2) moved into its pixels.
+    """
+    x1, y1, x2, y2 = (float(v) for v in box)
+    side = max(x2 - x1, y2 - y1) * (1 + margin)
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    left, top = int(round(cx - side / 2)), int(round(cy - side / 2))
+    side_px = max(int(round(side)), 1)
+    h, w = image.shape[:2]
+    # Pad only as far as the square leaves the image, then cut it out.
+    pad = max(0, -left, -top, left + side_px - w, top + side_px - h)
+    if pad:
+        image = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+    square = image[top + pad : top + pad + side_px, left + pad : left + pad + side_px]
+    interp = cv2.INTER_AREA if side_px > size else cv2.INTER_CUBIC
+    crop = cv2.resize(square, (size, size), interpolation=interp)
+    scale = size / side_px
+    return crop, (np.asarray(landmarks, dtype=np.float64) - [left, top]) * scale
+
+
+class FaceExtractor:
+    """MTCNN (facenet-pytorch; its weights ship in the package) and the crop settings, loaded once per worker."""
+
+    def __init__(self, settings: FaceSettings, device: Optional[str] = None, batch_size: int = 32):
+        from facenet_pytorch import MTCNN  # imports torchvision: only where faces are detected
+
+        self.settings = settings
+        self.batch_size = batch_size
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        # MTCNN's image pyramid starts at min_face_size: a larger one (the smallest face kept, at detection
+        # scale) skips the finest, costliest levels. The scale is not known until a frame is seen; 20 px
+        # (MTCNN's default) is the floor that still finds a min_face face in a frame scaled down 2-4x.
+        self.mtcnn = MTCNN(keep_all=True, device=self.device, post_process=False, min_face_size=20)
+
+    def extract(self, path: str) -> SourceFaces:
+        """The faces of one photo or video (kept by `keep`, `min_face`, `min_score`), or why there are none."""
+        start = time.perf_counter()
+        s = self.settings
+        try:
+            note = None
+            if is_video(path):
+                frames, stats = read_frames(path, s.frames_per_video, s.frame_step)
+                grabbed = stats.grabbed
+                if stats.truncated_at is not None:
+                    note = (
+                        f"truncated: {stats.truncated_at} of the {stats.n_frames} frames its header lists are readable"
+                    )
+            else:
+                frames, grabbed = [(0, read_image(path)[0])], 1
+        except (BadVideo, BadImage) as e:
+            return SourceFaces([], e.reason, seconds=time.perf_counter() - start)
+        faces, found, largest_small = [], 0, 0.0
+        for chunk in _chunks(frames, self.batch_size):
+            detections = self.detect([f for _, f in chunk])
+            for (index, frame), (boxes, scores, landmarks) in zip(chunk, detections):
+                kept = []
+                for box, score, lms in zip(boxes, scores, landmarks):
+                    if score < s.min_score:
+                        continue
+                    found += 1
+                    short = min(box[2] - box[0], box[3] - box[1])
+                    if short < s.min_face:
+                        largest_small = max(largest_small, short)
+                        continue
+                    kept.append((box, score, lms))
+                if s.keep == "largest" and kept:
+                    kept = [max(kept, key=lambda k: (k[0][2] - k[0][0]) * (k[0][3] - k[0][1]))]
+                for i, (box, score, lms) in enumerate(kept):
+                    crop, crop_lms = crop_square(frame, box, lms, s.margin, s.size)
+                    faces.append(Face(index, i, box, float(score), crop, crop_lms))
+        reason = None
+        if not faces:
+            frames_word = f"{len(frames)} frame{'s' if len(frames) != 1 else ''}"
+            if found:
+                reason = f"faces smaller than faces.min_face={s.min_face} px (largest {largest_small:.0f} px)"
+            else:
+                reason = f"no face found in {frames_word} (faces.min_score={s.min_score})"
+        return SourceFaces(faces, reason, note, len(frames), grabbed, time.perf_counter() - start)
+
+    def detect(self, frames: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """MTCNN on frames of one size, batched, at `detect_size`; boxes (n, 4), scores (n,) and landmarks
+        (n, 5, 2) per frame, in the frames' own pixels."""
+        h, w = frames[0].shape[:2]
+        limit = self.settings.detect_size
+        scale = min(1.0, limit / max(h, w)) if limit > 0 else 1.0
+        if scale < 1.0:
+            size = (max(1, round(w * scale)), max(1, round(h * scale)))
+            frames = [cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in frames]
+        with torch.inference_mode():
+            boxes, scores, landmarks = self.mtcnn.detect(np.stack(frames), landmarks=True)
+        out = []
+        for b, p, lm in zip(boxes, scores, landmarks):
+            if b is None:  # no face in this frame
+                out.append((np.zeros((0, 4)), np.zeros(0), np.zeros((0, 5, 2))))
+                continue
+            b = np.asarray(b, dtype=np.float64).reshape(-1, 4) / scale
+            lm = np.asarray(lm, dtype=np.float64).reshape(-1, 5, 2) / scale
+            out.append((b, np.asarray(p, dtype=np.float64).reshape(-1), lm))
+        return out
+
+
+def _chunks(items: list, n: int) -> list[list]:
+    return [items[i : i + n] for i in range(0, len(items), max(n, 1))]

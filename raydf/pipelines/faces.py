@@ -1,0 +1,155 @@
+"""Face extraction of a whole source set: list the photos and videos, extract what is not done yet on the
+cluster, write the manifests (`faces.csv`, `no_faces.csv`) and `extraction.json`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import ray
+
+from raydf import signals
+from raydf.config import Config
+from raydf.data.catalog import IMAGE_EXTENSIONS, read_test, read_train
+from raydf.data.face_store import MANIFEST, NO_FACES, FaceStore, atomic_write, source_key
+from raydf.data.faces import FaceSettings
+from raydf.data.video import VIDEO_EXTENSIONS, is_video
+from raydf.distributed.faces import extract_on_cluster
+from raydf.distributed.session import ray_session
+from raydf.errors import DataError, Interrupted
+from raydf.runs.console import CountProgress
+
+log = logging.getLogger(__name__)
+
+MEDIA_EXTENSIONS = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
+
+
+@dataclass
+class Extraction:
+    faces_dir: Path
+    manifest: Path
+    faces: pd.DataFrame
+    no_faces: pd.DataFrame
+    stats: dict
+
+
+def face_settings(cfg: Config) -> FaceSettings:
+    f = cfg.faces
+    return FaceSettings(
+        frames_per_video=f.frames_per_video,
+        frame_step=f.frame_step,
+        detect_size=f.detect_size,
+        margin=f.margin,
+        size=f.size or cfg.data.resize,
+        keep=f.keep,
+        min_face=f.min_face,
+        min_score=f.min_score,
+    )
+
+
+def list_sources(src: str) -> pd.DataFrame:
+    """The photos and videos of SRC: columns source (absolute path), label (1 fake, 0 real, -1 unknown), group.
+
+    SRC is a folder with real/ and fake/, a CSV `path,label[,group]`, or (unlabelled: a test set) a folder of
+    media or a CSV of paths. A source's group is the CSV's `group` cell, else its own path (so all the frames of
+    one video share a group and land in one fold).
+    """
+    path = Path(src).expanduser().resolve()
+    try:
+        table = read_train(path, extensions=MEDIA_EXTENSIONS)
+        names = [_name(p, path) for p in table["path"]]
+    except DataError as labelled_error:
+        try:
+            table = read_test(path, extensions=MEDIA_EXTENSIONS)
+        except DataError:
+            raise labelled_error from None
+        if "label" not in table:
+            table["label"] = -1
+        names = table["image"].tolist()
+    group = table["group"].astype(str).tolist() if "group" in table else names
+    return pd.DataFrame({"source": table["path"].astype(str), "label": table["label"].astype(int), "group": group})
+
+
+def _name(source: str, root: Path) -> str:
+    """A source's name as the user sees it: relative to a SRC folder, else relative to the CSV's folder."""
+    base = root if root.is_dir() else root.parent
+    try:
+        return Path(source).relative_to(base).as_posix()
+    except ValueError:
+        return source
+
+
+def extract_faces(cfg: Config, src: str, faces_dir: str) -> Extraction:
+    """Extract the faces of every source of SRC into FACES_DIR; sources done by an earlier run are kept."""
+    settings = face_settings(cfg)
+    sources = list_sources(src)
+    store = FaceStore(faces_dir)
+    store.claim(settings)
+    sources.insert(0, "key", [source_key(s) for s in sources["source"]])
+    todo = sources[[not store.done(k) for k in sources["key"]]].reset_index(drop=True)
+    n_videos = int(sum(is_video(s) for s in sources["source"]))
+    log.info(
+        "faces of %d source(s) (%d video(s), %d photo(s)) into %s%s",
+        len(sources),
+        n_videos,
+        len(sources) - n_videos,
+        store.root,
+        f"; {len(sources) - len(todo)} already done by an earlier run" if len(todo) < len(sources) else "",
+    )
+    start = time.time()
+    try:
+        with ray_session(cfg.ray.address):
+            gpus = cfg.faces.gpus_per_actor
+            if gpus is None:
+                gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+            with CountProgress(len(todo), "face extraction", unit="sources") as progress:
+                done = extract_on_cluster(
+                    todo,
+                    store,
+                    settings,
+                    batch_size=cfg.faces.batch_size,
+                    actors=cfg.faces.actors,
+                    gpus_per_actor=gpus,
+                    on_source=lambda row: progress.update(1),
+                )
+    except KeyboardInterrupt as stop:
+        finished = sum(store.done(k) for k in sources["key"])
+        raise Interrupted(
+            f"interrupted ({signals.name(stop)}): {finished} of {len(sources)} sources are done and kept in "
+            f"{store.root}. Run the same command again to continue with the rest",
+            signals.exit_code(stop),
+        ) from None
+    wall = time.time() - start
+    faces, no_faces = store.write_manifests(sources["key"].tolist())
+    parts = [store.read_part(k) for k in sources["key"]]
+    stats = {
+        "sources": len(sources),
+        "videos": n_videos,
+        "extracted_now": len(todo),
+        "done_before": len(sources) - len(todo),
+        "faces": len(faces),
+        "sources_without_faces": len(no_faces),
+        "frames_used": int(sum(p["frames_used"] for p in parts)),
+        "frames_grabbed": int(sum(p["frames_grabbed"] for p in parts)),
+        "seconds": round(wall, 2),
+        "faces_per_second_now": round(int(done["n_faces"].sum()) / max(wall, 1e-9), 2) if len(done) else 0.0,
+        "notes": {p["source"]: p["note"] for p in parts if p.get("note")},
+        "sources_per_node": {str(k): int(v) for k, v in done["node"].value_counts().items()} if len(done) else {},
+        "settings": settings.to_dict(),
+    }
+    for source, note in list(stats["notes"].items())[:5]:
+        log.warning("%s: %s (its readable frames were used)", source, note)
+    atomic_write(store.root / "extraction.json", (json.dumps(stats, indent=2) + "\n").encode())
+    log.info(
+        "%d face crop(s) from %d source(s) in %.1fs; %d source(s) without a face are listed in %s",
+        len(faces),
+        len(sources),
+        wall,
+        len(no_faces),
+        store.root / NO_FACES,
+    )
+    return Extraction(store.root, store.root / MANIFEST, faces, no_faces, stats)

@@ -1,0 +1,230 @@
+"""Face extraction (`python -m raydf.faces`) on videos and uncropped photos built from the shared real faces.
+
+The sources are made here: faces pasted at known places on varied backgrounds (raydf.data.demo_media), one
+video with two faces, one with none, and broken files. Extraction runs as the real command (Ray Data, MTCNN).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import REPO, require_shared, wait_for
+from ray_processes import kill_ours
+
+from raydf.data.catalog import read_train
+from raydf.data.demo_media import load_faces, write_photo, write_video
+from raydf.data.faces import LANDMARK_COLUMNS, MANIFEST_COLUMNS, FaceExtractor, FaceSettings
+from raydf.data.folds import assign_folds
+
+FRAMES = 6  # frames per video the tests extract (of 16)
+SIZE = 96  # crop size the tests ask for
+DETECT = 240  # detection size: below every frame's and photo's own, so boxes are scaled back (x1.33, x2)
+BROKEN = {  # source -> the words its no_faces.csv reason must contain
+    "fake/corrupt.mp4": "cannot be opened as a video",
+    "real/zero_bytes.mp4": "empty file",
+    "real/no_frames.mp4": "cannot be opened as a video",
+    "fake/no_face.mp4": "no face found in 6 frames",
+    "real/not_a_photo.jpg": "text, not an image",
+}
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    """SRC with real/ and fake/: 4 one-face videos, a two-face video, 4 photos, a truncated AVI, broken files;
+    and where every face was pasted (truth[source] = list of {frame, face, box})."""
+    shared = require_shared()
+    root = tmp_path_factory.mktemp("media")
+    (root / "real").mkdir()
+    (root / "fake").mkdir()
+    real = load_faces(sorted((shared / "real").glob("*.jpg"))[:8])
+    fake = load_faces(sorted((shared / "fake").glob("*.jpg"))[:8])
+    truth = {}
+    for i in range(2):
+        for label, faces in (("real", real), ("fake", fake)):
+            name = f"{label}/video{i}.mp4"
+            truth[name] = [p.__dict__ for p in write_video(root / name, [faces[i]], 16, seed=len(truth))]
+            name = f"{label}/photo{i}.jpg"
+            truth[name] = [write_photo(root / name, faces[2 + i], seed=len(truth)).__dict__]
+    truth["real/two_faces.mp4"] = [p.__dict__ for p in write_video(root / "real/two_faces.mp4", real[4:6], 16, seed=9)]
+    # An AVI cut in half: FFmpeg reads the frames before the cut (an MP4 cut short loses its index: corrupt).
+    pasted = write_video(root / "whole.avi", [fake[6]], 16, seed=11)
+    data = (root / "whole.avi").read_bytes()
+    (root / "fake/truncated.avi").write_bytes(data[: len(data) // 2])
+    (root / "whole.avi").unlink()
+    truth["fake/truncated.avi"] = [p.__dict__ for p in pasted]
+    write_video(root / "fake/no_face.mp4", [], 16, seed=12)
+    (root / "fake/corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(3000))
+    (root / "real/zero_bytes.mp4").write_bytes(b"")
+    writer = cv2.VideoWriter(str(root / "real/no_frames.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 10, (320, 240))
+    writer.release()  # a container header and no frame
+    (root / "real/not_a_photo.jpg").write_text("this is text, not a JPEG\n")
+    (root / "truth.json").write_text(json.dumps(truth))
+    return root, truth
+
+
+def _extract(src: Path, out: Path, *overrides: str, **popen) -> subprocess.Popen:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "raydf.faces",
+            str(src),
+            str(out),
+            f"faces.frames_per_video={FRAMES}",
+            f"faces.size={SIZE}",
+            f"faces.detect_size={DETECT}",
+            *overrides,
+        ],
+        cwd=REPO,
+        env=dict(os.environ, RAY_AUTH_MODE="disabled"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        **popen,
+    )
+
+
+@pytest.fixture(scope="module")
+def extracted(media, tmp_path_factory):
+    src, _ = media
+    out = tmp_path_factory.mktemp("faces") / "out"
+    proc = _extract(src, out)
+    text, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, text[-3000:]
+    return out, text
+
+
+def _center_inside(row, boxes) -> bool:
+    cx, cy = (row.box_x1 + row.box_x2) / 2, (row.box_y1 + row.box_y2) / 2
+    return any(x1 <= cx <= x2 and y1 <= cy <= y2 for x1, y1, x2, y2 in boxes)
+
+
+def test_crops_land_on_the_pasted_faces_and_every_source_is_accounted_for(media, extracted):
+    src, truth = media
+    out, text = extracted
+    faces = pd.read_csv(out / "faces.csv")
+    stats = json.loads((out / "extraction.json").read_text())
+    assert list(faces.columns) == MANIFEST_COLUMNS
+    # Every crop: a SIZE x SIZE image whose detected box is on a face pasted in that frame, and whose
+    # landmarks lie inside the crop.
+    for row in faces.itertuples():
+        pasted = [p["box"] for p in truth[row.group] if p["frame"] == row.frame]
+        assert _center_inside(row, pasted), (row.group, row.frame, row.box_x1, row.box_y1, pasted)
+        crop = cv2.imread(str(out / row.path))
+        assert crop.shape == (SIZE, SIZE, 3)
+        lms = np.array([getattr(row, c) for c in LANDMARK_COLUMNS])
+        assert ((lms > 0) & (lms < SIZE)).all()
+    per_source = faces.groupby("group").size().to_dict()
+    for name in ("real/video0.mp4", "real/video1.mp4", "fake/video0.mp4", "fake/video1.mp4", "real/two_faces.mp4"):
+        assert per_source[name] == FRAMES, name  # keep=largest: one face in each of the 6 frames
+        frames = faces.loc[faces["group"] == name, "frame"]
+        assert frames.is_unique and frames.min() > 0 and frames.max() < 15  # spread over the 16
+    for name in ("real/photo0.jpg", "real/photo1.jpg", "fake/photo0.jpg", "fake/photo1.jpg"):
+        assert per_source[name] == 1
+    assert 1 <= per_source["fake/truncated.avi"] <= FRAMES  # the frames before the cut
+    assert "truncated" in stats["notes"][str(src / "fake/truncated.avi")]
+    labels = faces.groupby("group")["label"].first()
+    assert all(labels[g] == (1 if g.startswith("fake/") else 0) for g in labels.index)
+    # Every broken or faceless source is listed once, with its reason; none is dropped silently.
+    no_faces = pd.read_csv(out / "no_faces.csv")
+    reasons = dict(zip(no_faces["group"], no_faces["reason"]))
+    assert set(reasons) == set(BROKEN), reasons
+    for name, words in BROKEN.items():
+        assert words in reasons[name], (name, reasons[name])
+    assert set(per_source) | set(reasons) == set(truth) | set(BROKEN)
+    assert stats["faces"] == len(faces) and stats["sources"] == len(truth) + len(BROKEN)
+    assert stats["settings"]["size"] == SIZE and stats["settings"]["frames_per_video"] == FRAMES
+    assert f"data.train={out / 'faces.csv'}" in text
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_the_manifest_trains_with_every_video_in_one_fold(extracted):
+    """data.train=FACES_DIR/faces.csv: the catalog reads it (paths relative to it) with its group column, and
+    the folds keep every frame of one video together."""
+    out, _ = extracted
+    table = read_train(out / "faces.csv")
+    assert "group" in table and table["path"].map(os.path.isfile).all()
+    folds = assign_folds(table, 2, seed=0)
+    assert (table.assign(fold=folds).groupby("group")["fold"].nunique() == 1).all()
+
+
+def test_keep_all_gives_both_faces_of_a_frame_and_min_face_drops_small_ones(media):
+    src, truth = media
+    path = str(src / "real/two_faces.mp4")
+    both = FaceExtractor(FaceSettings(frames_per_video=3, keep="all", size=SIZE, detect_size=160)).extract(path)
+    assert both.reason is None and len(both.faces) == 6  # 2 faces x 3 frames
+    for face in both.faces:
+        pasted = [p["box"] for p in truth["real/two_faces.mp4"] if p["frame"] == face.frame]
+        row = pd.Series(dict(zip(["box_x1", "box_y1", "box_x2", "box_y2"], face.box)))
+        assert _center_inside(row, pasted)
+    assert {f.face for f in both.faces} == {0, 1}
+    # The pasted faces are 96 px, their detected boxes smaller: a 120 px minimum keeps none, and says so.
+    none = FaceExtractor(FaceSettings(frames_per_video=3, min_face=120, size=SIZE, detect_size=160)).extract(path)
+    assert none.faces == [] and "smaller than faces.min_face=120" in none.reason
+
+
+def test_other_settings_are_refused_and_leave_the_folder_as_it_was(media, extracted):
+    src, _ = media
+    out, _ = extracted
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    proc = _extract(src, out, "faces.margin=0.5")
+    text, _ = proc.communicate(timeout=300)
+    assert proc.returncode != 0
+    assert "faces.margin=0.5 (the folder's: 0.3)" in text and "Traceback" not in text
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+
+
+def test_a_killed_extraction_resumes_to_the_same_manifest(media, extracted, tmp_path):
+    """SIGKILL mid-way (no clean-up at all), then the same command: the sources done before are kept, the rest
+    extracted, and the manifest equals an uninterrupted extraction's; no crop of the killed attempt is left."""
+    src, _ = media
+    reference, _ = extracted
+    out = tmp_path / "out"
+    proc = _extract(src, out, "faces.actors=1")
+    try:
+        assert wait_for(lambda: len(list((out / "parts").glob("*.json"))) >= 3, timeout=300), proc.stdout.read()
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        kill_ours(session_id=proc.pid)
+    done_before = len(list((out / "parts").glob("*.json")))
+    assert not (out / "faces.csv").exists()
+    again = _extract(src, out)
+    text, _ = again.communicate(timeout=600)
+    assert again.returncode == 0, text[-3000:]
+    stats = json.loads((out / "extraction.json").read_text())
+    assert stats["done_before"] >= done_before >= 3
+    key = ["group", "frame", "face"]
+    resumed = pd.read_csv(out / "faces.csv").sort_values(key).reset_index(drop=True)
+    clean = pd.read_csv(reference / "faces.csv").sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(resumed, clean)
+    on_disk = {p.relative_to(out).as_posix() for p in (out / "crops").rglob("*.png")}
+    assert on_disk == set(resumed["path"])
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_sigterm_stops_an_extraction_with_the_command_to_continue(media, tmp_path):
+    src, _ = media
+    out = tmp_path / "out"
+    proc = _extract(src, out, "faces.actors=1", preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
+    try:
+        assert wait_for(lambda: len(list((out / "parts").glob("*.json"))) >= 1, timeout=300)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        text, _ = proc.communicate(timeout=120)
+    finally:
+        kill_ours(session_id=proc.pid)
+    assert proc.returncode == 143, text[-3000:]
+    assert "interrupted (SIGTERM)" in text and "Run the same command again" in text and "Traceback" not in text
+    assert not list(out.rglob("*.tmp"))
