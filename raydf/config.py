@@ -37,6 +37,9 @@ class DataConfig:
     cache: str = "auto"  # auto | memory (object store) | disk (memory-mapped file per node) | off (decode each run)
     cache_dir: Optional[str] = None  # where decoded arrays are kept; None = $RAYDF_CACHE/decoded or ~/.cache/raydf
     on_bad: str = "skip"  # unreadable image: skip (leave it out, list it in bad_inputs.csv) | error (stop)
+    # Extract faces (faces.*) from data.train/data.test first and train on the crops: auto (when the set holds
+    # videos) | on (also uncropped photos) | off. Crops are kept under data.cache_dir, keyed by set and settings.
+    faces: str = "auto"
 
 
 @dataclass
@@ -115,6 +118,8 @@ class PredictConfig:
     actors: int = 0  # inference actors; 0 = one per GPU, or one per node (with all its CPUs) without GPUs
     tta: bool = False  # also predict the horizontally flipped image and average the two probabilities
     actor_restarts: int = 0  # times a dead inference actor is restarted (-1: forever; > 0 makes Ray log an error)
+    # Faces of one video/photo -> its P(fake): mean | median | confident (the DFDC winner's rule)
+    aggregate: str = "mean"
 
 
 @dataclass
@@ -258,8 +263,10 @@ def load_config(config: str | os.PathLike | None = None, overrides: list[str] = 
             raise ConfigError(f"cannot parse overrides {list(overrides)}: {e}") from None
         cfg = _merge(cfg, dot, "the command line")
     result: Config = OmegaConf.to_object(cfg)
-    if result.data.cache == "False":  # YAML reads `off` as a boolean, which the string field holds as "False"
+    # YAML reads `off`/`on` as booleans, which the string fields hold as "False"/"True"
+    if result.data.cache == "False":
         result.data.cache = "off"
+    result.data.faces = {"False": "off", "True": "on"}.get(result.data.faces, result.data.faces)
     result.tune.space = normalize_space(result.tune.space)
     validate(result)
     return result
@@ -330,6 +337,7 @@ def _validate_values(cfg: Config) -> None:
         "train.split",
         f"must be one of kfold, stratified, group (got '{cfg.train.split}')",
     )
+    _require(cfg.data.faces in ("auto", "on", "off"), "data.faces", f"must be auto, on or off (got '{cfg.data.faces}')")
     _require(cfg.data.on_bad in ("skip", "error"), "data.on_bad", f"must be skip or error (got '{cfg.data.on_bad}')")
     _require(cfg.data.decode_threads >= 0, "data.decode_threads", "must be >= 0 (0 = one per core)")
     _require(
@@ -376,6 +384,11 @@ def _validate_values(cfg: Config) -> None:
     )
     _require(cfg.predict.batch_size >= 1, "predict.batch_size", "must be at least 1")
     _require(cfg.predict.actors >= 0, "predict.actors", "must be >= 0 (0 = automatic)")
+    _require(
+        cfg.predict.aggregate in ("mean", "median", "confident"),
+        "predict.aggregate",
+        f"must be mean, median or confident (got '{cfg.predict.aggregate}')",
+    )
     _require(cfg.predict.actor_restarts >= -1, "predict.actor_restarts", "must be >= 0, or -1 for unlimited")
     _require(cfg.ray.max_retries >= -1, "ray.max_retries", "must be >= 0, or -1 for unlimited")
     _require(cfg.ray.scale_up_timeout_s >= 0, "ray.scale_up_timeout_s", "must be >= 0 (seconds; 0 = do not wait)")

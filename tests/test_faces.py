@@ -133,7 +133,7 @@ def test_crops_land_on_the_pasted_faces_and_every_source_is_accounted_for(media,
     for name in ("real/photo0.jpg", "real/photo1.jpg", "fake/photo0.jpg", "fake/photo1.jpg"):
         assert per_source[name] == 1
     assert 1 <= per_source["fake/truncated.avi"] <= FRAMES  # the frames before the cut
-    assert "truncated" in stats["notes"][str(src / "fake/truncated.avi")]
+    assert "truncated" in stats["notes"]["fake/truncated.avi"]
     labels = faces.groupby("group")["label"].first()
     assert all(labels[g] == (1 if g.startswith("fake/") else 0) for g in labels.index)
     # Every broken or faceless source is listed once, with its reason; none is dropped silently.
@@ -228,3 +228,95 @@ def test_sigterm_stops_an_extraction_with_the_command_to_continue(media, tmp_pat
     assert proc.returncode == 143, text[-3000:]
     assert "interrupted (SIGTERM)" in text and "Run the same command again" in text and "Traceback" not in text
     assert not list(out.rglob("*.tmp"))
+
+
+@pytest.fixture(scope="module")
+def video_sets(tmp_path_factory):
+    """A training set (6 real and 6 fake 8-frame videos, 2 photos each) and a test set (2 videos and a photo of
+    each class, and a video with no face), all of different people."""
+    shared = require_shared()
+    real = load_faces(sorted((shared / "real").glob("*.jpg"))[20:40])
+    fake = load_faces(sorted((shared / "fake").glob("*.jpg"))[20:40])
+    root = tmp_path_factory.mktemp("videos")
+    for name, n_videos, n_photos, first in (("train", 6, 2, 0), ("test", 2, 1, 10)):
+        for c, (label, faces) in enumerate((("real", real), ("fake", fake))):
+            folder = root / name / label
+            folder.mkdir(parents=True)
+            for i in range(n_videos):
+                write_video(folder / f"video{i}.mp4", [faces[first + i]], 8, seed=100 * first + 20 * c + i)
+            for i in range(n_photos):
+                write_photo(folder / f"photo{i}.jpg", faces[first + n_videos + i], seed=100 * first + 20 * c + 10 + i)
+    write_video(root / "test/fake/no_face.mp4", [], 8, seed=1)
+    return root / "train", root / "test"
+
+
+def test_train_on_videos_in_one_command_scores_every_video(ray_local, video_sets, tmp_path):
+    """data.train/data.test hold videos: data.faces=auto extracts them (cached by set and settings), trains on the
+    crops with every video's frames in one fold, and writes per-video submission and metrics beside per-face ones."""
+    from raydf.config import load_config
+    from raydf.data.face_store import read_manifest
+    from raydf.pipelines.faces import faces_cache_dir, with_extracted_faces
+    from raydf.pipelines.training import train
+
+    train_src, test_src = video_sets
+    run_dir = tmp_path / "run"
+    overrides = [
+        f"run_dir={run_dir}",
+        f"data.train={train_src}",
+        f"data.test={test_src}",
+        "faces.frames_per_video=4",
+        f"faces.detect_size={DETECT}",
+        "data.resize=96",
+        "data.crop=80",
+        "train.folds=2",
+        "train.epochs=1",
+        "train.batch_size=16",
+        "resources.gpus_per_fold=0",
+        "train.precision=fp32",
+    ]
+    cfg = load_config(None, overrides)
+    train(cfg)
+    train_faces, _ = read_manifest(faces_cache_dir(cfg, str(train_src)) / "faces.csv")
+    test_faces, test_missing = read_manifest(faces_cache_dir(cfg, str(test_src)) / "faces.csv")
+    assert len(train_faces) == 12 * 4 + 4 and train_faces["source"].nunique() == 16  # 4 frames a video
+    # No video on both sides of a split.
+    folds = pd.read_csv(run_dir / "folds.csv").merge(train_faces[["path", "source"]], on="path")
+    assert len(folds) == len(train_faces) and (folds.groupby("source")["fold"].nunique() == 1).all()
+    # One submission row per test video/photo, the faceless video included with the prior and a flag.
+    sub = pd.read_csv(run_dir / "submission.csv", keep_default_na=False)
+    assert list(sub.columns[:4]) == ["image", "label", "prob_fake", "n_faces"]
+    assert sorted(sub["image"]) == sorted([*test_faces["source"].unique(), "fake/no_face.mp4"])
+    faceless = sub.set_index("image").loc["fake/no_face.mp4"]
+    assert faceless["flag"] == "no_face" and faceless["n_faces"] == 0 and faceless["prob_fake"] == 0.5
+    per_face = pd.read_csv(run_dir / "submission_faces.csv")
+    assert len(per_face) == len(test_faces)
+    means = per_face.groupby("source")["prob_fake"].mean()
+    np.testing.assert_allclose(sub.set_index("image").loc[means.index, "prob_fake"], means, atol=1e-9)
+    assert (sub.set_index("image").loc[means.index, "n_faces"] == per_face.groupby("source").size()).all()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    keys = {"accuracy", "auc", "log_loss", "ap", "eer"}
+    assert keys <= set(summary["cv"]) and keys <= set(summary["cv_sources"]) and keys <= set(summary["test"])
+    assert summary["cv_sources"]["n"] == 16 and summary["test_faces"]["n"] == len(test_faces)
+    assert len(pd.read_csv(run_dir / "oof_sources.csv")) == 16
+    assert "per video/photo" in (run_dir / "report.md").read_text()
+    assert list(test_missing["source"]) == ["fake/no_face.mp4"]
+    # raydf.predict on the raw test videos: their faces with the run's settings (found done in the cache), the
+    # same per-video rows as the run's submission, per-face rows beside.
+    from raydf.pipelines.prediction import predict
+
+    out = tmp_path / "predictions.csv"
+    predict(str(run_dir), str(test_src), str(out))
+    predicted = pd.read_csv(out, keep_default_na=False)
+    assert predicted["image"].tolist() == sub["image"].tolist()
+    assert (
+        predicted["n_faces"].tolist() == sub["n_faces"].tolist() and predicted["flag"].tolist() == sub["flag"].tolist()
+    )
+    np.testing.assert_allclose(predicted["prob_fake"], sub["prob_fake"], atol=1e-6)
+    assert len(pd.read_csv(tmp_path / "predictions_faces.csv")) == len(test_faces)
+    # The same sets and settings again: found done, nothing extracted; other settings: another folder.
+    again = with_extracted_faces(cfg)
+    assert again.data.train == str(faces_cache_dir(cfg, str(train_src)) / "faces.csv")
+    stats = json.loads((Path(again.data.train).parent / "extraction.json").read_text())
+    assert stats["extracted_now"] == 0 and stats["done_before"] == 16
+    other = load_config(None, overrides + ["faces.margin=0.5"])
+    assert faces_cache_dir(other, str(train_src)) != faces_cache_dir(cfg, str(train_src))

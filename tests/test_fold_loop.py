@@ -105,8 +105,20 @@ def test_soft_vote_is_the_mean_of_fold_softmaxes():
 
 def test_metrics_weighted_per_sample():
     m = classification_metrics(np.array([0, 0, 1, 1]), np.array([0.1, 0.6, 0.8, 0.9]))
-    assert m["accuracy"] == 0.75 and m["auc"] == 1.0
+    assert m["accuracy"] == 0.75 and m["auc"] == 1.0 and m["ap"] == 1.0 and m["eer"] == 0.0
     assert classification_metrics(np.array([1, 1]), np.array([0.9, 0.8]))["auc"] is None
+
+
+def test_equal_error_rate_where_false_positives_and_negatives_balance():
+    # Scores of 4 reals and 4 fakes; at threshold 0.5 one real is above it and one fake below: FPR = FNR = 1/4.
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    scores = np.array([0.1, 0.2, 0.3, 0.7, 0.4, 0.8, 0.85, 0.9])
+    m = classification_metrics(labels, scores)
+    assert m["eer"] == pytest.approx(0.25)
+    assert m["ap"] == pytest.approx(np.mean([1, 1, 1, 0.8]))  # precision at each fake's rank: 1, 1, 1, 4/5
+    rng = np.random.default_rng(0)
+    chance = classification_metrics(rng.integers(0, 2, 4000), rng.random(4000))
+    assert abs(chance["eer"] - 0.5) < 0.03 and abs(chance["auc"] - 0.5) < 0.03
 
 
 def test_flip_tta_averages_each_model_over_the_image_and_its_mirror():

@@ -26,7 +26,7 @@ FOLD_KEYS = {
     "attempts",
     "resumed_from_epoch",
 }
-METRIC_KEYS = {"accuracy", "auc", "log_loss"}
+METRIC_KEYS = {"accuracy", "auc", "log_loss", "ap", "eer"}
 # What a 1-epoch run has written when its driver stops after fold 0 finished and fold 1 saved its epoch, before the
 # driver got fold 1's result: its inputs, fold 0's checkpoint and both folds' per-epoch state.
 WRITTEN_BEFORE_FOLD1_ENDS = {

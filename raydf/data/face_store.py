@@ -136,3 +136,27 @@ class FaceStore:
         atomic_write(self.root / MANIFEST, faces.to_csv(index=False).encode())
         atomic_write(self.root / NO_FACES, no_faces.to_csv(index=False).encode())
         return faces, no_faces
+
+
+def is_face_manifest(spec: Optional[str | os.PathLike]) -> bool:
+    """Whether `spec` is a faces.csv made by `python -m raydf.faces` (its columns say so)."""
+    if spec is None:
+        return False
+    path = Path(spec).expanduser()
+    if not path.is_file() or path.suffix.lower() != ".csv":
+        return False
+    try:
+        columns = set(pd.read_csv(path, nrows=0).columns)
+    except (OSError, ValueError, pd.errors.ParserError):
+        return False
+    return {"path", "source", "frame", "face"} <= columns
+
+
+def read_manifest(spec: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A faces.csv (crop paths made absolute) and the no_faces.csv beside it (empty when there is none)."""
+    path = Path(spec).expanduser().resolve()
+    faces = pd.read_csv(path, dtype={"source": str, "group": str})
+    faces["path"] = [str((path.parent / p).resolve()) for p in faces["path"]]
+    beside = path.parent / NO_FACES
+    no_faces = pd.read_csv(beside, dtype={"source": str}) if beside.is_file() else pd.DataFrame(columns=NO_FACE_COLUMNS)
+    return faces, no_faces

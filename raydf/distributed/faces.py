@@ -37,8 +37,9 @@ class FaceExtractActor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out: dict[str, list] = {f: [] for f in PART_FIELDS}
-        for key, source, label, group in zip(batch["key"], batch["source"], batch["label"], batch["group"]):
-            result = self.extractor.extract(str(source))
+        rows = zip(batch["key"], batch["path"], batch["source"], batch["label"], batch["group"])
+        for key, path, source, label, group in rows:
+            result = self.extractor.extract(str(path))
             label = None if label < 0 else int(label)
             part = self.store.write_source(str(key), str(source), label, str(group), result)
             out["key"].append(key)
@@ -61,7 +62,7 @@ def extract_on_cluster(
     gpus_per_actor: float = 0,
     on_source: Optional[Callable[[dict], None]] = None,
 ) -> pd.DataFrame:
-    """Extract the sources of `todo` (columns key, source, label (-1: unknown), group); one row per source back
+    """Extract the sources of `todo` (columns key, path, source, label (-1: unknown), group); one row per source back
     (PART_FIELDS). `on_source(row)` is called on the driver as each source finishes (progress)."""
     if todo.empty:
         return pd.DataFrame(columns=list(PART_FIELDS))

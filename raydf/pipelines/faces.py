@@ -3,6 +3,9 @@ cluster, write the manifests (`faces.csv`, `no_faces.csv`) and `extraction.json`
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import hashlib
 import json
 import logging
 import time
@@ -15,7 +18,8 @@ import ray
 from raydf import signals
 from raydf.config import Config
 from raydf.data.catalog import IMAGE_EXTENSIONS, read_test, read_train
-from raydf.data.face_store import MANIFEST, NO_FACES, FaceStore, atomic_write, source_key
+from raydf.data.demo import default_cache_dir
+from raydf.data.face_store import MANIFEST, NO_FACES, FaceStore, atomic_write, is_face_manifest, source_key
 from raydf.data.faces import FaceSettings
 from raydf.data.video import VIDEO_EXTENSIONS, is_video
 from raydf.distributed.faces import extract_on_cluster
@@ -52,7 +56,8 @@ def face_settings(cfg: Config) -> FaceSettings:
 
 
 def list_sources(src: str) -> pd.DataFrame:
-    """The photos and videos of SRC: columns source (absolute path), label (1 fake, 0 real, -1 unknown), group.
+    """The photos and videos of SRC: columns path (absolute), source (its name: the path relative to SRC, or the
+    CSV cell as written), label (1 fake, 0 real, -1 unknown) and group.
 
     SRC is a folder with real/ and fake/, a CSV `path,label[,group]`, or (unlabelled: a test set) a folder of
     media or a CSV of paths. A source's group is the CSV's `group` cell, else its own path (so all the frames of
@@ -71,7 +76,9 @@ def list_sources(src: str) -> pd.DataFrame:
             table["label"] = -1
         names = table["image"].tolist()
     group = table["group"].astype(str).tolist() if "group" in table else names
-    return pd.DataFrame({"source": table["path"].astype(str), "label": table["label"].astype(int), "group": group})
+    return pd.DataFrame(
+        {"path": table["path"].astype(str), "source": names, "label": table["label"].astype(int), "group": group}
+    )
 
 
 def _name(source: str, root: Path) -> str:
@@ -83,15 +90,53 @@ def _name(source: str, root: Path) -> str:
         return source
 
 
+def with_extracted_faces(cfg: Config) -> Config:
+    """`data.faces`: the config with data.train / data.test replaced by the faces manifests of their sets,
+    extracted first (or found done) under the cache folder, keyed by the set's path and the face settings."""
+    if cfg.data.faces == "off":
+        return cfg
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data))
+    for key in ("train", "test"):
+        spec = getattr(cfg.data, key)
+        if spec is None or is_face_manifest(spec) or not _wants_faces(spec, cfg.data.faces):
+            continue
+        folder = faces_cache_dir(cfg, spec)
+        log.info("data.faces=%s: data.%s=%s -> faces in %s", cfg.data.faces, key, spec, folder)
+        setattr(cfg.data, key, str(extract_faces(cfg, spec, str(folder)).manifest))
+        setattr(cfg.data, f"{key}_root", None)  # the manifest's crop paths are relative to itself
+    return cfg
+
+
+def faces_cache_dir(cfg: Config, spec: str) -> Path:
+    src = str(Path(spec).expanduser().resolve())
+    key = hashlib.sha1(json.dumps([src, face_settings(cfg).to_dict()], sort_keys=True).encode()).hexdigest()[:16]
+    root = Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else default_cache_dir()
+    return root / "faces" / f"{Path(src).stem[:40]}-{key}"
+
+
+def _wants_faces(spec: str, mode: str) -> bool:
+    """on: every set that is not already a manifest; auto: sets holding at least one video."""
+    return mode == "on" or has_videos(spec)
+
+
+def has_videos(spec: str) -> bool:
+    """Whether the set `spec` (folder or CSV) lists at least one video."""
+    try:
+        sources = list_sources(spec)
+    except DataError:  # not a readable set: the normal path reports it, with its own message
+        return False
+    return bool(sources["path"].map(is_video).any())
+
+
 def extract_faces(cfg: Config, src: str, faces_dir: str) -> Extraction:
     """Extract the faces of every source of SRC into FACES_DIR; sources done by an earlier run are kept."""
     settings = face_settings(cfg)
     sources = list_sources(src)
     store = FaceStore(faces_dir)
     store.claim(settings)
-    sources.insert(0, "key", [source_key(s) for s in sources["source"]])
+    sources.insert(0, "key", [source_key(s) for s in sources["path"]])
     todo = sources[[not store.done(k) for k in sources["key"]]].reset_index(drop=True)
-    n_videos = int(sum(is_video(s) for s in sources["source"]))
+    n_videos = int(sum(is_video(s) for s in sources["path"]))
     log.info(
         "faces of %d source(s) (%d video(s), %d photo(s)) into %s%s",
         len(sources),
@@ -102,9 +147,9 @@ def extract_faces(cfg: Config, src: str, faces_dir: str) -> Extraction:
     )
     start = time.time()
     try:
-        with ray_session(cfg.ray.address):
+        with ray_session(cfg.ray.address) if len(todo) else contextlib.nullcontext():
             gpus = cfg.faces.gpus_per_actor
-            if gpus is None:
+            if gpus is None and len(todo):
                 gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
             with CountProgress(len(todo), "face extraction", unit="sources") as progress:
                 done = extract_on_cluster(
@@ -127,6 +172,7 @@ def extract_faces(cfg: Config, src: str, faces_dir: str) -> Extraction:
     faces, no_faces = store.write_manifests(sources["key"].tolist())
     parts = [store.read_part(k) for k in sources["key"]]
     stats = {
+        "src": str(Path(src).expanduser().resolve()),
         "sources": len(sources),
         "videos": n_videos,
         "extracted_now": len(todo),

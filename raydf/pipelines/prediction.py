@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
 
+from raydf.config import with_values
 from raydf.errors import ConfigError
+
+if TYPE_CHECKING:
+    from raydf.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -25,14 +30,15 @@ def predict(
     import ray
 
     from raydf.data.catalog import read_test
+    from raydf.data.face_store import is_face_manifest, read_manifest
     from raydf.data.preflight import check_test_set
     from raydf.distributed.cluster import check_readable_on_every_node
     from raydf.distributed.session import ray_session
     from raydf.pipelines.training import predict_paths
     from raydf.runs.resume import resume_config
-    from raydf.runs.run_dir import read_csv
+    from raydf.runs.run_dir import read_csv, write_csv
     from raydf.runs.storage import RunStorage
-    from raydf.runs.submission import write_submission
+    from raydf.runs.submission import build_face_submissions, write_submission
     from raydf.training.checkpoint import load_fold_checkpoint
 
     storage = RunStorage(run_dir)
@@ -43,7 +49,9 @@ def predict(
             f"{run_dir} is not a finished raydf run: checkpoints of folds {missing} are missing "
             f"(finish it with python -m raydf.train resume={run_dir})"
         )
-    test_df = read_test(images, image_root)
+    images = _faces_of(cfg, images)  # videos, or photos for a run trained on faces: their faces manifest
+    faces = read_manifest(images) if is_face_manifest(images) else None
+    test_df = read_test(images, image_root if faces is None else None)
     bad = check_test_set(test_df, cfg.data.decode_threads, cfg.data.on_bad)  # before Ray starts
     # The prior an unreadable image gets: the fraction of fakes among the run's training images.
     prior = float(read_csv(storage, "folds.csv")["label"].mean())
@@ -57,6 +65,49 @@ def predict(
         ]
         readable = [p for i, p in enumerate(test_df["path"]) if i not in bad]
         pred = predict_paths(cfg, readable, refs, gpus_per_actor=gpus, tta=tta)
-    write_submission(*RunStorage.for_file(out), test_df, pred, bad, prior)
-    log.info("wrote %d predictions of %d folds to %s", len(test_df), cfg.train.folds, out)
+    if faces is None:
+        write_submission(*RunStorage.for_file(out), test_df, pred, bad, prior)
+        log.info("wrote %d predictions of %d folds to %s", len(test_df), cfg.train.folds, out)
+        return str(out)
+    face_sub, sub = build_face_submissions(
+        test_df, pred["prob_fake"].to_numpy(), bad, prior, *faces, cfg.predict.aggregate
+    )
+    faces_out = faces_file(out)
+    write_csv(*RunStorage.for_file(faces_out), face_sub)
+    write_csv(*RunStorage.for_file(out), sub)
+    log.info(
+        "wrote %d predictions (%s of %d faces, %d folds) to %s; per face: %s",
+        len(sub),
+        cfg.predict.aggregate,
+        len(face_sub),
+        cfg.train.folds,
+        out,
+        faces_out,
+    )
     return str(out)
+
+
+def faces_file(out: str) -> str:
+    """Where the per-face rows go beside OUT: predictions.csv -> predictions_faces.csv."""
+    stem, dot, ext = str(out).rpartition(".")
+    return f"{stem}_faces.{ext}" if dot and "/" not in ext else f"{out}_faces.csv"
+
+
+def _faces_of(cfg: Config, images: str) -> str:
+    """The faces manifest to predict: `images` itself when it is one; else its faces, extracted (or found done in
+    the cache) with the settings the run's training faces were made with, when the run was trained on faces or
+    `images` holds videos; else `images` unchanged."""
+    from raydf.data.face_store import FaceStore, is_face_manifest
+    from raydf.pipelines.faces import extract_faces, faces_cache_dir, has_videos
+
+    if is_face_manifest(images):
+        return images
+    trained_on_faces = is_face_manifest(cfg.data.train)
+    if not trained_on_faces and not has_videos(images):
+        return images
+    if trained_on_faces:
+        settings = FaceStore(Path(cfg.data.train).parent).settings() or {}
+        cfg = with_values(cfg, {f"faces.{k}": v for k, v in settings.items()}, source="the run's faces settings")
+    folder = faces_cache_dir(cfg, images)
+    log.info("faces of %s: extracted into %s", images, folder)
+    return str(extract_faces(cfg, images, str(folder)).manifest)

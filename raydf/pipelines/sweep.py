@@ -18,9 +18,10 @@ from raydf.config import Config
 from raydf.distributed.session import checked_resources, ray_session
 from raydf.distributed.tune import make_tuner, num_trials, trial_folds, trial_records
 from raydf.errors import ConfigError, Interrupted
+from raydf.pipelines.faces import with_extracted_faces
 from raydf.pipelines.training import train
 from raydf.runs.resume import resume_config
-from raydf.runs.run_dir import create_run_dir, decode_table, read_fold_table, reopen_run_dir
+from raydf.runs.run_dir import create_run_dir, decode_table, empty_run_dir, read_fold_table, reopen_run_dir
 from raydf.runs.storage import RunStorage
 from raydf.runs.sweep_table import SweepFailed, write_report
 
@@ -61,6 +62,9 @@ def run_sweep(cfg: Config) -> str:
 
 
 def _run_sweep(cfg: Config) -> str:
+    if not cfg.resume:  # data.faces: the trials train on the crops (a resumed sweep's config names them)
+        empty_run_dir(cfg, "runs/tune-%Y%m%d-%H%M%S")  # names the run directory before the copy below
+        cfg = with_extracted_faces(cfg)
     with ray_session(cfg.ray.address):
         # Before any work: Tune would only warn, and wait forever, for GPUs the cluster does not have.
         resources = checked_resources(

@@ -19,6 +19,7 @@ import ray
 from raydf import signals
 from raydf.config import Config, check_data_paths, to_dict
 from raydf.data.catalog import read_test
+from raydf.data.face_store import is_face_manifest, read_manifest
 from raydf.data.preflight import check_test_set
 from raydf.distributed.cluster import check_readable_on_every_node
 from raydf.distributed.data import share_images
@@ -26,12 +27,21 @@ from raydf.distributed.folds import run_folds
 from raydf.distributed.inference import soft_vote_predict
 from raydf.distributed.session import RaySession, fold_resources, ray_session
 from raydf.errors import DataError, Interrupted, find_user_error
+from raydf.pipelines.faces import with_extracted_faces
 from raydf.runs.console import CountProgress, FoldProgress
 from raydf.runs.report import TEST_LABELS, build_report
-from raydf.runs.run_dir import checked_table, create_run_dir, empty_run_dir, read_csv, reopen_run_dir, write_csv
+from raydf.runs.run_dir import (
+    checked_table,
+    create_run_dir,
+    data_specs,
+    empty_run_dir,
+    read_csv,
+    reopen_run_dir,
+    write_csv,
+)
 from raydf.runs.runlog import run_log
 from raydf.runs.storage import RunStorage
-from raydf.runs.submission import write_submission
+from raydf.runs.submission import aggregate_sources, build_face_submissions, source_labels, write_submission
 from raydf.runs.tensorboard_log import TensorBoardLog
 from raydf.training.checkpoint import save_fold_checkpoint, try_load_fold_checkpoint
 from raydf.training.metrics import classification_metrics
@@ -51,6 +61,10 @@ SUMMARY_FOLD_KEYS = (
     "attempts",
     "resumed_from_epoch",
 )
+
+
+FACE_SUBMISSION = "submission_faces.csv"  # per-face rows when the test set is a faces manifest
+OOF_SOURCES = "oof_sources.csv"  # out-of-fold P(fake) per video/photo when the training set is a faces manifest
 
 
 class RunInterrupted(Interrupted):
@@ -108,6 +122,9 @@ def train(cfg: Config) -> str:
     t_start = time.time()
     timings: dict[str, float] = {}
     check_data_paths(cfg)
+    if not cfg.resume:  # a resumed run's config already names the faces manifests it was trained on
+        empty_run_dir(cfg, "runs/%Y%m%d-%H%M%S")  # refuse a used run_dir before the (long) extraction
+        cfg = with_extracted_faces(cfg)
     try:
         storage, table, test_df, test_bad, images = _reopen_run(cfg) if cfg.resume else _start_run(cfg)
     except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM (raydf.signals)
@@ -157,9 +174,7 @@ def _run(
         summary = _summarize(cfg, storage, table, folds, infos)
         if test_df is not None:
             prior = float(table["label"].mean())  # P(fake) of an unreadable test image
-            summary["test"] = _predict_test(cfg, storage, test_df, weight_refs, test_bad, prior, timings)
-            if summary["test"] is None:
-                del summary["test"]
+            summary.update(_predict_test(cfg, storage, test_df, weight_refs, test_bad, prior, timings))
     summary["bad_inputs"] = n_bad
     summary["timings"] = timings
     summary["wall_seconds"] = time.time() - t_start
@@ -235,10 +250,23 @@ def _summarize(cfg: Config, storage: RunStorage, table: pd.DataFrame, folds: np.
     oof = pd.DataFrame({"path": table["path"], "label": table["label"], "fold": folds, "prob_fake": prob})
     write_csv(storage, "oof.csv", oof)
     write_csv(storage, "history.csv", pd.DataFrame([row for info in infos for row in info["history"]]))
-    return {
+    summary = {
         "folds": [{k: info[k] for k in SUMMARY_FOLD_KEYS} for info in infos],
         "cv": classification_metrics(oof["label"], oof["prob_fake"]),
     }
+    train_spec = data_specs(cfg)[0]
+    if is_face_manifest(train_spec):  # faces of videos/photos: also scored per video/photo
+        manifest, _ = read_manifest(train_spec)
+        source_of = dict(zip(manifest["path"], manifest["source"]))
+        per_face = oof.assign(source=[source_of.get(p) for p in oof["path"]], flag="")
+        per_source = aggregate_sources(per_face, manifest.iloc[:0], cfg.predict.aggregate)
+        per_source["label"] = per_face.groupby("source", sort=False)["label"].first().to_numpy()
+        per_source["fold"] = per_face.groupby("source", sort=False)["fold"].first().to_numpy()
+        write_csv(storage, OOF_SOURCES, per_source[["image", "label", "fold", "prob_fake", "n_faces"]])
+        summary["cv_sources"] = dict(
+            classification_metrics(per_source["label"], per_source["prob_fake"]), n=len(per_source)
+        )
+    return summary
 
 
 def _predict_test(
@@ -249,15 +277,20 @@ def _predict_test(
     test_bad: Collection[int],
     prior: float,
     timings: dict,
-) -> Optional[dict]:
-    """submission.csv by the distributed soft vote (kept as it is when a resumed run already has it).
+) -> dict:
+    """submission.csv by the distributed soft vote (kept as it is when a resumed run already has it), and the
+    summary's test metrics (`test`; with a faces manifest as the test set also `test_faces`, and submission.csv
+    then has one row per video/photo, submission_faces.csv one per face).
 
     Unreadable test rows are never dropped: they get `prior` and a flag. Test metrics score the submission
     as written (those rows count with the prior).
     """
+    test_spec = data_specs(cfg)[1]
+    faces = read_manifest(test_spec) if is_face_manifest(test_spec) else None
     if cfg.resume and storage.exists("submission.csv"):
         log.info("submission.csv exists: not predicted again")
-        prob_fake = read_csv(storage, "submission.csv")["prob_fake"]
+        sub = read_csv(storage, "submission.csv")
+        face_sub = read_csv(storage, FACE_SUBMISSION) if faces is not None else sub
     else:
         t0 = time.time()
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 and cfg.resources.gpus_per_fold != 0 else 0.0
@@ -272,14 +305,27 @@ def _predict_test(
                 f"predicting the test set failed: {user}\nThe fold checkpoints are saved: once "
                 f"fixed, run python -m raydf.train resume={cfg.run_dir}"
             ) from e
-        sub = write_submission(storage, "submission.csv", test_df, pred, test_bad, prior)
+        if faces is None:
+            sub = face_sub = write_submission(storage, "submission.csv", test_df, pred, test_bad, prior)
+        else:
+            face_sub, sub = build_face_submissions(
+                test_df, pred["prob_fake"].to_numpy(), test_bad, prior, *faces, cfg.predict.aggregate
+            )
+            write_csv(storage, FACE_SUBMISSION, face_sub)
+            write_csv(storage, "submission.csv", sub)
         timings["inference_seconds"] = time.time() - t0
         log.info("soft vote over %d test images in %.1fs", len(readable), timings["inference_seconds"])
-        prob_fake = sub["prob_fake"]
     if "label" not in test_df.columns:
-        return None
-    write_csv(storage, TEST_LABELS, test_df[["image", "label"]])  # for the report's test plots
-    return classification_metrics(test_df["label"], prob_fake)
+        return {}
+    if faces is None:
+        write_csv(storage, TEST_LABELS, test_df[["image", "label"]])  # for the report's test plots
+        return {"test": classification_metrics(test_df["label"], sub["prob_fake"])}
+    labels = source_labels(*faces).reindex(sub["image"]).to_numpy()
+    write_csv(storage, TEST_LABELS, pd.DataFrame({"image": sub["image"], "label": labels}))
+    return {
+        "test": classification_metrics(labels, sub["prob_fake"]),
+        "test_faces": dict(classification_metrics(test_df["label"], face_sub["prob_fake"]), n=len(face_sub)),
+    }
 
 
 def predict_paths(

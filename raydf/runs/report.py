@@ -128,9 +128,17 @@ def _fold_seconds(fold: dict) -> float:
 
 
 def _metric_rows(run: RunFiles) -> list[tuple[str, dict, int]]:
-    rows = [("cross-validation (out of fold)", run.summary["cv"], len(run.oof))]
-    if "test" in run.summary:
-        rows.append(("test", run.summary["test"], len(run.submission) if run.submission is not None else 0))
+    """(set, metrics, rows scored); with extracted faces each set is scored per face and per video/photo."""
+    s = run.summary
+    faces = "cv_sources" in s or "test_faces" in s
+    rows = [("cross-validation (out of fold)" + (", per face" if faces else ""), s["cv"], len(run.oof))]
+    if "cv_sources" in s:
+        rows.append(("cross-validation, per video/photo", s["cv_sources"], s["cv_sources"].get("n", 0)))
+    if "test_faces" in s:
+        rows.append(("test, per face", s["test_faces"], s["test_faces"].get("n", 0)))
+    if "test" in s:
+        name = "test, per video/photo" if "test_faces" in s else "test"
+        rows.append((name, s["test"], len(run.submission) if run.submission is not None else 0))
     return rows
 
 
@@ -148,11 +156,14 @@ def render(run: RunFiles, plot_files: dict[str, Path]) -> str:
         "",
         "## Metrics",
         "",
-        "| set | images | accuracy | ROC AUC | log loss |",
-        "|---|---:|---:|---:|---:|",
+        "| set | rows | accuracy | ROC AUC | log loss | AP | EER |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, m, n in _metric_rows(run):
-        lines.append(f"| {name} | {n} | {_num(m['accuracy'])} | {_num(m['auc'])} | {_num(m['log_loss'])} |")
+    for name, m, n in _metric_rows(run):  # AP and EER: n/a for runs made before raydf reported them
+        lines.append(
+            f"| {name} | {n} | {_num(m['accuracy'])} | {_num(m['auc'])} | {_num(m['log_loss'])} "
+            f"| {_num(m.get('ap'))} | {_num(m.get('eer'))} |"
+        )
     if "test" not in s:
         lines += ["", "No test metrics: " + ("the test set's labels are not known." if n_test else "no test set.")]
     bad = bad_input_count(s.get("bad_inputs"))
@@ -218,7 +229,7 @@ def short_report(run_dir: Path) -> str:
             f"{f['fold']:>4}  {f['best_epoch']:>10}  {f['epochs_run']:>6}  {f['val_loss']:>8.4f}  "
             f"{f['val_acc']:>7.4f}  {_fold_seconds(f):>7.0f}"
         )
-    for name in ("cv", "test"):
+    for name in ("cv", "cv_sources", "test_faces", "test"):
         if name in s:
             m = s[name]
             lines.append(

@@ -48,3 +48,79 @@ def write_submission(
     sub = build_submission(test_df, pred["prob_fake"].to_numpy(), bad_rows, prior)
     storage.write_text(rel, sub.to_csv(index=False))
     return sub
+
+
+FLAG_NO_FACE = "no_face"  # `flag` of a video/photo in which no usable face was found (its prob_fake is the prior)
+AGGREGATIONS = ("mean", "median", "confident")
+
+
+def confident_mean(prob: np.ndarray, threshold: float = 0.8) -> float:
+    """The DFDC winner's per-video rule (selimsef, `confident_strategy`), as published for 32 frames: when more
+    than 11 frames, and more than 40% of them, are confidently fake, the mean of those; when over 90% are
+    confidently real (< 0.2), the mean of those; else the plain mean."""
+    prob = np.asarray(prob, dtype=np.float64)
+    fakes = int(np.count_nonzero(prob > threshold))
+    if fakes > len(prob) // 2.5 and fakes > 11:
+        return float(prob[prob > threshold].mean())
+    if np.count_nonzero(prob < 0.2) > 0.9 * len(prob):
+        return float(prob[prob < 0.2].mean())
+    return float(prob.mean())
+
+
+def aggregate_sources(
+    faces: pd.DataFrame, no_faces: pd.DataFrame, how: str = "mean", prior: float = 0.5
+) -> pd.DataFrame:
+    """One row per video/photo from per-face rows: `image,label,prob_fake,n_faces` (+ `flag` when needed).
+
+    Args:
+        faces: per-face predictions, columns `source`, `prob_fake` and optionally `flag` (unreadable crops,
+            left out of their source's vote).
+        no_faces: the sources with no face (`source` column): they get `prior` and `flag=no_face`.
+        how: mean | median | confident (`confident_mean`).
+    """
+    usable = faces if "flag" not in faces else faces[faces["flag"] == ""]
+    reduce = {"mean": np.mean, "median": np.median, "confident": confident_mean}[how]
+    order = list(dict.fromkeys(faces["source"]))  # first appearance: the manifest's source order
+    grouped = usable.groupby("source", sort=False)["prob_fake"]
+    prob = grouped.agg(lambda p: float(reduce(p.to_numpy()))).reindex(order)
+    n_faces = grouped.size().reindex(order).fillna(0).astype(int)
+    sub = pd.DataFrame({"image": order, "prob_fake": prob.to_numpy(), "n_faces": n_faces.to_numpy()})
+    flag = np.where(sub["prob_fake"].isna(), FLAG_BAD, "")  # every crop of the source unreadable
+    sub["prob_fake"] = sub["prob_fake"].fillna(prior)
+    missing = pd.DataFrame({"image": no_faces["source"].astype(str), "prob_fake": prior, "n_faces": 0})
+    sub = pd.concat([sub, missing], ignore_index=True)
+    flag = np.concatenate([flag, np.full(len(missing), FLAG_NO_FACE)])
+    sub.insert(1, "label", (sub["prob_fake"] > 0.5).astype(int))
+    if (flag != "").any():
+        sub["flag"] = flag
+    return sub
+
+
+def build_face_submissions(
+    test: pd.DataFrame,
+    prob_fake: np.ndarray,
+    bad_rows: Collection[int],
+    prior: float,
+    manifest: pd.DataFrame,
+    no_faces: pd.DataFrame,
+    how: str,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per-face rows (`build_submission` plus `source`, `frame`, `face`) and their per-video/photo aggregate.
+
+    `test` is the test table read from a faces manifest and `manifest` that manifest, row for row.
+    """
+    faces = build_submission(test, prob_fake, bad_rows, prior)
+    for col in ("source", "frame", "face"):
+        faces[col] = manifest[col].to_numpy()
+    if "flag" not in faces:
+        faces["flag"] = ""
+    sources = aggregate_sources(faces, no_faces, how, prior)
+    if not (faces["flag"] != "").any():
+        faces = faces.drop(columns="flag")
+    return faces, sources
+
+
+def source_labels(manifest: pd.DataFrame, no_faces: pd.DataFrame) -> pd.Series:
+    """The label of every video/photo (faces.csv and no_faces.csv), indexed by source; NaN where unknown."""
+    labels = pd.concat([manifest.groupby("source", sort=False)["label"].first(), no_faces.set_index("source")["label"]])
+    return pd.to_numeric(labels[~labels.index.duplicated()], errors="coerce")
