@@ -320,3 +320,67 @@ def test_train_on_videos_in_one_command_scores_every_video(ray_local, video_sets
     assert stats["extracted_now"] == 0 and stats["done_before"] == 16
     other = load_config(None, overrides + ["faces.margin=0.5"])
     assert faces_cache_dir(other, str(train_src)) != faces_cache_dir(cfg, str(train_src))
+
+
+@pytest.mark.slow
+def test_extraction_spreads_its_sources_over_the_nodes_of_a_cluster(media, tmp_path):
+    """`python -m raydf.faces ... ray.address=` against a 3-node `ray.cluster_utils.Cluster` (one CPU each): one
+    actor per CPU, so every node extracts some of the sources; the manifest is the same as on one machine."""
+    from ray_processes import Driver, HelperCluster, child_env
+
+    src, truth = media
+    cluster = HelperCluster()
+    try:
+        address = cluster.start_head(num_cpus=1)
+        nodes = {cluster.add_node(num_cpus=1) for _ in range(2)}
+        out = tmp_path / "out"
+        args = [
+            "-m",
+            "raydf.faces",
+            str(src),
+            str(out),
+            f"ray.address={address}",
+            f"faces.frames_per_video={FRAMES}",
+            f"faces.size={SIZE}",
+            f"faces.detect_size={DETECT}",
+        ]
+        driver = Driver(args, env=child_env(cluster.tmpdir))
+        try:
+            code = driver.finish(timeout_s=480)
+        finally:
+            driver.kill()
+    finally:
+        cluster.shutdown()
+    assert code == 0, driver.output[-4000:]
+    stats = json.loads((out / "extraction.json").read_text())
+    per_node = stats["sources_per_node"]
+    assert len(per_node) == 3 and nodes <= set(per_node), per_node
+    assert sum(per_node.values()) == len(truth) + len(BROKEN)
+    assert set(pd.read_csv(out / "faces.csv")["source"]) == set(truth)
+
+
+def test_per_video_aggregation_mean_median_confident_and_faceless_sources():
+    from raydf.runs.submission import aggregate_sources, confident_mean
+
+    faces = pd.DataFrame(
+        {
+            "source": ["a.mp4"] * 3 + ["b.jpg"] + ["c.mp4"] * 2,
+            "prob_fake": [0.9, 0.8, 0.1, 0.3, 0.7, 0.2],
+            "flag": ["", "", "", "", "bad_input", "bad_input"],  # c.mp4: every crop unreadable
+        }
+    )
+    no_faces = pd.DataFrame({"source": ["d.mp4"], "label": [1], "group": ["d.mp4"], "reason": ["no face found"]})
+    mean = aggregate_sources(faces, no_faces, "mean", prior=0.4).set_index("image")
+    assert list(mean.index) == ["a.mp4", "b.jpg", "c.mp4", "d.mp4"]
+    assert mean.loc["a.mp4", "prob_fake"] == pytest.approx(0.6) and mean.loc["a.mp4", "n_faces"] == 3
+    assert mean.loc["c.mp4", "prob_fake"] == 0.4 and mean.loc["c.mp4", "flag"] == "bad_input"
+    assert mean.loc["d.mp4", "prob_fake"] == 0.4 and mean.loc["d.mp4", "flag"] == "no_face"
+    assert mean.loc["d.mp4", "n_faces"] == 0 and mean.loc["b.jpg", "flag"] == ""
+    assert mean["label"].tolist() == [1, 0, 0, 0]
+    median = aggregate_sources(faces, no_faces, "median").set_index("image")
+    assert median.loc["a.mp4", "prob_fake"] == pytest.approx(0.8)
+    # The DFDC winner's rule on 32 frames: 14 confident fakes (> 0.8, more than 32 // 2.5 = 12 and than 11) decide.
+    video = np.array([0.95] * 14 + [0.3] * 18)
+    assert confident_mean(video) == pytest.approx(0.95)
+    assert confident_mean(np.array([0.95] * 11 + [0.3] * 21)) == pytest.approx(video[:11].sum() / 32 + 0.3 * 21 / 32)
+    assert confident_mean(np.array([0.1] * 30 + [0.6] * 2)) == pytest.approx(0.1)  # > 90% confidently real

@@ -78,6 +78,10 @@ def extract_on_cluster(
     ds = ray.data.from_pandas([todo.iloc[[i]] for i in range(len(todo))])
     ds.context.enable_progress_bars = False  # the caller shows its own progress
     ds.context.raise_original_map_exception = True  # keep the worker's own error message (see inference.py)
+    # Start handing out sources once every actor is up (they fit: `actors` comes from the CPUs/GPUs alive now).
+    # Otherwise the first actor to load MTCNN takes the queue while the others start, and a cluster's other
+    # nodes get little or nothing.
+    ds.context.wait_for_min_actors_s = 600
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated", category=DeprecationWarning)
         ds = ds.map_batches(

@@ -11,6 +11,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import pandas as pd
 import ray
@@ -55,7 +56,7 @@ def face_settings(cfg: Config) -> FaceSettings:
     )
 
 
-def list_sources(src: str) -> pd.DataFrame:
+def list_sources(src: str, root: Optional[str] = None) -> pd.DataFrame:
     """The photos and videos of SRC: columns path (absolute), source (its name: the path relative to SRC, or the
     CSV cell as written), label (1 fake, 0 real, -1 unknown) and group.
 
@@ -65,11 +66,11 @@ def list_sources(src: str) -> pd.DataFrame:
     """
     path = Path(src).expanduser().resolve()
     try:
-        table = read_train(path, extensions=MEDIA_EXTENSIONS)
+        table = read_train(path, root, extensions=MEDIA_EXTENSIONS)
         names = [_name(p, path) for p in table["path"]]
     except DataError as labelled_error:
         try:
-            table = read_test(path, extensions=MEDIA_EXTENSIONS)
+            table = read_test(path, root, extensions=MEDIA_EXTENSIONS)
         except DataError:
             raise labelled_error from None
         if "label" not in table:
@@ -97,12 +98,12 @@ def with_extracted_faces(cfg: Config) -> Config:
         return cfg
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data))
     for key in ("train", "test"):
-        spec = getattr(cfg.data, key)
-        if spec is None or is_face_manifest(spec) or not _wants_faces(spec, cfg.data.faces):
+        spec, root = getattr(cfg.data, key), getattr(cfg.data, f"{key}_root")
+        if spec is None or is_face_manifest(spec) or not _wants_faces(spec, cfg.data.faces, root):
             continue
         folder = faces_cache_dir(cfg, spec)
         log.info("data.faces=%s: data.%s=%s -> faces in %s", cfg.data.faces, key, spec, folder)
-        setattr(cfg.data, key, str(extract_faces(cfg, spec, str(folder)).manifest))
+        setattr(cfg.data, key, str(extract_faces(cfg, spec, str(folder), root).manifest))
         setattr(cfg.data, f"{key}_root", None)  # the manifest's crop paths are relative to itself
     return cfg
 
@@ -114,24 +115,25 @@ def faces_cache_dir(cfg: Config, spec: str) -> Path:
     return root / "faces" / f"{Path(src).stem[:40]}-{key}"
 
 
-def _wants_faces(spec: str, mode: str) -> bool:
+def _wants_faces(spec: str, mode: str, root: Optional[str]) -> bool:
     """on: every set that is not already a manifest; auto: sets holding at least one video."""
-    return mode == "on" or has_videos(spec)
+    return mode == "on" or has_videos(spec, root)
 
 
-def has_videos(spec: str) -> bool:
-    """Whether the set `spec` (folder or CSV) lists at least one video."""
+def has_videos(spec: str, root: Optional[str] = None) -> bool:
+    """Whether the set `spec` (folder or CSV; relative CSV paths against `root`) lists at least one video."""
     try:
-        sources = list_sources(spec)
+        sources = list_sources(spec, root)
     except DataError:  # not a readable set: the normal path reports it, with its own message
         return False
     return bool(sources["path"].map(is_video).any())
 
 
-def extract_faces(cfg: Config, src: str, faces_dir: str) -> Extraction:
-    """Extract the faces of every source of SRC into FACES_DIR; sources done by an earlier run are kept."""
+def extract_faces(cfg: Config, src: str, faces_dir: str, root: Optional[str] = None) -> Extraction:
+    """Extract the faces of every source of SRC (a CSV's relative paths against `root`, default its folder) into
+    FACES_DIR; sources done by an earlier run are kept."""
     settings = face_settings(cfg)
-    sources = list_sources(src)
+    sources = list_sources(src, root)
     store = FaceStore(faces_dir)
     store.claim(settings)
     sources.insert(0, "key", [source_key(s) for s in sources["path"]])

@@ -49,7 +49,7 @@ def predict(
             f"{run_dir} is not a finished raydf run: checkpoints of folds {missing} are missing "
             f"(finish it with python -m raydf.train resume={run_dir})"
         )
-    images = _faces_of(cfg, images)  # videos, or photos for a run trained on faces: their faces manifest
+    images = _faces_of(cfg, images, image_root)  # videos, or photos for a run trained on faces: their faces manifest
     faces = read_manifest(images) if is_face_manifest(images) else None
     test_df = read_test(images, image_root if faces is None else None)
     bad = check_test_set(test_df, cfg.data.decode_threads, cfg.data.on_bad)  # before Ray starts
@@ -93,7 +93,7 @@ def faces_file(out: str) -> str:
     return f"{stem}_faces.{ext}" if dot and "/" not in ext else f"{out}_faces.csv"
 
 
-def _faces_of(cfg: Config, images: str) -> str:
+def _faces_of(cfg: Config, images: str, image_root: Optional[str]) -> str:
     """The faces manifest to predict: `images` itself when it is one; else its faces, extracted (or found done in
     the cache) with the settings the run's training faces were made with, when the run was trained on faces or
     `images` holds videos; else `images` unchanged."""
@@ -103,11 +103,11 @@ def _faces_of(cfg: Config, images: str) -> str:
     if is_face_manifest(images):
         return images
     trained_on_faces = is_face_manifest(cfg.data.train)
-    if not trained_on_faces and not has_videos(images):
+    if not trained_on_faces and not has_videos(images, image_root):
         return images
     if trained_on_faces:
         settings = FaceStore(Path(cfg.data.train).parent).settings() or {}
         cfg = with_values(cfg, {f"faces.{k}": v for k, v in settings.items()}, source="the run's faces settings")
     folder = faces_cache_dir(cfg, images)
     log.info("faces of %s: extracted into %s", images, folder)
-    return str(extract_faces(cfg, images, str(folder)).manifest)
+    return str(extract_faces(cfg, images, str(folder), image_root).manifest)
