@@ -55,11 +55,11 @@ def test_report_numbers_equal_the_summary(finished_run):
 
     metrics = {row[0]: row[1:] for row in _table(report, "Metrics")}
     for key, name, images in (("cv", "cross-validation (out of fold)", 64), ("test", "test", 32)):
-        n, acc, auc, loss = metrics[name]
+        n, acc, auc, loss, ap, eer = metrics[name]
         assert int(n) == images
         m = summary[key]
-        assert [float(acc), float(auc), float(loss)] == pytest.approx(
-            [m["accuracy"], m["auc"], m["log_loss"]], abs=5e-5
+        assert [float(acc), float(auc), float(loss), float(ap), float(eer)] == pytest.approx(
+            [m["accuracy"], m["auc"], m["log_loss"], m["ap"], m["eer"]], abs=5e-5
         )
     folds = _table(report, "Folds")
     assert len(folds) == len(summary["folds"]) == 2
