@@ -121,11 +121,10 @@ class FaceStore:
     def read_part(self, key: str) -> dict:
         return json.loads(self.part(key).read_text())
 
-    def write_manifests(self, keys: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """faces.csv and no_faces.csv of the sources `keys` (all done), in their order."""
+    def write_manifests(self, parts: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """faces.csv and no_faces.csv of the sources' `parts` (`read_part`), in their order."""
         rows, missing = [], []
-        for key in keys:
-            part = self.read_part(key)
+        for part in parts:
             rows += part["rows"]
             if part["reason"]:
                 missing.append([part["source"], part["label"], part["group"], part["reason"]])

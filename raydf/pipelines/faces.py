@@ -171,8 +171,8 @@ def extract_faces(cfg: Config, src: str, faces_dir: str, root: Optional[str] = N
             signals.exit_code(stop),
         ) from None
     wall = time.time() - start
-    faces, no_faces = store.write_manifests(sources["key"].tolist())
-    parts = [store.read_part(k) for k in sources["key"]]
+    parts = [store.read_part(k) for k in sources["key"]]  # each source's part file, read once
+    faces, no_faces = store.write_manifests(parts)
     stats = {
         "src": str(Path(src).expanduser().resolve()),
         "sources": len(sources),
