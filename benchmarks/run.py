@@ -131,7 +131,7 @@ def epoch_efficiency(train_csv: Path, resize: int, crop: int, batch: int, n_trai
         return train_fold(images, labels, train_idx, val_idx, cfg, 0).history[0]["seconds"]
 
     def pure_epoch() -> float:
-        model = build_model(cfg.model.dropout).to(memory_format=torch.channels_last)
+        model = build_model(cfg.model.dropout, cfg.model.name).to(memory_format=torch.channels_last)
         opt = torch.optim.RAdam(model.parameters(), lr=1e-3)
         x = torch.randn(batch, 3, crop, crop).contiguous(memory_format=torch.channels_last)
         y = torch.randint(0, 2, (batch,))

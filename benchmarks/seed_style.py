@@ -88,7 +88,7 @@ def run(cfg, threads: int) -> dict:
             SeedDataset(table.path[tr], table.label[tr], train_tf), cfg.train.batch_size, shuffle=True, drop_last=True
         )
         val_loader = DataLoader(SeedDataset(table.path[va], table.label[va], val_tf), cfg.train.eval_batch_size)
-        model = build_model(cfg.model.dropout)
+        model = build_model(cfg.model.dropout, cfg.model.name)
         opt = torch_optimizer.RAdam(
             model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay
         )

@@ -21,6 +21,8 @@ from raydf.errors import ConfigError
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_CONFIG = "default"
 
+# The seed's network (facenet-pytorch), and what a checkpoint without a recorded backbone was trained with.
+DEFAULT_MODEL = "inception_resnet_v1"
 # Smallest input InceptionResnetV1 accepts: below 75 px its last reduction block has a 2x2 map for a 3x3 kernel.
 MIN_CROP = 75
 
@@ -86,6 +88,8 @@ class TrainConfig:
 
 @dataclass
 class ModelConfig:
+    # inception_resnet_v1 (the seed's) or a timm model name: efficientnet_b0, legacy_xception, resnet18, ...
+    name: str = DEFAULT_MODEL
     dropout: float = 0.6
 
 
@@ -322,13 +326,33 @@ def validate(cfg: Config) -> None:
     _validate_tune(cfg)
 
 
+def _validate_model(cfg: Config) -> None:
+    if cfg.model.name == DEFAULT_MODEL:
+        _require(
+            cfg.data.crop >= MIN_CROP,
+            "data.crop",
+            f"must be at least {MIN_CROP}, the smallest input InceptionResnetV1 accepts (got {cfg.data.crop})",
+        )
+        return
+    import timm  # only for another backbone: it takes seconds to import
+
+    if not timm.is_model(cfg.model.name):
+        close = difflib.get_close_matches(cfg.model.name, timm.list_models() + [DEFAULT_MODEL], n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; timm.list_models() lists them"
+        raise ConfigError(
+            f"config key 'model.name': '{cfg.model.name}' is neither {DEFAULT_MODEL} nor a timm model{hint}"
+        )
+    # timm's networks reduce their input 32x; below 32 px their last feature map would be empty
+    _require(cfg.data.crop >= 32, "data.crop", f"must be at least 32 for {cfg.model.name} (got {cfg.data.crop})")
+
+
 def _validate_values(cfg: Config) -> None:
     _require(cfg.train.folds >= 2, "train.folds", f"must be at least 2 (got {cfg.train.folds})")
     _require(cfg.train.epochs >= 1, "train.epochs", f"must be at least 1 (got {cfg.train.epochs})")
     _require(
         cfg.train.batch_size >= 2,
         "train.batch_size",
-        f"must be at least 2: InceptionResnetV1's BatchNorm1d cannot train on one image (got {cfg.train.batch_size})",
+        f"must be at least 2: BatchNorm layers cannot train on one image (got {cfg.train.batch_size})",
     )
     _require(cfg.train.eval_batch_size >= 1, "train.eval_batch_size", "must be at least 1")
     _require(cfg.train.patience >= 1, "train.patience", f"must be at least 1 (got {cfg.train.patience})")
@@ -359,11 +383,7 @@ def _validate_values(cfg: Config) -> None:
     )
     _require(0 <= cfg.model.dropout < 1, "model.dropout", f"must be in [0, 1) (got {cfg.model.dropout})")
     _require(cfg.sched.t_max >= 1, "sched.t_max", f"must be at least 1 (got {cfg.sched.t_max})")
-    _require(
-        cfg.data.crop >= MIN_CROP,
-        "data.crop",
-        f"must be at least {MIN_CROP}, the smallest input InceptionResnetV1 accepts (got {cfg.data.crop})",
-    )
+    _validate_model(cfg)
     _require(
         cfg.data.resize >= cfg.data.crop,
         "data.resize",

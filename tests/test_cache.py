@@ -105,7 +105,7 @@ def _assert_folds_saw_the_decoded_pixels(run_dir, cfg):
     precision = Precision.resolve(cfg.train.precision, cpu)
     for k in range(cfg.train.folds):
         rows = (oof["fold"] == k).to_numpy()
-        model = build_model(cfg.model.dropout)
+        model = build_model(cfg.model.dropout, cfg.model.name)
         model.load_state_dict(torch.load(run_dir / "checkpoints" / f"fold{k}.pt", weights_only=True)["state_dict"])
         model = model.to(memory_format=torch.channels_last).eval()
         with torch.no_grad(), precision.autocast(cpu):

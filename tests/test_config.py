@@ -97,6 +97,15 @@ def test_invalid_values_name_the_key(override, key):
         load_config(None, [override])
 
 
+def test_model_name_is_the_seed_network_or_a_timm_model():
+    assert load_config(None, []).model.name == "inception_resnet_v1"
+    assert load_config(None, ["model.name=efficientnet_b0", "data.crop=64"]).model.name == "efficientnet_b0"
+    with pytest.raises(ConfigError, match=r"'model\.name'.*efficientnet_b4x.*did you mean efficientnet_b4"):
+        load_config(None, ["model.name=efficientnet_b4x"])
+    with pytest.raises(ConfigError, match=r"data\.crop.*at least 32 for resnet18"):
+        load_config(None, ["model.name=resnet18", "data.crop=16", "data.resize=20"])
+
+
 def test_cli_user_error_exits_nonzero_without_traceback():
     proc = subprocess.run([sys.executable, "-m", "raydf.train", "train.epoch=3"], capture_output=True, text=True)
     assert proc.returncode == 2

@@ -11,6 +11,7 @@ import pandas as pd
 import ray
 import torch
 
+from raydf.config import DEFAULT_MODEL
 from raydf.data.images import center_crop, decode_image
 from raydf.distributed.cluster import alive_nodes
 from raydf.models.factory import build_model
@@ -37,6 +38,7 @@ class SoftVotePredictor:
         precision: str = "auto",
         tta: bool = False,
         threads: int = 1,
+        model: str = DEFAULT_MODEL,
     ):
         # Ray Data does not resolve ObjectRefs in constructor arguments; fetch the K state dicts here.
         states = ray.get(list(weight_refs))
@@ -46,9 +48,9 @@ class SoftVotePredictor:
         self.crop, self.resize, self.tta = crop, resize, tta
         self.models = []
         for state in states:
-            model = build_model(dropout)
-            model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()})
-            self.models.append(model.to(self.device, memory_format=torch.channels_last).eval())
+            net = build_model(dropout, model)
+            net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()})
+            self.models.append(net.to(self.device, memory_format=torch.channels_last).eval())
 
     @torch.inference_mode()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -68,6 +70,7 @@ def soft_vote_predict(
     crop: int,
     dropout: float,
     batch_size: int,
+    model: str = DEFAULT_MODEL,
     actors: int = 0,
     gpus_per_actor: float = 0,
     precision: str = "auto",
@@ -118,6 +121,7 @@ def soft_vote_predict(
             fn_constructor_kwargs={
                 "weight_refs": list(weight_refs),
                 "dropout": dropout,
+                "model": model,
                 "crop": crop,
                 "resize": resize,
                 "precision": precision,

@@ -55,14 +55,13 @@ def predict(
     bad = check_test_set(test_df, cfg.data.decode_threads, cfg.data.on_bad)  # before Ray starts
     # The prior an unreadable image gets: the fraction of fakes among the run's training images.
     prior = float(read_csv(storage, "folds.csv")["label"].mean())
+    checkpoints = [load_fold_checkpoint(storage, fold) for fold in range(cfg.train.folds)]
+    cfg = _with_recorded_backbone(cfg, [meta for _, meta in checkpoints], run_dir)
     with ray_session(address or cfg.ray.address):
         # Ray Data decodes them on any node
         check_readable_on_every_node([p for i, p in enumerate(test_df["path"]) if i not in bad], "--images")
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
-        refs = [
-            ray.put({k: v.numpy() for k, v in load_fold_checkpoint(storage, fold)[0].items()})
-            for fold in range(cfg.train.folds)
-        ]
+        refs = [ray.put({k: v.numpy() for k, v in weights.items()}) for weights, _ in checkpoints]
         readable = [p for i, p in enumerate(test_df["path"]) if i not in bad]
         pred = predict_paths(cfg, readable, refs, gpus_per_actor=gpus, tta=tta)
     if faces is None:
@@ -111,3 +110,16 @@ def _faces_of(cfg: Config, images: str, image_root: Optional[str]) -> str:
     folder = faces_cache_dir(cfg, images)
     log.info("faces of %s: extracted into %s", images, folder)
     return str(extract_faces(cfg, images, str(folder), image_root).manifest)
+
+
+def _with_recorded_backbone(cfg: Config, metas: list[dict], run_dir: str) -> Config:
+    """`cfg` with model.name as the fold checkpoints record it (checkpoints from before raydf recorded it hold
+    InceptionResnetV1 weights); checkpoints of two backbones are an error naming them."""
+    from raydf.config import DEFAULT_MODEL
+
+    names = sorted({meta.get("model", DEFAULT_MODEL) for meta in metas})
+    if len(names) > 1:
+        raise ConfigError(f"{run_dir}: its fold checkpoints hold different backbones ({', '.join(names)})")
+    if names[0] == cfg.model.name:
+        return cfg
+    return with_values(cfg, {"model.name": names[0]}, source=f"the checkpoints of {run_dir}")

@@ -213,7 +213,10 @@ def _train_folds(
         def on_done(info: dict, weights_ref: ray.ObjectRef) -> None:
             meta = {k: v for k, v in info.items() if k not in ("val_index", "val_prob_fake")}
             meta.update(
-                val_index=info["val_index"].tolist(), val_prob_fake=info["val_prob_fake"].tolist(), config=to_dict(cfg)
+                val_index=info["val_index"].tolist(),
+                val_prob_fake=info["val_prob_fake"].tolist(),
+                model=cfg.model.name,  # the backbone that rebuilds these weights
+                config=to_dict(cfg),
             )
             save_fold_checkpoint(storage, info["fold"], ray.get(weights_ref), meta)
             log.debug(
@@ -339,6 +342,7 @@ def predict_paths(
             resize=cfg.data.resize,
             crop=cfg.data.crop,
             dropout=cfg.model.dropout,
+            model=cfg.model.name,
             batch_size=cfg.predict.batch_size,
             actors=cfg.predict.actors,
             gpus_per_actor=gpus_per_actor,

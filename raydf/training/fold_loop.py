@@ -96,7 +96,7 @@ def train_fold(
         pin_memory=pin,
     )
 
-    model = build_model(cfg.model.dropout).to(device, memory_format=torch.channels_last)
+    model = build_model(cfg.model.dropout, cfg.model.name).to(device, memory_format=torch.channels_last)
     # The compiled module shares the parameters; state dicts are taken from `model` (no "_orig_mod." prefix).
     net = torch.compile(model) if cfg.train.compile else model
     optimizer = make_optimizer(model, cfg)
