@@ -10,7 +10,7 @@ import json
 from typing import Optional, Sequence
 
 from raydf.cli import add_common_args, config_from_args, run_cli
-from raydf.config import to_yaml
+from raydf.config import check_data_paths, to_yaml
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -27,6 +27,7 @@ def main(args: argparse.Namespace) -> int:
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
+    check_data_paths(cfg)  # a wrong path fails in a second, before the imports below (seconds on a small machine)
     from raydf.pipelines.training import train  # imports torch and Ray: only when there is work to do
     from raydf.runs.report import short_report
     from raydf.runs.storage import RunStorage

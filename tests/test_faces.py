@@ -273,6 +273,7 @@ def test_train_on_videos_in_one_command_scores_every_video(ray_local, video_sets
         "train.batch_size=16",
         "resources.gpus_per_fold=0",
         "train.precision=fp32",
+        "model.name=test_efficientnet",
     ]
     cfg = load_config(None, overrides)
     train(cfg)

@@ -34,6 +34,7 @@ def _cfg():
             "train.patience=5",
             "optim.lr=0.01",
             "model.dropout=0.5",
+            "model.name=test_efficientnet",  # resume is the fold loop's, whatever the network (0.1 M parameters)
         ],
     )
 

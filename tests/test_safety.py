@@ -112,3 +112,23 @@ def test_predict_refuses_an_unfinished_run(finished_run, tiny_demo, tmp_path):
     ):
         predict(str(run), str(tiny_demo.test), str(out))
     assert not out.exists()
+
+
+def test_predict_rebuilds_the_backbone_its_checkpoints_record(finished_run, tiny_demo, tmp_path):
+    """The checkpoints name their network (a run's config.yaml could be edited; checkpoints from before raydf
+    recorded it hold InceptionResnetV1 weights); folds of two different networks are refused."""
+    from raydf.pipelines.prediction import _with_recorded_backbone, predict
+
+    run = _copy_run(finished_run, tmp_path)
+    cfg = resume_config(str(run))
+    assert cfg.model.name == "test_efficientnet"
+    assert _with_recorded_backbone(cfg, [{}, {}], str(run)).model.name == "inception_resnet_v1"
+    assert _with_recorded_backbone(cfg, [{"model": "resnet18"}] * 2, str(run)).model.name == "resnet18"
+    ckpt = torch.load(run / "checkpoints" / "fold1.pt", weights_only=True)
+    assert ckpt["meta"]["model"] == "test_efficientnet"
+    ckpt["meta"]["model"] = "resnet18"
+    torch.save(ckpt, run / "checkpoints" / "fold1.pt")
+    out = tmp_path / "pred.csv"
+    with pytest.raises(ConfigError, match=r"different backbones \(resnet18, test_efficientnet\)"):
+        predict(str(run), str(tiny_demo.test), str(out))
+    assert not out.exists()

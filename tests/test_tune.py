@@ -98,6 +98,7 @@ def test_folds_in_lockstep_compute_what_they_compute_alone(tmp_path):
             "train.epochs=2",
             "train.patience=5",
             "optim.lr=0.01",
+            "model.name=test_efficientnet",
         ],
     )
     splits = {0: (np.arange(20, 40), np.arange(20)), 1: (np.arange(20), np.arange(20, 40))}
