@@ -29,6 +29,25 @@ def shared_data() -> Path:
     return require_shared()
 
 
+# The longest test files first (seconds each, 2 cores): with pytest-xdist's file-at-a-time scheduling (make test)
+# neither worker is then left alone with a long file at the end. test_safety and test_real_data_checks stay after
+# test_ray_pipeline (see their docstrings).
+LONGEST_FIRST = [
+    "test_tune.py",
+    "test_faces.py",
+    "test_signals.py",
+    "test_fault_tolerance.py",
+    "test_ray_pipeline.py",
+    "test_multinode.py",
+    "test_s3_run_dir.py",
+]
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory):
     # The demo set is generated into a temporary cache, never the user's ~/.cache.
