@@ -119,7 +119,9 @@ def test_a_retried_fold_keeps_its_epochs_and_says_it_resumes(caplog):
     assert lines[-1].endswith("(4 epochs, 00:45)")  # from the first attempt's start
 
 
-def test_terminal_mode_draws_a_bar_per_fold(caplog):
+def test_terminal_mode_draws_a_bar_per_fold(caplog, monkeypatch):
+    """On an 80-column terminal (the narrowest common one) each bar still shows the ETA and validation numbers."""
+    monkeypatch.setenv("COLUMNS", "80")  # the size tqdm is given when the stream reports none
     caplog.set_level(logging.INFO, logger="raydf.runs.console")
     out = io.StringIO()
     with FoldProgress(2, 4, live=True, stream=out) as display:
@@ -128,6 +130,7 @@ def test_terminal_mode_draws_a_bar_per_fold(caplog):
     assert "fold 0" in screen and "waiting to start" in screen
     assert "fold 1" in screen and "2/4 epochs" in screen and "val loss 0.6000 acc 0.750" in screen
     assert "ETA" in screen and not caplog.records  # the bars replace the log lines
+    assert max(len(line.strip("\r")) for line in screen.replace("\x1b[A", "\n").split("\n")) <= 80
 
 
 def test_quiet_mode_shows_nothing(caplog):

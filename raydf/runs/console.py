@@ -177,10 +177,11 @@ class FoldProgress:
         if state.row is None:
             return state.status
         r = state.row
+        # The ETA and validation numbers first: an 80-column terminal cuts the line after them.
         return (
-            f"train loss {r['train_loss']:.4f} | val loss {r['val_loss']:.4f} acc {r['val_acc']:.3f} "
-            f"| best epoch {r['best_epoch']} | elapsed {_fmt_seconds(state.elapsed(now))} "
-            f"| ETA {_fmt_seconds(state.eta(now))}"
+            f"ETA {_fmt_seconds(state.eta(now))} | val loss {r['val_loss']:.4f} acc {r['val_acc']:.3f} "
+            f"| train loss {r['train_loss']:.4f} | best epoch {r['best_epoch']} "
+            f"| elapsed {_fmt_seconds(state.elapsed(now))}"
         )
 
     def _refresh(self, now: Optional[float] = None) -> None:
