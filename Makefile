@@ -21,10 +21,11 @@ lint: $(VENV)/.installed  ## the layer rule (import-linter) and ruff (lint + for
 	$(VENV)/bin/ruff check raydf tests benchmarks
 	$(VENV)/bin/ruff format --check raydf tests benchmarks
 
-# Three pytest workers, a test file at a time each (module fixtures are built once), in the order conftest.py
+# Two pytest workers, a test file at a time each (module fixtures are built once), in the order conftest.py
 # gives (longest files first; xdist would otherwise start with the files of most tests): most of a test's time is
-# processes starting (Python, Ray, workers) and waiting on each other, which the workers overlap on 2 cores.
-XDIST := -n 3 --dist loadfile --no-loadscope-reorder
+# processes starting (Python, Ray, workers) and waiting on each other, which two workers overlap on 2 cores.
+# Three were no faster (19 min) and overloaded the machine: two multi-node tests failed to start their clusters.
+XDIST := -n 2 --dist loadfile --no-loadscope-reorder
 
 test: lint  ## the lint, then the whole test suite (CPU, local Ray, < 15 min on 2 cores)
 	$(PY) -m pytest -q $(XDIST)
