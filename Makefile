@@ -25,7 +25,10 @@ lint: $(VENV)/.installed  ## the layer rule (import-linter) and ruff (lint + for
 # gives (longest files first; xdist would otherwise start with the files of most tests): most of a test's time is
 # processes starting (Python, Ray, workers) and waiting on each other, which two workers overlap on 2 cores.
 # Three were no faster (19 min) and overloaded the machine: two multi-node tests failed to start their clusters.
-XDIST := -n 2 --dist loadfile --no-loadscope-reorder
+# Not yet the default: under 2 workers test_fold_tasks_overlap_in_time failed twice (one fold's worker imported its
+# modules while the other fold finished). Until that is fixed, one process (~30 min); `make test XDIST="-n 2
+# --dist loadfile --no-loadscope-reorder"` runs the 2-worker suite (12.7-14 min).
+XDIST :=
 
 test: lint  ## the lint, then the whole test suite (CPU, local Ray, < 15 min on 2 cores)
 	$(PY) -m pytest -q $(XDIST)
