@@ -21,16 +21,14 @@ lint: $(VENV)/.installed  ## the layer rule (import-linter) and ruff (lint + for
 	$(VENV)/bin/ruff check raydf tests benchmarks
 	$(VENV)/bin/ruff format --check raydf tests benchmarks
 
-# Two pytest workers, a test file at a time each (module fixtures are built once), in the order conftest.py
-# gives (longest files first; xdist would otherwise start with the files of most tests): most of a test's time is
-# processes starting (Python, Ray, workers) and waiting on each other, which two workers overlap on 2 cores.
-# Three were no faster (19 min) and overloaded the machine: two multi-node tests failed to start their clusters.
-# Not yet the default: under 2 workers test_fold_tasks_overlap_in_time failed twice (one fold's worker imported its
-# modules while the other fold finished). Until that is fixed, one process (~30 min); `make test XDIST="-n 2
-# --dist loadfile --no-loadscope-reorder"` runs the 2-worker suite (12.7-14 min).
+# pytest-xdist options; empty: one process (~30 min on 2 cores). `make test XDIST="-n 2 --dist loadfile
+# --no-loadscope-reorder"` runs two workers, a file at a time, in conftest.py's longest-first order (12.7-14 min:
+# most of a test's time is processes starting, which two workers overlap). Not the default yet: under two workers
+# test_fold_tasks_overlap_in_time failed twice (one fold ended before the other's worker was ready). Three workers
+# were no faster (19 min) and overloaded the machine (two multi-node clusters failed to start).
 XDIST :=
 
-test: lint  ## the lint, then the whole test suite (CPU, local Ray, < 15 min on 2 cores)
+test: lint  ## the lint, then the whole test suite (CPU, local Ray, ~30 min on 2 cores)
 	$(PY) -m pytest -q $(XDIST)
 
 test-fast: $(VENV)/.installed

@@ -29,8 +29,8 @@ def shared_data() -> Path:
     return require_shared()
 
 
-# The longest test files first (seconds each, 2 cores): with pytest-xdist's file-at-a-time scheduling (make test)
-# neither worker is then left alone with a long file at the end. test_safety and test_real_data_checks stay after
+# The longest test files first (seconds each, 2 cores): with pytest-xdist's file-at-a-time scheduling (Makefile's
+# XDIST) neither worker is then left alone with a long file at the end. test_safety and test_real_data_checks stay after
 # test_ray_pipeline (see their docstrings).
 LONGEST_FIRST = [
     "test_tune.py",

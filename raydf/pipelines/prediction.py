@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-from raydf.config import with_values
+from raydf.config import DEFAULT_MODEL, with_values
 from raydf.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -115,8 +115,6 @@ def _faces_of(cfg: Config, images: str, image_root: Optional[str]) -> str:
 def _with_recorded_backbone(cfg: Config, metas: list[dict], run_dir: str) -> Config:
     """`cfg` with model.name as the fold checkpoints record it (checkpoints from before raydf recorded it hold
     InceptionResnetV1 weights); checkpoints of two backbones are an error naming them."""
-    from raydf.config import DEFAULT_MODEL
-
     names = sorted({meta.get("model", DEFAULT_MODEL) for meta in metas})
     if len(names) > 1:
         raise ConfigError(f"{run_dir}: its fold checkpoints hold different backbones ({', '.join(names)})")
