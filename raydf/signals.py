@@ -95,6 +95,11 @@ def install() -> None:
         return
     if _inherited_ignore is None:
         _inherited_ignore = {s for s in HANDLED if signal.getsignal(s) == signal.SIG_IGN}
+        # Ray's core worker installs abseil's failure signal handler (a C++ stack dump on SIGTERM) and, in
+        # ray.shutdown, resets SIGTERM to its default action: a second signal during that shutdown killed the
+        # process at once, with no clean-up and exit -15 (seen in the signal tests; reproduced by sending SIGTERM
+        # during ray.shutdown). Read by Ray when it is imported, so before any command imports it.
+        os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
         if signal.SIGINT in _inherited_ignore:  # Ray Tune installs a SIGINT handler of its own unless told not to
             os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     for sig in HANDLED:

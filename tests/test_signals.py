@@ -232,3 +232,33 @@ def test_a_signal_ignored_at_start_stays_ignored(tmp_path):
     proc = start_signalable([sys.executable, str(script), "ignored"], env=env, stdout=subprocess.PIPE, text=True)
     out, _ = proc.communicate(timeout=30)
     assert out.split() == ["True", "False"]  # SIGINT still ignored, SIGTERM handled
+
+
+SHUTDOWN_UNIT = textwrap.dedent("""
+    import ctypes, os, signal
+    from raydf import signals
+    signals.install()  # as every command does first
+    import ray
+
+    def c_level_sigterm() -> int:  # the handler the kernel runs, not Python's record of it (getsignal)
+        action = ctypes.create_string_buffer(256)  # struct sigaction: the handler pointer comes first
+        assert ctypes.CDLL(None, use_errno=True).sigaction(signal.SIGTERM, None, action) == 0
+        return int.from_bytes(action.raw[:8], "little")
+
+    ray.init(address="local", include_dashboard=False, num_cpus=1)
+    signals.reinstall()
+    ray.shutdown()
+    print("SIG_DFL" if c_level_sigterm() == 0 else "handled", flush=True)
+""")
+
+
+def test_ray_shutdown_leaves_sigterm_to_raydf(tmp_path):
+    """Ray's core worker resets SIGTERM to its default action inside ray.shutdown when it installed its failure
+    signal handler: a second signal while a stopped run ended its Ray session then killed the driver at once
+    (exit -15, no clean-up; seen in the signal chains). raydf tells Ray not to install it."""
+    script = tmp_path / "shutdown.py"
+    script.write_text(SHUTDOWN_UNIT)
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", PYTHONPATH=os.pathsep.join([str(REPO), *sys.path]))
+    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["handled"]

@@ -129,7 +129,7 @@ def ray_session(address: Optional[str]) -> Iterator[RaySession]:
         if session.requested_resources:
             _release_resource_request()
         ray.shutdown()
-        signals.reinstall()  # ray.shutdown resets SIGTERM to its default (die at once)
+        signals.reinstall()  # in case a library replaced the handlers meanwhile
 
 
 def fold_resources(cfg: Config, session: Optional[RaySession] = None) -> dict[str, float]:
