@@ -77,6 +77,26 @@ def kill_ours(session_id: Optional[int] = None, marker: Optional[str] = None, gr
             time.sleep(0.2)
 
 
+def kill_session(session_id: int, timeout_s: float = 30.0) -> None:
+    """kill -9 every process of session `session_id` at once, as a crash or a lost machine would, and wait until
+    none is left.
+
+    Killing the process group is not enough: Ray's workers run in process groups of their own (same session), and
+    a fold worker outlives its raylet for a moment, long enough to train on and upload another epoch's state while
+    a test reads the bucket it writes to.
+    """
+    deadline = time.time() + timeout_s
+    while pids := [p for p in ours(session_id) if _alive(p)]:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        if time.time() > deadline:
+            raise AssertionError(f"processes {pids} of session {session_id} survived SIGKILL for {timeout_s} s")
+        time.sleep(0.05)
+
+
 def child_env(tmpdir: str, repo_on_path: bool = True, **extra: str) -> dict[str, str]:
     """Environment for Ray processes: private temp dir, no token file in $HOME, and this checkout importable
     (`repo_on_path=False`: only through what the processes are given, e.g. a job's working_dir)."""

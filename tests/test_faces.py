@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import REPO, require_shared, wait_for
-from ray_processes import kill_ours
+from ray_processes import kill_ours, kill_session
 
 from raydf.data.catalog import read_train
 from raydf.data.demo_media import load_faces, write_photo, write_video
@@ -195,9 +195,8 @@ def test_a_killed_extraction_resumes_to_the_same_manifest(media, extracted, tmp_
     try:
         assert wait_for(lambda: len(list((out / "parts").glob("*.json"))) >= 3, timeout=300), proc.stdout.read()
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
+        kill_session(proc.pid)
         proc.wait()
-        kill_ours(session_id=proc.pid)
     done_before = len(list((out / "parts").glob("*.json")))
     assert not (out / "faces.csv").exists()
     again = _extract(src, out)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import assert_oof_matches_checkpoints, separable_images, tiny_overrides, wait_for
+from ray_processes import kill_session
 
 from raydf.config import load_config
 from raydf.runs.storage import RunStorage
@@ -94,7 +95,7 @@ def test_killed_driver_resumes_without_retraining_finished_folds(tiny_demo, tmp_
             lambda: storage.exists("checkpoints/fold0.pt") and storage.exists("state/fold1.pt"), timeout=480
         )
     finally:
-        os.killpg(driver.pid, signal.SIGKILL)  # kill -9 the driver and everything in its process group
+        kill_session(driver.pid)  # kill -9 the driver, its Ray instance and the fold workers
         driver.wait()
     assert not storage.exists("summary.json") and not storage.exists("checkpoints/fold1.pt")
     fold0_before = storage.load_torch("checkpoints/fold0.pt")["meta"]

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import REPO, start_signalable, tiny_overrides, wait_for
+from ray_processes import kill_session
 
 from raydf.runs.run_dir import read_csv
 from raydf.runs.storage import RunStorage
@@ -156,7 +157,7 @@ def _run(args: list[str], log: Path, kill_group_when=None, worker_to_kill=None) 
 
         def time_to_kill() -> bool:
             if kill_group_when is not None and kill_group_when():
-                os.killpg(proc.pid, signal.SIGKILL)
+                kill_session(proc.pid)
                 killed.append(proc.pid)
             elif worker_to_kill is not None and (pid := worker_to_kill()) is not None:
                 os.kill(pid, signal.SIGKILL)
@@ -169,7 +170,7 @@ def _run(args: list[str], log: Path, kill_group_when=None, worker_to_kill=None) 
             proc.wait(timeout=400)
         finally:
             if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
+                kill_session(proc.pid)
                 proc.wait()
     return proc, killed
 

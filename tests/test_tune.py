@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import separable_images, start_signalable, tiny_overrides, wait_for
+from ray_processes import kill_session
 
 from raydf.config import load_config, to_dict
 from raydf.errors import ConfigError
@@ -337,7 +338,7 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tiny_demo, tmp_p
     try:
         assert wait_for(first_finished_second_checkpointed, timeout=300.0)
     finally:
-        os.killpg(driver.pid, signal.SIGKILL)  # kill -9 the driver, its Ray instance and the trials
+        kill_session(driver.pid)  # kill -9 the driver, its Ray instance and the trials
         driver.wait()
     assert not (run_dir / "trials.csv").exists()
     [first] = run_dir.glob("tune/trial_*_00000")
