@@ -87,8 +87,8 @@ def finished_run(ray_local, tiny_demo, tmp_path_factory):
     from raydf.config import load_config
     from raydf.pipelines.training import train
 
-    # Two idle workers up front so both fold tasks start at once: a cold worker start can outlast a 1-epoch tiny
-    # fold on a busy 2-core machine, which would hide the overlap the tests check. Each warm-up task waits until
+    # Two idle, imported workers up front so both fold tasks start at once: a cold worker start can outlast a 1-epoch
+    # tiny fold on a busy 2-core machine, which would hide the overlap the tests check. Each warm-up task waits until
     # both run: two tasks that returned at once could have run one after the other in the same worker (seen
     # under pytest-xdist, where the other worker's tests load the machine).
     barrier = tmp_path_factory.mktemp("warm")
@@ -96,6 +96,12 @@ def finished_run(ray_local, tiny_demo, tmp_path_factory):
     @ray_local.remote(num_cpus=1)
     def warm() -> int:  # defined here: cloudpickle ships it by value (conftest is not importable by workers)
         import time
+
+        # What a fold task imports before its body runs (torch, timm, the fold loop: seconds on a loaded machine,
+        # longer than this run's folds); imported here, both folds start within moments of each other.
+        import timm  # noqa: F401
+
+        import raydf.distributed.folds  # noqa: F401
 
         (barrier / str(os.getpid())).touch()
         deadline = time.time() + 300
