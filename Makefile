@@ -21,14 +21,12 @@ lint: $(VENV)/.installed  ## the layer rule (import-linter) and ruff (lint + for
 	$(VENV)/bin/ruff check raydf tests benchmarks
 	$(VENV)/bin/ruff format --check raydf tests benchmarks
 
-# pytest-xdist options; empty: one process (~30 min on 2 cores). `make test XDIST="-n 2 --dist loadfile
-# --no-loadscope-reorder"` runs two workers, a file at a time, in conftest.py's longest-first order (12.7-14 min:
-# most of a test's time is processes starting, which two workers overlap). Not the default yet: under two workers
-# test_fold_tasks_overlap_in_time failed twice (one fold ended before the other's worker was ready). Three workers
-# were no faster (19 min) and overloaded the machine (two multi-node clusters failed to start).
-XDIST :=
+# Two pytest-xdist workers, a file at a time, in conftest.py's longest-first order: most of a test's time is
+# processes starting (Python, Ray, fold workers), which two workers overlap (~13 min on 2 cores, ~18 min in one
+# process: `make test XDIST=`). Three workers were no faster and overloaded the machine.
+XDIST := -n 2 --dist loadfile --no-loadscope-reorder
 
-test: lint  ## the lint, then the whole test suite (CPU, local Ray, ~30 min on 2 cores)
+test: lint  ## the lint, then the whole test suite (CPU, local Ray, ~13 min on 2 cores)
 	$(PY) -m pytest -q $(XDIST)
 
 test-fast: $(VENV)/.installed
