@@ -18,6 +18,7 @@ import pytest
 from conftest import REPO, start_signalable, tiny_overrides, wait_for
 
 from raydf.runs.storage import RunStorage
+from raydf.training.fold_state import FoldStateStore
 
 # A driver whose pipeline steps announce themselves on stderr ("PHASE name"); with PAUSE_AT=name it also waits
 # there, so a signal is sure to land inside that step. The soft vote is not paused: the signal lands in the
@@ -117,8 +118,10 @@ def _chain(chain: str, demo, tmp_path: Path) -> None:
             assert f"python -m raydf.train resume={run_dir}" in err, f"{where}:\n{err[-3000:]}"
         if phase == "folds":
             assert not (run_dir / "summary.json").exists()
-            state = RunStorage(run_dir).load_torch("state/fold0.pt")
-            assert state["epoch"] >= 1  # the completed epochs are kept
+            # What a resume starts from: the latest state, or the one before when the worker was killed while
+            # saving (its latest is moved aside before the new one is written).
+            state = FoldStateStore(RunStorage(run_dir), 0).load()
+            assert state is not None and state["epoch"] >= 1  # the completed epochs are kept
     proc = subprocess.run(
         [sys.executable, "-m", "raydf.train", *resume], cwd=REPO, env=env, capture_output=True, text=True, timeout=400
     )
