@@ -25,6 +25,8 @@ DEFAULT_CONFIG = "default"
 DEFAULT_MODEL = "inception_resnet_v1"
 # Smallest input InceptionResnetV1 accepts: below 75 px its last reduction block has a 2x2 map for a 3x3 kernel.
 MIN_CROP = 75
+# facenet-pytorch's pretrained InceptionResnetV1 weights (model.pretrained=true means the first).
+FACENET_PRETRAINED = ("vggface2", "casia-webface")
 
 
 @dataclass
@@ -91,6 +93,11 @@ class ModelConfig:
     # inception_resnet_v1 (the seed's) or a timm model name: efficientnet_b0, legacy_xception, resnet18, ...
     name: str = DEFAULT_MODEL
     dropout: float = 0.6
+    # A start for every fold instead of random weights: a local file or URI (a timm or torchvision state dict,
+    # facenet's vggface2 file, a raydf checkpoint), read with weights_only=True; the classifier head is replaced.
+    weights: Optional[str] = None
+    # Or the library's own download: vggface2 / casia-webface for inception_resnet_v1, true for a timm model.
+    pretrained: Optional[str] = None
 
 
 @dataclass
@@ -271,6 +278,8 @@ def load_config(config: str | os.PathLike | None = None, overrides: list[str] = 
     if result.data.cache == "False":
         result.data.cache = "off"
     result.data.faces = {"False": "off", "True": "on"}.get(result.data.faces, result.data.faces)
+    # `model.pretrained=true` / `false` arrive as the strings "True" / "False"
+    result.model.pretrained = {"True": "true", "False": None}.get(result.model.pretrained, result.model.pretrained)
     result.tune.space = normalize_space(result.tune.space)
     validate(result)
     return result
@@ -326,7 +335,25 @@ def validate(cfg: Config) -> None:
     _validate_tune(cfg)
 
 
+def _validate_start(cfg: Config) -> None:
+    """model.weights and model.pretrained: at most one, and a pretrained name the backbone has."""
+    m = cfg.model
+    _require(
+        not (m.weights and m.pretrained),
+        "model.weights",
+        f"and model.pretrained are both set ({m.weights}, {m.pretrained}): a fold starts from one of them",
+    )
+    if m.pretrained:
+        choices = (*FACENET_PRETRAINED, "true") if m.name == DEFAULT_MODEL else ("true",)
+        _require(
+            m.pretrained.lower() in choices,
+            "model.pretrained",
+            f"must be one of {', '.join(choices)} (or false) for {m.name} (got '{m.pretrained}')",
+        )
+
+
 def _validate_model(cfg: Config) -> None:
+    _validate_start(cfg)
     if cfg.model.name == DEFAULT_MODEL:
         _require(
             cfg.data.crop >= MIN_CROP,
@@ -341,6 +368,15 @@ def _validate_model(cfg: Config) -> None:
         hint = f"; did you mean {', '.join(close)}?" if close else "; timm.list_models() lists them"
         raise ConfigError(
             f"config key 'model.name': '{cfg.model.name}' is neither {DEFAULT_MODEL} nor a timm model{hint}"
+        )
+    native = timm.models.get_pretrained_cfg(cfg.model.name)  # None for a name without a default tag
+    if native is not None and native.fixed_input_size:  # e.g. ViTs: position embeddings for one size
+        size = native.input_size[-1]
+        _require(
+            cfg.data.crop == size,
+            "data.crop",
+            f"{cfg.model.name} accepts only {size} px inputs (got {cfg.data.crop}); set data.crop={size} and "
+            f"data.resize>={size}, or choose a convolutional network",
         )
     # timm's networks reduce their input 32x; below 32 px their last feature map would be empty
     _require(cfg.data.crop >= 32, "data.crop", f"must be at least 32 for {cfg.model.name} (got {cfg.data.crop})")

@@ -403,3 +403,27 @@ def test_sigterm_stops_a_sweep_gracefully_and_it_resumes(tiny_demo, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert pd.read_csv(run_dir / "trials.csv")["epochs_run"].tolist() == [2]
+
+
+def test_a_sweep_chooses_between_backbones(ray_local, tiny_demo, tmp_path):
+    """`model.name` as a grid: each trial builds its own network, the table and plot take the names, and
+    best.yaml names one of them."""
+    from raydf.pipelines.sweep import run_sweep
+
+    run_dir = tmp_path / "backbones"
+    overrides = [o for o in _sweep_overrides(run_dir, tiny_demo, epochs=1) if not o.startswith("model.name=")]
+    cfg = load_config(
+        "tune",
+        overrides
+        + [
+            "tune.space={}",
+            "tune.space[model.name]={type: grid, values: [test_efficientnet, test_resnet]}",
+            "tune.baseline=false",
+        ],
+    )
+    run_sweep(cfg)
+    table = pd.read_csv(run_dir / "trials.csv")
+    assert sorted(table["model.name"]) == ["test_efficientnet", "test_resnet"]
+    assert (table["status"] == "done").all()
+    assert (run_dir / "sweep.png").read_bytes().startswith(b"\x89PNG")
+    assert load_config(run_dir / "best.yaml").model.name == table.loc[table["best_val_loss"].idxmin(), "model.name"]

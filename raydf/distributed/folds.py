@@ -37,6 +37,7 @@ def _fold_task(
     cfg: Config,
     storage: Optional[RunStorage],
     progress: Optional[ray.actor.ActorHandle] = None,
+    start_weights: Optional[dict[str, np.ndarray]] = None,
 ) -> tuple[dict[str, np.ndarray], dict]:
     # `images` arrives as a zero-copy, read-only view of the object store, or names the node's memory-mapped
     # cache file: either way every fold on a node shares one copy.
@@ -68,7 +69,9 @@ def _fold_task(
         events.send({"type": "epoch", "time": time.time(), "epochs": cfg.train.epochs, **row})
 
     try:
-        outcome = train_fold(images, labels, train_idx, val_idx, cfg, fold, on_epoch=on_epoch, state=state)
+        outcome = train_fold(
+            images, labels, train_idx, val_idx, cfg, fold, on_epoch=on_epoch, state=state, start_weights=start_weights
+        )
     finally:
         events.flush()  # the driver sees every epoch before it sees the fold finish
     info = asdict(outcome)
@@ -112,6 +115,7 @@ def run_folds(
     on_done: Optional[Callable[[dict, ray.ObjectRef], None]] = None,
     on_events: Optional[Callable[[list[dict]], None]] = None,
     poll_seconds: float = 0.5,
+    start_weights_ref: Optional[ray.ObjectRef] = None,
 ) -> dict[int, tuple[ray.ObjectRef, dict]]:
     """Train the folds `splits` ({fold: (train rows, val rows)}) at once; returns {fold: (best-weights ref, info)}.
 
@@ -119,7 +123,8 @@ def run_folds(
     retries it. `on_done(info, weights_ref)` runs on the driver as each fold finishes (completion order).
     `on_events(events)` runs on the driver every `poll_seconds` with the progress events that arrived
     (possibly none, so a display can tick): `start` and `epoch` events from the fold tasks, then a `done`
-    event per fold after its `on_done`.
+    event per fold after its `on_done`. `start_weights_ref`: the fitted start weights, put once (every fold's
+    worker maps the same copy).
     """
     # SPREAD: Ray's default policy prefers the node that holds a task's arguments (the driver's, where the
     # decoded images are) until that node is half busy; on a 3-node ray.cluster_utils.Cluster it put two
@@ -132,7 +137,9 @@ def run_folds(
     progress = start_progress_actor() if on_events else None
     submitted = {}
     for k, (train_idx, val_idx) in splits.items():
-        weights_ref, info_ref = task.remote(images_ref, labels_ref, k, train_idx, val_idx, cfg, storage, progress)
+        weights_ref, info_ref = task.remote(
+            images_ref, labels_ref, k, train_idx, val_idx, cfg, storage, progress, start_weights_ref
+        )
         submitted[info_ref] = (k, weights_ref)
     log.info("submitted %d fold tasks (%g CPU, %g GPU each)", len(splits), resources["num_cpus"], resources["num_gpus"])
     results: dict[int, tuple[ray.ObjectRef, dict]] = {}

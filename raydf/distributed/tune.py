@@ -15,7 +15,7 @@ import math
 import os
 import shutil
 import tempfile
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -59,9 +59,19 @@ def trial_folds(cfg: Config) -> list[int]:
 
 
 def _trial(
-    params: dict[str, Any], *, images: np.ndarray, labels: np.ndarray, folds: np.ndarray, cfg: Config, scratch: str
+    params: dict[str, Any],
+    *,
+    images: np.ndarray,
+    labels: np.ndarray,
+    folds: np.ndarray,
+    cfg: Config,
+    scratch: str,
+    start_weights: dict[str, dict[str, np.ndarray]],
 ) -> None:
-    """One trial: `params` applied to `cfg`, its folds trained in lockstep, one `tune.report` per epoch."""
+    """One trial: `params` applied to `cfg`, its folds trained in lockstep, one `tune.report` per epoch.
+
+    `start_weights`: {backbone: fitted start weights} of the backbones the sweep tries (empty: from scratch).
+    """
     cfg = with_values(cfg, params)
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # a "Checkpoint successfully created" per epoch
     torch.set_num_threads(cfg.tune.cpus_per_trial)
@@ -75,7 +85,9 @@ def _trial(
         history = json.loads(storage.read_text(HISTORY)) if storage.exists(HISTORY) else []
         stores = {k: FoldStateStore(storage, k) for k in trial_folds(cfg)}
         splits = {k: (np.flatnonzero(folds != k), np.flatnonzero(folds == k)) for k in stores}
-        with contextlib.closing(lockstep_folds(images, labels, splits, cfg, stores)) as epochs:
+        with contextlib.closing(
+            lockstep_folds(images, labels, splits, cfg, stores, start_weights.get(cfg.model.name))
+        ) as epochs:
             for metrics in epochs:
                 for store in stores.values():
                     # One state per fold in the checkpoint (~300 MB each): the previous one is Tune's last checkpoint.
@@ -112,9 +124,15 @@ def make_tuner(
     folds: np.ndarray,
     resources: dict[str, float],
     scratch: str,
+    start_weights: Optional[dict[str, dict[str, np.ndarray]]] = None,
 ) -> tune.Tuner:
-    """A new Tuner for the sweep of `cfg` into RUN_DIR/tune, or the interrupted one there, restored."""
-    trainable = tune.with_parameters(_trial, images=images, labels=labels, folds=folds, cfg=cfg, scratch=scratch)
+    """A new Tuner for the sweep of `cfg` into RUN_DIR/tune, or the interrupted one there, restored.
+
+    The images and `start_weights` ({backbone: state dict}) go to the object store once, for every trial.
+    """
+    trainable = tune.with_parameters(
+        _trial, images=images, labels=labels, folds=folds, cfg=cfg, scratch=scratch, start_weights=start_weights or {}
+    )
     trainable = tune.with_resources(trainable, {"cpu": resources["num_cpus"], "gpu": resources["num_gpus"]})
     root = str(storage.local_path()) if storage.local else storage.root.rstrip("/")  # Tune takes paths or URIs
     path = f"{root}/{EXPERIMENT}"

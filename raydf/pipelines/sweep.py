@@ -24,6 +24,7 @@ from raydf.runs.resume import resume_config
 from raydf.runs.run_dir import create_run_dir, decode_table, empty_run_dir, read_fold_table, reopen_run_dir
 from raydf.runs.storage import RunStorage
 from raydf.runs.sweep_table import SweepFailed, write_report
+from raydf.training.start_weights import start_weights_by_backbone
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ def run_sweep(cfg: Config) -> str:
 
 
 def _run_sweep(cfg: Config) -> str:
+    starts = start_weights_by_backbone(cfg)  # before any work: a file that does not fit stops the sweep here
     if not cfg.resume:  # data.faces: the trials train on the crops (a resumed sweep's config names them)
         empty_run_dir(cfg, "runs/tune-%Y%m%d-%H%M%S")  # names the run directory before the copy below
         cfg = with_extracted_faces(cfg)
@@ -94,7 +96,7 @@ def _run_sweep(cfg: Config) -> str:
         scratch = _scratch_dir(storage)
         shutil.rmtree(scratch, ignore_errors=True)  # what a killed driver of this sweep left
         try:
-            tuner = make_tuner(cfg, storage, images, labels, folds, resources, scratch)
+            tuner = make_tuner(cfg, storage, images, labels, folds, resources, scratch, starts)
             del images  # with_parameters put it in the object store
             with signals.sigterm_as_sigint():  # Tune stops gracefully on SIGINT: let SIGTERM do the same
                 results = tuner.fit()

@@ -45,6 +45,7 @@ from raydf.runs.submission import aggregate_sources, build_face_submissions, sou
 from raydf.runs.tensorboard_log import TensorBoardLog
 from raydf.training.checkpoint import save_fold_checkpoint, try_load_fold_checkpoint
 from raydf.training.metrics import classification_metrics
+from raydf.training.start_weights import StartWeights, start_weights_for
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,9 @@ def train(cfg: Config) -> str:
     t_start = time.time()
     timings: dict[str, float] = {}
     check_data_paths(cfg)
+    # Read or downloaded once, here, before the long pre-flight: a file that does not fit, or no network for
+    # model.pretrained, stops the run before anything is decoded or trained. The folds share this one copy.
+    start = start_weights_for(cfg)
     if not cfg.resume:  # a resumed run's config already names the faces manifests it was trained on
         empty_run_dir(cfg, "runs/%Y%m%d-%H%M%S")  # refuse a used run_dir before the (long) extraction
         cfg = with_extracted_faces(cfg)
@@ -131,7 +135,7 @@ def train(cfg: Config) -> str:
         started = bool(cfg.resume) or bool(cfg.run_dir) and RunStorage(cfg.run_dir).exists("folds.csv")
         raise RunInterrupted.during(stop, cfg.run_dir, started) from None
     try:
-        return _run(cfg, storage, table, test_df, test_bad, images, t_start, timings)
+        return _run(cfg, storage, table, test_df, test_bad, images, start, t_start, timings)
     except KeyboardInterrupt as stop:
         raise RunInterrupted.during(stop, cfg.run_dir, started=True) from None
 
@@ -143,6 +147,7 @@ def _run(
     test_df: Optional[pd.DataFrame],
     test_bad: dict,
     images: Optional[np.ndarray],
+    start: Optional[StartWeights],
     t_start: float,
     timings: dict,
 ) -> str:
@@ -169,9 +174,11 @@ def _run(
         )
         if test_df is not None:  # decoded by Ray Data on any node: fail now, not after the training
             check_readable_on_every_node([p for i, p in enumerate(test_df["path"]) if i not in test_bad], "data.test")
-        infos, weight_refs = _train_folds(cfg, session, storage, table, folds, todo, finished, images, timings)
+        infos, weight_refs = _train_folds(cfg, session, storage, table, folds, todo, finished, images, start, timings)
         del images
         summary = _summarize(cfg, storage, table, folds, infos)
+        if start is not None:
+            summary["start_weights"] = {"source": start.source, "summary": start.summary()}
         if test_df is not None:
             prior = float(table["label"].mean())  # P(fake) of an unreadable test image
             summary.update(_predict_test(cfg, storage, test_df, weight_refs, test_bad, prior, timings))
@@ -195,6 +202,7 @@ def _train_folds(
     todo: list[int],
     finished: dict[int, tuple[dict, dict]],
     images: Optional[np.ndarray],
+    start: Optional[StartWeights],
     timings: dict,
 ) -> tuple[list[dict], list[ray.ObjectRef]]:
     """Train the folds in `todo` in parallel; returns every fold's info and best-weights ref, in fold order.
@@ -209,6 +217,7 @@ def _train_folds(
         images_ref = share_images(table["path"].tolist(), cfg, images)
         labels_ref = ray.put(table["label"].to_numpy(np.int64))
         timings["share_images_seconds"] = time.time() - t0
+        start_ref = ray.put({k: v.numpy() for k, v in start.state_dict.items()}) if start else None
 
         def on_done(info: dict, weights_ref: ray.ObjectRef) -> None:
             meta = {k: v for k, v in info.items() if k not in ("val_index", "val_prob_fake")}
@@ -216,6 +225,7 @@ def _train_folds(
                 val_index=info["val_index"].tolist(),
                 val_prob_fake=info["val_prob_fake"].tolist(),
                 model=cfg.model.name,  # the backbone that rebuilds these weights
+                start_weights=start.source if start else None,
                 config=to_dict(cfg),
             )
             save_fold_checkpoint(storage, info["fold"], ray.get(weights_ref), meta)
@@ -237,7 +247,9 @@ def _train_folds(
                 display(events)
                 tensorboard(events)
 
-            results = run_folds(images_ref, labels_ref, splits, cfg, resources, storage, on_done, on_events)
+            results = run_folds(
+                images_ref, labels_ref, splits, cfg, resources, storage, on_done, on_events, start_weights_ref=start_ref
+            )
         timings["folds_seconds"] = time.time() - t0
         for k, (ref, info) in results.items():
             infos[k], refs[k] = info, ref

@@ -18,6 +18,7 @@ from raydf.config import Config
 from raydf.data.dataset import ImageArrayDataset, make_loader, sample_seed
 from raydf.data.transforms import FastTrainTransform, eval_transform, train_transform
 from raydf.models.factory import build_model
+from raydf.models.weights import apply_start_weights
 from raydf.training.engine import Precision, default_device, evaluate, train_one_epoch
 from raydf.training.fold_state import FoldStateStore
 
@@ -65,6 +66,7 @@ def train_fold(
     on_epoch: Optional[Callable[[dict], None]] = None,
     device: Optional[torch.device] = None,
     state: Optional[FoldStateStore] = None,
+    start_weights: Optional[dict[str, np.ndarray]] = None,
 ) -> FoldOutcome:
     """Train on `images[train_idx]`, select the epoch with the lowest validation loss on `images[val_idx]`.
 
@@ -72,7 +74,8 @@ def train_fold(
     With a `state` store the fold saves its state after every epoch and, if a state is there already (a
     retried or resumed fold), continues after its last completed epoch. Every epoch's randomness (order,
     augmentation, dropout) is drawn from (train.seed, fold, epoch), so a resumed fold repeats exactly
-    what an uninterrupted one would have done.
+    what an uninterrupted one would have done. `start_weights` (tensors that fit the network, see
+    `raydf.training.start_weights`) replace the random initial weights of a fold that starts from scratch.
     """
     device = device or default_device()
     seed = cfg.train.seed + fold
@@ -96,7 +99,10 @@ def train_fold(
         pin_memory=pin,
     )
 
-    model = build_model(cfg.model.dropout, cfg.model.name).to(device, memory_format=torch.channels_last)
+    model = build_model(cfg.model.dropout, cfg.model.name)
+    if start_weights is not None:  # np.array: a writable copy of the object store's read-only view
+        apply_start_weights(model, {k: torch.from_numpy(np.array(v)) for k, v in start_weights.items()})
+    model = model.to(device, memory_format=torch.channels_last)
     # The compiled module shares the parameters; state dicts are taken from `model` (no "_orig_mod." prefix).
     net = torch.compile(model) if cfg.train.compile else model
     optimizer = make_optimizer(model, cfg)
