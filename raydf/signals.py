@@ -16,6 +16,7 @@ import contextlib
 import glob
 import os
 import signal
+import sys
 import threading
 from typing import Callable, Iterator, Optional
 
@@ -98,8 +99,12 @@ def install() -> None:
         # Ray's core worker installs abseil's failure signal handler (a C++ stack dump on SIGTERM) and, in
         # ray.shutdown, resets SIGTERM to its default action: a second signal during that shutdown killed the
         # process at once, with no clean-up and exit -15 (seen in the signal tests; reproduced by sending SIGTERM
-        # during ray.shutdown). Read by Ray when it is imported, so before any command imports it.
+        # during ray.shutdown). Ray reads the variable when it is imported, so before any command imports it.
         os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
+        constants = sys.modules.get("ray._private.ray_constants")
+        if constants is not None and os.environ["RAY_DISABLE_FAILURE_SIGNAL_HANDLER"] == "1":
+            # Ray was imported first (a script, a notebook) and read the variable then; ray.init reads this copy.
+            constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True
         if signal.SIGINT in _inherited_ignore:  # Ray Tune installs a SIGINT handler of its own unless told not to
             os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     for sig in HANDLED:
