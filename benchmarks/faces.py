@@ -29,6 +29,7 @@ from pathlib import Path
 import cv2
 import torch
 
+from raydf.config import FacesConfig
 from raydf.data.demo_media import load_faces, write_photo, write_video
 from raydf.data.faces import FaceExtractor, FaceSettings
 from raydf.data.video import frame_indices
@@ -101,7 +102,7 @@ def run_command(args: list[str], env: dict) -> float:
 def extraction_section(data: Path, work: Path, quick: bool, env: dict) -> dict:
     n, frames = (4, 48) if quick else (10, 96)
     paths = make_videos(data, work / "videos", n, frames)
-    settings = FaceSettings(frames_per_video=16, detect_size=640, size=224)
+    settings = FaceSettings.from_config(FacesConfig(frames_per_video=16, detect_size=640), resize=224)
     torch.set_num_threads(os.cpu_count() or 1)
     t0 = time.perf_counter()
     naive_faces, naive_decoded = naive_extract(paths, settings)

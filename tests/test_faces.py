@@ -21,6 +21,7 @@ import pytest
 from conftest import REPO, require_shared, wait_for
 from ray_processes import kill_ours, kill_session
 
+from raydf.config import FacesConfig
 from raydf.data.catalog import read_train
 from raydf.data.demo_media import load_faces, write_photo, write_video
 from raydf.data.faces import LANDMARK_COLUMNS, MANIFEST_COLUMNS, FaceExtractor, FaceSettings
@@ -162,7 +163,8 @@ def test_the_manifest_trains_with_every_video_in_one_fold(extracted):
 def test_keep_all_gives_both_faces_of_a_frame_and_min_face_drops_small_ones(media):
     src, truth = media
     path = str(src / "real/two_faces.mp4")
-    both = FaceExtractor(FaceSettings(frames_per_video=3, keep="all", size=SIZE, detect_size=160)).extract(path)
+    settings = FacesConfig(frames_per_video=3, keep="all", detect_size=160)
+    both = FaceExtractor(FaceSettings.from_config(settings, SIZE)).extract(path)
     assert both.reason is None and len(both.faces) == 6  # 2 faces x 3 frames
     for face in both.faces:
         pasted = [p["box"] for p in truth["real/two_faces.mp4"] if p["frame"] == face.frame]
@@ -170,7 +172,8 @@ def test_keep_all_gives_both_faces_of_a_frame_and_min_face_drops_small_ones(medi
         assert _center_inside(row, pasted)
     assert {f.face for f in both.faces} == {0, 1}
     # The pasted faces are 96 px, their detected boxes smaller: a 120 px minimum keeps none, and says so.
-    none = FaceExtractor(FaceSettings(frames_per_video=3, min_face=120, size=SIZE, detect_size=160)).extract(path)
+    settings = FacesConfig(frames_per_video=3, min_face=120, detect_size=160)
+    none = FaceExtractor(FaceSettings.from_config(settings, SIZE)).extract(path)
     assert none.faces == [] and "smaller than faces.min_face=120" in none.reason
 
 

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 import torch
 
+from raydf.config import FacesConfig
 from raydf.data.images import BadImage, read_image
 from raydf.data.video import BadVideo, is_video, read_frames
 
@@ -27,16 +28,26 @@ NO_FACE_COLUMNS = ["source", "label", "group", "reason"]
 
 @dataclass(frozen=True)
 class FaceSettings:
-    """What decides the crops; stored with them (`settings.json`), so crops of two settings never mix."""
+    """What decides the crops; stored with them (`settings.json`), so crops of two settings never mix.
 
-    frames_per_video: int = 32  # frames spread evenly over each video (DeepfakeBench: 32)
-    frame_step: int = 0  # > 0: every frame_step-th frame instead (at most frames_per_video of them)
-    detect_size: int = 640  # frames and photos are scaled down to this longest side for detection (0: never)
-    margin: float = 0.3  # crop side = (1 + margin) x the face box's longer side
-    size: int = 256  # crops are size x size px
-    keep: str = "largest"  # largest (one face per frame or photo) | all
-    min_face: int = 40  # faces whose box is shorter than this (source px) are dropped
-    min_score: float = 0.95  # MTCNN's face probability a kept face needs
+    The fields and their defaults are `faces.*` (`raydf.config.FacesConfig`); `size` is resolved to pixels.
+    """
+
+    frames_per_video: int
+    frame_step: int
+    detect_size: int
+    margin: float
+    size: int
+    keep: str
+    min_face: int
+    min_score: float
+
+    @classmethod
+    def from_config(cls, faces: FacesConfig, resize: int) -> FaceSettings:
+        """The settings of `faces.*`; an unset `faces.size` means the training pipeline's `data.resize`."""
+        values = {f.name: getattr(faces, f.name) for f in dataclasses.fields(cls)}
+        values["size"] = faces.size or resize
+        return cls(**values)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -43,17 +43,7 @@ class Extraction:
 
 
 def face_settings(cfg: Config) -> FaceSettings:
-    f = cfg.faces
-    return FaceSettings(
-        frames_per_video=f.frames_per_video,
-        frame_step=f.frame_step,
-        detect_size=f.detect_size,
-        margin=f.margin,
-        size=f.size or cfg.data.resize,
-        keep=f.keep,
-        min_face=f.min_face,
-        min_score=f.min_score,
-    )
+    return FaceSettings.from_config(cfg.faces, cfg.data.resize)
 
 
 def list_sources(src: str, root: Optional[str] = None) -> pd.DataFrame:
