@@ -218,3 +218,25 @@ def test_compiled_fold_computes_what_the_plain_one_does_and_returns_plain_weight
     for k, v in plain.weights.items():
         np.testing.assert_array_equal(compiled.weights[k], v)
     np.testing.assert_array_equal(compiled.val_prob_fake, plain.val_prob_fake)
+
+
+def test_a_stop_request_ends_the_fold_between_batches_keeping_the_last_epoch(tmp_path):
+    """`should_stop` (how the Ray layer stops folds without ray.cancel) is asked before every batch; once it says
+    yes the fold raises StopRequested, and its saved state is the last completed epoch's."""
+    from raydf.runs.storage import RunStorage
+    from raydf.training.engine import StopRequested
+    from raydf.training.fold_state import FoldStateStore
+
+    torch.set_num_threads(2)
+    images, labels = _separable()
+    asked = []
+
+    def stop_at_4() -> bool:
+        asked.append(1)
+        return len(asked) > 3  # 32 training rows, batch 16: 2 batches per epoch, then 1 eval batch asked too
+
+    store = FoldStateStore(RunStorage(tmp_path), 0)
+    with pytest.raises(StopRequested):
+        train_fold(images, labels, np.arange(16, 48), np.arange(16), _cfg(), 0, state=store, should_stop=stop_at_4)
+    assert len(asked) == 4  # it stopped at the first batch it was told to, not at the end of the epoch
+    assert store.load()["epoch"] == 1

@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import signal
-import threading
 import time
 from dataclasses import asdict
 from typing import Callable, Iterable, Optional
@@ -20,6 +19,7 @@ from raydf.config import Config
 from raydf.data.cache import DecodedCache
 from raydf.distributed.data import ImagesHandle, resolve_images
 from raydf.distributed.progress import EventSender, drain, start_progress_actor
+from raydf.distributed.stop import StopPoller, start_stop_flag
 from raydf.errors import RaydfError, find_user_error
 from raydf.runs.storage import RunStorage
 from raydf.training.fold_loop import train_fold
@@ -39,14 +39,11 @@ def _fold_task(
     storage: Optional[RunStorage],
     progress: Optional[ray.actor.ActorHandle] = None,
     start_weights: Optional[dict[str, np.ndarray]] = None,
+    stop_flag: Optional[ray.actor.ActorHandle] = None,
 ) -> tuple[dict[str, np.ndarray], dict]:
     # `images` arrives as a zero-copy, read-only view of the object store, or names the node's memory-mapped
     # cache file: either way every fold on a node shares one copy.
     # Ray re-runs this task when its worker dies (max_retries); the state store makes the rerun resume.
-    if threading.current_thread() is threading.main_thread():
-        # ray.cancel interrupts a task through SIGINT's Python handler; a worker of a driver started with SIGINT
-        # ignored (a background job of a script) inherits the ignore, and a cancel would do nothing.
-        signal.signal(signal.SIGINT, signal.default_int_handler)
     ctx = ray.get_runtime_context()
     state = FoldStateStore(storage, fold) if storage else None
     attempt = (
@@ -75,7 +72,16 @@ def _fold_task(
 
     try:
         outcome = train_fold(
-            images, labels, train_idx, val_idx, cfg, fold, on_epoch=on_epoch, state=state, start_weights=start_weights
+            images,
+            labels,
+            train_idx,
+            val_idx,
+            cfg,
+            fold,
+            on_epoch=on_epoch,
+            state=state,
+            start_weights=start_weights,
+            should_stop=StopPoller(stop_flag),
         )
     finally:
         events.flush()  # the driver sees every epoch before it sees the fold finish
@@ -140,10 +146,11 @@ def run_folds(
     # and every worker on the node maps that one copy read-only (docs: ray-core/objects, serialization).
     task = _fold_task.options(max_retries=cfg.ray.max_retries, scheduling_strategy="SPREAD", **resources)
     progress = start_progress_actor() if on_events else None
+    stop_flag = start_stop_flag()
     submitted = {}
     for k, (train_idx, val_idx) in splits.items():
         weights_ref, info_ref = task.remote(
-            images_ref, labels_ref, k, train_idx, val_idx, cfg, storage, progress, start_weights_ref
+            images_ref, labels_ref, k, train_idx, val_idx, cfg, storage, progress, start_weights_ref, stop_flag
         )
         submitted[info_ref] = (k, weights_ref)
     log.info("submitted %d fold tasks (%g CPU, %g GPU each)", len(splits), resources["num_cpus"], resources["num_gpus"])
@@ -153,7 +160,9 @@ def run_folds(
     kill_local = lambda: _kill_local_fold_workers(storage, splits.keys() - results.keys())  # noqa: E731
     state_tmp = str(storage.local_path("state") / "*.tmp") if storage is not None and storage.local else ""
     with signals.on_hard_exit(kill_local), signals.partial_files(state_tmp):
-        return _collect(submitted, pending, results, splits, storage, on_done, on_events, progress, poll_seconds)
+        return _collect(
+            submitted, pending, results, splits, storage, on_done, on_events, progress, stop_flag, poll_seconds
+        )
 
 
 def _collect(
@@ -165,6 +174,7 @@ def _collect(
     on_done: Optional[Callable],
     on_events: Optional[Callable],
     progress,
+    stop_flag: ray.actor.ActorHandle,
     poll_seconds: float,
 ) -> dict:
     """Wait for the fold tasks (see `run_folds`); cancel what still runs when leaving early."""
@@ -195,30 +205,31 @@ def _collect(
                     ]
                 )
     finally:
-        _cancel(pending)  # on error or Ctrl-C, do not leave folds training in the background
+        _stop(pending, stop_flag)  # on error or Ctrl-C, do not leave folds training in the background
         if len(results) < len(splits):
             _fetch_errors(pending + [w for k, w in submitted.values() if k not in results])
             if storage is not None:  # the cancelled tasks are gone now: no temp file they were writing stays
                 for k in splits.keys() - results.keys():
                     FoldStateStore(storage, k).remove_partial_writes()
-        del progress  # the actor ends with its last handle (no ray.kill: a worker may still hold one)
+        del progress, stop_flag  # the actors end with their last handle (no ray.kill: a worker may still hold one)
     return dict(sorted(results.items()))
 
 
-def _cancel(refs: list[ray.ObjectRef], grace_s: float = 10.0) -> None:
-    """Stop the fold tasks of `refs`: a KeyboardInterrupt in each (its `finally` blocks run, its worker stays),
-    then a forced cancel (the worker killed) of any still running after `grace_s`.
+def _stop(refs: list[ray.ObjectRef], stop_flag: ray.actor.ActorHandle, grace_s: float = 30.0) -> None:
+    """Stop the fold tasks of `refs`: set the flag they poll between batches (each ends within a batch), then
+    cancel (force) only those still running after `grace_s`, e.g. one still waiting for a node.
 
-    Not forced at once: a forced cancel races with the worker's death inside Ray 2.60's core worker, which then
-    aborts the driver (RAY_CHECK "Tried to complete task that was not pending", task_manager.cc; a sibling of the
-    race fixed in ray-project/ray#54798): seen once in six runs of the signal tests.
+    Not `ray.cancel` first: see `raydf.distributed.stop`.
     """
-    for ref in refs:
-        ray.cancel(ref)
-    if refs:
+    if not refs:
+        return
+    try:
+        ray.get(stop_flag.set.remote(), timeout=10)
         _, running = ray.wait(refs, num_returns=len(refs), timeout=grace_s)
-        for ref in running:
-            ray.cancel(ref, force=True)
+    except (ray.exceptions.RayError, TimeoutError):
+        running = refs
+    for ref in running:
+        ray.cancel(ref, force=True)
 
 
 def _kill_local_fold_workers(storage: Optional[RunStorage], folds: Iterable[int]) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Iterable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -79,6 +79,10 @@ def to_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     return torch.addcmul(shift, x.float(), scale)
 
 
+class StopRequested(Exception):
+    """The caller asked a fold to stop (`should_stop()` returned True): raised between two batches."""
+
+
 def train_one_epoch(
     model: torch.nn.Module,
     loader: Iterable,
@@ -86,12 +90,19 @@ def train_one_epoch(
     device: torch.device,
     precision: Precision = Precision(),
     scaler: Optional[torch.amp.GradScaler] = None,
+    should_stop: Optional[Callable[[], bool]] = None,
 ) -> dict[str, float]:
-    """One pass over `loader`; loss and accuracy are averaged per sample, not per batch."""
+    """One pass over `loader`; loss and accuracy are averaged per sample, not per batch.
+
+    `should_stop` is asked before every batch; True raises `StopRequested` (the model is left mid-epoch: the
+    caller keeps the state of the last completed epoch).
+    """
     model.train()
     scaler = scaler or precision.scaler(device)
     loss_sum, correct, n = 0.0, 0, 0
     for images, labels in loader:
+        if should_stop is not None and should_stop():
+            raise StopRequested()
         x, y = to_input(images, device), labels.to(device, non_blocking=True)
         with precision.autocast(device):
             logits = model(x)  # (B, 2)
@@ -110,12 +121,18 @@ def train_one_epoch(
 
 @torch.no_grad()
 def predict_logits(
-    model: torch.nn.Module, loader: Iterable, device: torch.device, precision: Precision = Precision()
+    model: torch.nn.Module,
+    loader: Iterable,
+    device: torch.device,
+    precision: Precision = Precision(),
+    should_stop: Optional[Callable[[], bool]] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits (N, 2) in float32 on the CPU and the loader's labels (N,), in loader order."""
     model.eval()
     logits, labels = [], []
     for images, y in loader:
+        if should_stop is not None and should_stop():
+            raise StopRequested()
         with precision.autocast(device):
             out = model(to_input(images, device))
         logits.append(out.float().cpu())
@@ -124,10 +141,14 @@ def predict_logits(
 
 
 def evaluate(
-    model: torch.nn.Module, loader: Iterable, device: torch.device, precision: Precision = Precision()
+    model: torch.nn.Module,
+    loader: Iterable,
+    device: torch.device,
+    precision: Precision = Precision(),
+    should_stop: Optional[Callable[[], bool]] = None,
 ) -> tuple[dict[str, float], np.ndarray]:
     """Sample-weighted cross-entropy and accuracy, plus the softmax probabilities (N, 2)."""
-    logits, labels = predict_logits(model, loader, device, precision)
+    logits, labels = predict_logits(model, loader, device, precision, should_stop)
     metrics = {
         "loss": F.cross_entropy(logits, labels).item(),
         "acc": (logits.argmax(1) == labels).float().mean().item(),

@@ -67,6 +67,7 @@ def train_fold(
     device: Optional[torch.device] = None,
     state: Optional[FoldStateStore] = None,
     start_weights: Optional[dict[str, np.ndarray]] = None,
+    should_stop: Optional[Callable[[], bool]] = None,
 ) -> FoldOutcome:
     """Train on `images[train_idx]`, select the epoch with the lowest validation loss on `images[val_idx]`.
 
@@ -76,6 +77,8 @@ def train_fold(
     augmentation, dropout) is drawn from (train.seed, fold, epoch), so a resumed fold repeats exactly
     what an uninterrupted one would have done. `start_weights` (tensors that fit the network, see
     `raydf.training.start_weights`) replace the random initial weights of a fold that starts from scratch.
+    `should_stop()` is asked before every batch; True raises `StopRequested` (the saved state stays the last
+    completed epoch's).
     """
     device = device or default_device()
     seed = cfg.train.seed + fold
@@ -131,8 +134,8 @@ def train_fold(
         train_loader.sampler.generator.manual_seed(sample_seed(seed, epoch, 1))  # order
         train_set.set_epoch(epoch)  # augmentation
         lr = optimizer.param_groups[0]["lr"]
-        train_m = train_one_epoch(net, train_loader, optimizer, device, precision, scaler)
-        val_m, val_probs = evaluate(net, val_loader, device, precision)
+        train_m = train_one_epoch(net, train_loader, optimizer, device, precision, scaler, should_stop)
+        val_m, val_probs = evaluate(net, val_loader, device, precision, should_stop)
         scheduler.step()  # once per epoch, as the seed did
         if val_m["loss"] < best["loss"]:
             # A copy, not a reference: the seed kept the live model, so it predicted with last-epoch weights.
