@@ -177,7 +177,7 @@ def _collect(
     stop_flag: ray.actor.ActorHandle,
     poll_seconds: float,
 ) -> dict:
-    """Wait for the fold tasks (see `run_folds`); cancel what still runs when leaving early."""
+    """Wait for the fold tasks (see `run_folds`); stop what still runs when leaving early."""
     try:
         while pending:
             done, pending = ray.wait(pending, num_returns=1, timeout=poll_seconds if progress is not None else None)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from raydf.config import DEFAULT_MODEL, ModelConfig
@@ -33,12 +34,16 @@ KEY_PREFIXES = ("module.", "_orig_mod.")
 class StartWeights:
     """The tensors a fold starts from (head left out where its shape differs) and what the load found."""
 
-    source: str  # the file, or "timm:efficientnet_b0" / "facenet:vggface2"
+    source: str  # the file (model.weights), or which library download (model.pretrained)
     state_dict: dict[str, torch.Tensor]
     loaded: list[str] = field(default_factory=list)
     head_replaced: list[str] = field(default_factory=list)  # in the file, but shaped for another number of classes
     missing: list[str] = field(default_factory=list)  # head tensors not in the file (a headless file): kept at init
     unexpected: list[str] = field(default_factory=list)  # in the file, not in the network: ignored
+
+    def as_numpy(self) -> dict[str, np.ndarray]:
+        """The tensors as numpy arrays: what goes into Ray's object store (zero-copy for the workers)."""
+        return {k: v.numpy() for k, v in self.state_dict.items()}
 
     def summary(self) -> str:
         parts = [f"{len(self.loaded)} tensors loaded from {self.source}"]
@@ -143,15 +148,14 @@ def download_pretrained(model_cfg: ModelConfig) -> tuple[dict[str, torch.Tensor]
 
         net = timm.create_model(name, pretrained=True)  # its own head: fit_to_model replaces it for 2 classes
         return net.state_dict(), f"timm's pretrained {name} ({net.pretrained_cfg.get('hf_hub_id') or 'weights'})"
-    except ConfigError:
-        raise
     except Exception as e:  # no network, a proxy, a missing file on the hub: all mean "not available here"
         raise ConfigError(
-            f"config key 'model.pretrained': {_how_to_get(model_cfg)} Download error: {_first(e)}"
+            f"config key 'model.pretrained': {_how_to_get(model_cfg)} Download error: {error_line(e)}"
         ) from None
 
 
-def _first(e: BaseException) -> str:
+def error_line(e: BaseException) -> str:
+    """`Type: first line of the message` (at most 300 characters), for a one-line user error."""
     return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}"
 
 
@@ -173,11 +177,6 @@ def _how_to_get(model_cfg: ModelConfig) -> str:
         f"save them with python -c \"import timm, torch; torch.save(timm.create_model('{name}', pretrained=True)"
         f".state_dict(), '{name}.pth')\" and train with model.weights=PATH/{name}.pth instead."
     )
-
-
-def pretrained_choices(name: str) -> tuple[str, ...]:
-    """Valid `model.pretrained` values for a backbone."""
-    return (*FACENET_URLS, "true") if name == DEFAULT_MODEL else ("true",)
 
 
 def apply_start_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> None:

@@ -217,7 +217,7 @@ def _train_folds(
         images_ref = share_images(table["path"].tolist(), cfg, images)
         labels_ref = ray.put(table["label"].to_numpy(np.int64))
         timings["share_images_seconds"] = time.time() - t0
-        start_ref = ray.put({k: v.numpy() for k, v in start.state_dict.items()}) if start else None
+        start_ref = ray.put(start.as_numpy()) if start else None
 
         def on_done(info: dict, weights_ref: ray.ObjectRef) -> None:
             meta = {k: v for k, v in info.items() if k not in ("val_index", "val_prob_fake")}

@@ -16,7 +16,7 @@ import torch
 from raydf.config import DEFAULT_MODEL, Config, ModelConfig, with_values
 from raydf.errors import ConfigError
 from raydf.models.factory import build_model
-from raydf.models.weights import StartWeights, download_pretrained, fit_to_model, unwrap_state_dict
+from raydf.models.weights import StartWeights, download_pretrained, error_line, fit_to_model, unwrap_state_dict
 from raydf.runs.storage import RunStorage
 
 log = logging.getLogger(__name__)
@@ -30,9 +30,8 @@ def read_weights_file(location: str) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(io.BytesIO(storage.read_bytes(name)), map_location="cpu", weights_only=True)
     except Exception as e:  # not a torch file, truncated, or pickled objects weights_only refuses
-        first = (str(e).strip().splitlines() or [""])[0]
         raise ConfigError(
-            f"config key 'model.weights': cannot load {location} as PyTorch weights ({type(e).__name__}: {first}); "
+            f"config key 'model.weights': cannot load {location} as PyTorch weights ({error_line(e)}); "
             "it must be a file torch.save wrote holding tensors (a state dict or a raydf checkpoint)"
         ) from None
     return unwrap_state_dict(obj, location)
@@ -79,7 +78,8 @@ def start_weights_for(cfg: Config) -> Optional[StartWeights]:
     with torch.device("meta"):
         model = build_model(cfg.model.dropout, cfg.model.name)
     start = resolve_start_weights(cfg.model, model)
-    _native_size_note(cfg)
+    if cfg.model.pretrained:  # a file's training size is unknown
+        _native_size_note(cfg)
     return start
 
 
@@ -90,4 +90,4 @@ def start_weights_by_backbone(cfg: Config) -> dict[str, dict[str, np.ndarray]]:
     spec = cfg.tune.space.get("model.name")
     names = list(spec["values"]) if spec else [cfg.model.name]
     starts = {name: start_weights_for(with_values(cfg, {"model.name": name}, source="tune.space")) for name in names}
-    return {name: {k: v.numpy() for k, v in start.state_dict.items()} for name, start in starts.items() if start}
+    return {name: start.as_numpy() for name, start in starts.items() if start}
