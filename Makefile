@@ -22,11 +22,11 @@ lint: $(VENV)/.installed  ## the layer rule (import-linter) and ruff (lint + for
 	$(VENV)/bin/ruff format --check raydf tests benchmarks
 
 # Two pytest-xdist workers, a file at a time, in conftest.py's longest-first order: most of a test's time is
-# processes starting (Python, Ray, fold workers), which two workers overlap (9-11 min on 2 cores, 16-18 min in one
+# processes starting (Python, Ray, fold workers), which two workers overlap (9-12 min on 2 cores, 16-18 min in one
 # process: `make test XDIST=`). Three workers were no faster and overloaded the machine.
 XDIST := -n 2 --dist loadfile --no-loadscope-reorder
 
-test: lint  ## the lint, then the whole test suite (CPU, local Ray, 9-11 min on 2 cores)
+test: lint  ## the lint, then the whole test suite (CPU, local Ray, 9-12 min on 2 cores)
 	$(PY) -m pytest -q $(XDIST)
 
 test-fast: $(VENV)/.installed
