@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-fast lint install clean
+.PHONY: demo test test-fast lint install browser clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,17 @@ lint: $(VENV)/.installed  ## the layer rule (import-linter) and ruff (lint + for
 # process: `make test XDIST=`). Three workers were no faster and overloaded the machine.
 XDIST := -n 2 --dist loadfile --no-loadscope-reorder
 
-test: lint  ## the lint, then the whole test suite (CPU, local Ray, 9-12 min on 2 cores)
+# Debian's chromium and chromedriver, for the test that drives the web page of `raydf.serve` in a real browser.
+# Installed with apt-get when missing (as root, or through sudo); where that is not possible the test is skipped,
+# except under CI, where it fails.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif command -v apt-get >/dev/null && $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	  $(SUDO) apt-get install -y -qq chromium chromium-driver >/dev/null; then echo "installed chromium"; \
+	else echo "warning: could not install chromium and chromium-driver: the browser test will be skipped"; fi
+
+test: lint browser  ## the lint, then the whole test suite (CPU, local Ray, 9-12 min on 2 cores)
 	$(PY) -m pytest -q $(XDIST)
 
 test-fast: $(VENV)/.installed

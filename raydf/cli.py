@@ -22,6 +22,7 @@ QUIET_RAY_LOGGERS = {
     "ray": logging.WARNING,
     "ray.data": logging.WARNING,
     "ray.tune": logging.WARNING,
+    "ray.serve": logging.WARNING,
     "ray._private.authentication.authentication_token_setup": logging.ERROR,
     "ray.data._internal.progress": logging.ERROR,
 }

@@ -134,6 +134,23 @@ class PredictConfig:
 
 
 @dataclass
+class ServeConfig:
+    """`python -m raydf.serve --run RUN_DIR`: the run's fold models behind an HTTP API and a web page (Ray Serve)."""
+
+    host: str = "127.0.0.1"  # loopback only; 0.0.0.0 to accept other machines (put authentication in front)
+    port: int = 8000
+    replicas: int = 0  # copies of the K models; 0 = one per GPU, or one (with the node's cores) without GPUs
+    cpus_per_replica: int = 0  # 0 = all the cores of the smallest node without GPUs, 1 with a GPU
+    # Serve's autoscaling_config (min_replicas, max_replicas, target_ongoing_requests, ...); null = fixed replicas
+    autoscaling: Optional[dict[str, Any]] = None
+    max_batch_size: int = 16  # concurrent requests scored in one forward pass (@serve.batch)
+    batch_wait_timeout_s: float = 0.01  # how long a batch waits to fill before it runs
+    max_ongoing_requests: int = 64  # per replica; more wait in the proxy's queue
+    max_upload_mb: float = 16.0  # larger uploads get 413
+    max_pixels: int = 40_000_000  # larger images (from their header, before decoding) get 413
+
+
+@dataclass
 class RayConfig:
     address: Optional[str] = None  # None = start a local instance; "auto", "host:port" or "ray://host:10001"
     max_retries: int = 2  # times Ray re-runs a fold task whose worker died
@@ -196,6 +213,7 @@ class Config:
     sched: SchedConfig = field(default_factory=SchedConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
 
@@ -382,6 +400,22 @@ def _validate_model(cfg: Config) -> None:
     _require(cfg.data.crop >= 32, "data.crop", f"must be at least 32 for {cfg.model.name} (got {cfg.data.crop})")
 
 
+def _validate_serve(s: ServeConfig) -> None:
+    _require(0 < s.port < 65536, "serve.port", f"must be a TCP port, 1-65535 (got {s.port})")
+    _require(s.replicas >= 0, "serve.replicas", "must be >= 0 (0 = one per GPU, or one without GPUs)")
+    _require(s.cpus_per_replica >= 0, "serve.cpus_per_replica", "must be >= 0 (0 = automatic)")
+    _require(s.max_batch_size >= 1, "serve.max_batch_size", f"must be at least 1 (got {s.max_batch_size})")
+    _require(s.batch_wait_timeout_s >= 0, "serve.batch_wait_timeout_s", "must be >= 0 (seconds)")
+    _require(s.max_ongoing_requests >= 1, "serve.max_ongoing_requests", "must be at least 1")
+    _require(s.max_upload_mb > 0, "serve.max_upload_mb", f"must be positive (got {s.max_upload_mb})")
+    _require(s.max_pixels >= 1, "serve.max_pixels", f"must be at least 1 (got {s.max_pixels})")
+    _require(
+        s.autoscaling is None or isinstance(s.autoscaling, dict),
+        "serve.autoscaling",
+        "must be null or a mapping of Serve's autoscaling_config (min_replicas, max_replicas, ...)",
+    )
+
+
 def _validate_values(cfg: Config) -> None:
     _require(cfg.train.folds >= 2, "train.folds", f"must be at least 2 (got {cfg.train.folds})")
     _require(cfg.train.epochs >= 1, "train.epochs", f"must be at least 1 (got {cfg.train.epochs})")
@@ -446,6 +480,7 @@ def _validate_values(cfg: Config) -> None:
         f"must be mean, median or confident (got '{cfg.predict.aggregate}')",
     )
     _require(cfg.predict.actor_restarts >= -1, "predict.actor_restarts", "must be >= 0, or -1 for unlimited")
+    _validate_serve(cfg.serve)
     _require(cfg.ray.max_retries >= -1, "ray.max_retries", "must be >= 0, or -1 for unlimited")
     _require(cfg.ray.scale_up_timeout_s >= 0, "ray.scale_up_timeout_s", "must be >= 0 (seconds; 0 = do not wait)")
     _validate_faces(cfg)

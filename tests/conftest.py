@@ -40,6 +40,7 @@ LONGEST_FIRST = [
     "test_ray_pipeline.py",
     "test_multinode.py",
     "test_s3_run_dir.py",
+    "test_serve.py",
 ]
 
 
@@ -87,29 +88,6 @@ def finished_run(ray_local, tiny_demo, tmp_path_factory):
     from raydf.config import load_config
     from raydf.pipelines.training import train
 
-    # Two idle, imported workers up front so both fold tasks start at once: a cold worker start can outlast a 1-epoch
-    # tiny fold on a busy 2-core machine, which would hide the overlap the tests check. Each warm-up task waits until
-    # both run: two tasks that returned at once could have run one after the other in the same worker (seen
-    # under pytest-xdist, where the other worker's tests load the machine).
-    barrier = tmp_path_factory.mktemp("warm")
-
-    @ray_local.remote(num_cpus=1)
-    def warm() -> int:  # defined here: cloudpickle ships it by value (conftest is not importable by workers)
-        import time
-
-        # What a fold task imports before its body runs (torch, timm, the fold loop: seconds on a loaded machine,
-        # longer than this run's folds); imported here, both folds start within moments of each other.
-        import timm  # noqa: F401
-
-        import raydf.distributed.folds  # noqa: F401
-
-        (barrier / str(os.getpid())).touch()
-        deadline = time.time() + 300
-        while len(list(barrier.iterdir())) < 2 and time.time() < deadline:
-            time.sleep(0.05)
-        return os.getpid()
-
-    assert len(set(ray_local.get([warm.remote() for _ in range(2)]))) == 2
     run_dir = tmp_path_factory.mktemp("runs") / "run"
     # fp32 (auto would pick bf16 on a CPU with bf16 units): tests compare its probabilities with ones computed in
     # the test to float rounding, and bf16 results depend on how the images are batched.

@@ -56,7 +56,8 @@ def test_folds_land_on_different_gpu_nodes_that_join_after_the_driver(helper_clu
     assert "Ray cluster: 1 node(s), 1 CPU, 0 GPU" in driver.output  # what it found when it connected
     folds = json.loads((run_dir / "summary.json").read_text())["folds"]
     assert len({f["node_id"] for f in folds}) == 2 and {f["node_id"] for f in folds} == workers, (folds, workers)
-    assert max(f["started_at"] for f in folds) < min(f["finished_at"] for f in folds)  # at the same time
+    # No check that the folds overlapped in time: each node's worker starts cold (importing torch takes seconds on a
+    # loaded machine) and a tiny fold takes under a second. test_a_short_run_learns_separable_data checks overlap.
     assert (run_dir / "submission.csv").is_file()
 
 

@@ -73,13 +73,6 @@ def test_run_directory_follows_the_contract(finished_run, tiny_demo):
     assert (sub["label"] == (sub["prob_fake"] > 0.5)).all()
 
 
-def test_fold_tasks_overlap_in_time(finished_run):
-    run_dir, _ = finished_run
-    folds = json.loads((run_dir / "summary.json").read_text())["folds"]
-    assert max(f["started_at"] for f in folds) < min(f["finished_at"] for f in folds)
-    assert folds[0]["pid"] != folds[1]["pid"]
-
-
 def test_distributed_soft_vote_equals_single_process_vote(finished_run, tiny_demo):
     run_dir, cfg = finished_run
     assert cfg.train.precision == "fp32"  # bf16 results depend slightly on how a batch is split: no tight check
@@ -224,3 +217,9 @@ def test_a_short_run_learns_separable_data(ray_local, tmp_path):
     # training labels taken from other rows 0.54.
     assert summary["cv"]["auc"] > 0.9 and summary["cv"]["accuracy"] > 0.8
     assert summary["test"]["accuracy"] > 0.8 and summary["test"]["auc"] > 0.9
+    # The folds trained at the same time, each in its own worker. Checked on this run, whose folds take ~40 s each:
+    # a 1-epoch tiny fold (~0.6 s) can finish before the other's worker gets a core on a loaded 2-core machine
+    # (seen once in CI: the second fold started 0.17 s after the first finished).
+    folds = summary["folds"]
+    assert max(f["started_at"] for f in folds) < min(f["finished_at"] for f in folds)
+    assert folds[0]["pid"] != folds[1]["pid"]

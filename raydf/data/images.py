@@ -56,6 +56,13 @@ def read_image(path: str) -> tuple[np.ndarray, str]:
         raise BadImage(path, "is a folder, not an image file") from None
     except OSError as e:
         raise BadImage(path, f"cannot be read ({e.strerror or e})") from None
+    return decode_bytes(data, path), hashlib.sha256(data).hexdigest()
+
+
+def decode_bytes(data: bytes, path: str) -> np.ndarray:
+    """An image file's bytes as (H, W, 3) uint8 RGB at its own size: `read_image`'s decode, shared with uploads to
+    the server so that they are decoded exactly like the training and test images. `path` is what a BadImage names.
+    """
     if not data:
         raise BadImage(path, "empty file (0 bytes)")
     if _truncated_jpeg(data):
@@ -64,10 +71,8 @@ def read_image(path: str) -> tuple[np.ndarray, str]:
         raise BadImage(path, "truncated JPEG: the file ends before the image data does (incomplete download or copy?)")
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if bgr is not None:
-        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    else:
-        rgb = _pillow_rgb(data, path)
-    return rgb, hashlib.sha256(data).hexdigest()
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return _pillow_rgb(data, path)
 
 
 def _truncated_jpeg(data: bytes) -> bool:

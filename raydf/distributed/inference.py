@@ -12,10 +12,9 @@ import ray
 import torch
 
 from raydf.config import DEFAULT_MODEL
-from raydf.data.images import center_crop, decode_image
+from raydf.data.images import decode_image
 from raydf.distributed.cluster import alive_nodes
-from raydf.models.factory import build_model
-from raydf.training.engine import Precision, default_device, fold_prob_fake, to_input
+from raydf.inference.ensemble import EnsembleSettings, FoldEnsemble
 
 log = logging.getLogger(__name__)
 
@@ -43,20 +42,12 @@ class SoftVotePredictor:
         # Ray Data does not resolve ObjectRefs in constructor arguments; fetch the K state dicts here.
         states = ray.get(list(weight_refs))
         torch.set_num_threads(threads)  # the CPUs this actor holds (intra-op parallelism on a CPU node)
-        self.device = default_device()
-        self.precision = Precision.resolve(precision, self.device)
-        self.crop, self.resize, self.tta = crop, resize, tta
-        self.models = []
-        for state in states:
-            net = build_model(dropout, model)
-            net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()})
-            self.models.append(net.to(self.device, memory_format=torch.channels_last).eval())
+        self.ensemble = FoldEnsemble(states, EnsembleSettings(model, dropout, resize, crop, precision, tta))
+        self.resize = resize
 
-    @torch.inference_mode()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         images = np.stack([decode_image(str(p), self.resize) for p in batch["path"]])  # (B, resize, resize, 3)
-        x = to_input(torch.from_numpy(np.ascontiguousarray(center_crop(images, self.crop))), self.device)
-        probs = fold_prob_fake(self.models, x, self.device, self.precision, tta=self.tta)  # K x (B,) P(fake)
+        probs = self.ensemble.predict(images)  # (K, B) P(fake)
         out = {"row": batch["row"], "prob_fake": np.mean(probs, axis=0)}
         out.update({f"prob_fold{k}": p for k, p in enumerate(probs)})
         return out

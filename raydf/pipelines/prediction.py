@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from raydf.config import DEFAULT_MODEL, with_values
 from raydf.errors import ConfigError
 
 if TYPE_CHECKING:
+    import torch
+
     from raydf.config import Config
 
 log = logging.getLogger(__name__)
@@ -35,28 +37,18 @@ def predict(
     from raydf.distributed.cluster import check_readable_on_every_node
     from raydf.distributed.session import ray_session
     from raydf.pipelines.training import predict_paths
-    from raydf.runs.resume import resume_config
     from raydf.runs.run_dir import read_csv, write_csv
     from raydf.runs.storage import RunStorage
     from raydf.runs.submission import build_face_submissions, write_submission
-    from raydf.training.checkpoint import load_fold_checkpoint
 
     storage = RunStorage(run_dir)
-    cfg = resume_config(str(run_dir))
-    missing = [k for k in range(cfg.train.folds) if not storage.exists(f"checkpoints/fold{k}.pt")]
-    if missing:
-        raise ConfigError(
-            f"{run_dir} is not a finished raydf run: checkpoints of folds {missing} are missing "
-            f"(finish it with python -m raydf.train resume={run_dir})"
-        )
+    cfg, checkpoints = load_finished_run(run_dir)
     images = _faces_of(cfg, images, image_root)  # videos, or photos for a run trained on faces: their faces manifest
     faces = read_manifest(images) if is_face_manifest(images) else None
     test_df = read_test(images, image_root if faces is None else None)
     bad = check_test_set(test_df, cfg.data.decode_threads, cfg.data.on_bad)  # before Ray starts
     # The prior an unreadable image gets: the fraction of fakes among the run's training images.
     prior = float(read_csv(storage, "folds.csv")["label"].mean())
-    checkpoints = [load_fold_checkpoint(storage, fold) for fold in range(cfg.train.folds)]
-    cfg = _with_recorded_backbone(cfg, [meta for _, meta in checkpoints], run_dir)
     with ray_session(address or cfg.ray.address):
         # Ray Data decodes them on any node
         check_readable_on_every_node([p for i, p in enumerate(test_df["path"]) if i not in bad], "--images")
@@ -84,6 +76,27 @@ def predict(
         faces_out,
     )
     return str(out)
+
+
+def load_finished_run(
+    run_dir: str, overrides: Sequence[str] = ()
+) -> tuple[Config, list[tuple[dict[str, torch.Tensor], dict]]]:
+    """The run's config (with `overrides` that do not change its results) and its K fold checkpoints (state dict,
+    meta); model.name as the checkpoints record it. A run whose folds are not all finished is a ConfigError."""
+    from raydf.runs.resume import resume_config
+    from raydf.runs.storage import RunStorage
+    from raydf.training.checkpoint import load_fold_checkpoint
+
+    storage = RunStorage(run_dir)
+    cfg = resume_config(str(run_dir), None, overrides)
+    missing = [k for k in range(cfg.train.folds) if not storage.exists(f"checkpoints/fold{k}.pt")]
+    if missing:
+        raise ConfigError(
+            f"{run_dir} is not a finished raydf run: checkpoints of folds {missing} are missing "
+            f"(finish it with python -m raydf.train resume={run_dir})"
+        )
+    checkpoints = [load_fold_checkpoint(storage, fold) for fold in range(cfg.train.folds)]
+    return _with_recorded_backbone(cfg, [meta for _, meta in checkpoints], run_dir), checkpoints
 
 
 def faces_file(out: str) -> str:

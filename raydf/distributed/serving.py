@@ -1,0 +1,246 @@
+"""The ensemble on Ray Serve: a FastAPI ingress deployment that batches concurrent requests (`@serve.batch`).
+
+Each replica holds all K fold models (their weights come through the object store) and answers `POST /predict`
+(an image as the multipart form field `file`), `GET /health`, the web page at `/` and the OpenAPI docs at `/docs`.
+Nothing is written to disk per request: the upload's body is capped and held in memory.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the route parameters' annotations (UploadFile, File) at
+# run time, and as strings they do not resolve inside a Serve ingress class.
+import asyncio
+import base64
+import json
+import logging
+from importlib import resources
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import ray
+import torch
+from fastapi import FastAPI, File, Query, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from ray import serve
+from starlette.formparsers import MultiPartParser
+
+from raydf.config import ServeConfig
+from raydf.inference.ensemble import EnsembleSettings, FoldEnsemble
+from raydf.inference.upload import BadUpload, decode_upload, image_size
+
+log = logging.getLogger(__name__)
+
+APP_NAME = "raydf"
+MULTIPART_SLACK = 64 * 1024  # form boundaries and headers around the file in a multipart body
+
+# Starlette spools a form's file to a temporary file on disk past 1 MiB. The body is capped below (BodyLimit), so
+# holding the whole upload in memory is bounded, and no upload ever touches the disk.
+MultiPartParser.spool_max_size = 2**40
+
+api = FastAPI(
+    title="raydf",
+    description="Real/fake face classification by the soft vote of a raydf run's K fold models.",
+)
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over `limit["bytes"]` gets 413 before it is read whole (by its
+    Content-Length, or while it streams in when it has none)."""
+
+    limit = {"bytes": 16 * 2**20 + MULTIPART_SLACK}  # set by each replica from serve.max_upload_mb
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        max_bytes = self.limit["bytes"]
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > max_bytes:
+            return await _send_json(send, 413, _too_large(int(length), max_bytes))
+        seen, started = 0, False
+
+        async def limited_receive():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > max_bytes:
+                raise _TooLarge()
+            return message
+
+        async def tracking_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _TooLarge:
+            if not started:
+                await _send_json(send, 413, _too_large(seen, max_bytes))
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _too_large(size: int, max_bytes: int) -> str:
+    return (
+        f"the request body is {size / 2**20:.1f} MiB or more; uploads are limited to "
+        f"{(max_bytes - MULTIPART_SLACK) / 2**20:.1f} MiB (serve.max_upload_mb)"
+    )
+
+
+async def _send_json(send, status: int, message: str) -> None:
+    body = json.dumps({"error": message}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+api.add_middleware(BodyLimit)
+
+
+@api.exception_handler(RequestValidationError)
+async def _missing_file(request, exc: RequestValidationError) -> JSONResponse:
+    fields = sorted({str(err.get("loc", ["", "?"])[-1]) for err in exc.errors()})
+    return JSONResponse(
+        {
+            "error": f"bad request ({', '.join(fields)}): send the image as the multipart form field 'file', "
+            f"e.g. curl -F file=@face.jpg http://HOST:PORT/predict"
+        },
+        status_code=400,
+    )
+
+
+@serve.deployment(name="EnsembleServer")
+@serve.ingress(api)
+class EnsembleServer:
+    """One replica: the K fold models and the HTTP routes."""
+
+    def __init__(
+        self,
+        weights: list,
+        settings: EnsembleSettings,
+        info: dict[str, Any],
+        limits: dict[str, int],
+        batching: dict[str, float],
+        threads: int,
+    ):
+        # The weights arrive as ObjectRefs inside a list (Serve resolves only top-level refs): fetched once here.
+        states = ray.get(list(weights))
+        torch.set_num_threads(max(1, threads))
+        self.ensemble = FoldEnsemble(states, settings)
+        self.settings, self.info, self.limits = settings, info, limits
+        BodyLimit.limit["bytes"] = limits["max_bytes"] + MULTIPART_SLACK
+        self._score.set_max_batch_size(int(batching["max_batch_size"]))
+        self._score.set_batch_wait_timeout_s(float(batching["batch_wait_timeout_s"]))
+        self.page = resources.files("raydf.web").joinpath("index.html").read_text(encoding="utf-8")
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    async def _score(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """Concurrent requests' images (each (resize, resize, 3)) through the K models in one batch: (K,) each."""
+        probs = await asyncio.to_thread(self.ensemble.predict, np.stack(images))  # (K, B)
+        return list(probs.T)
+
+    @api.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page(self) -> str:
+        return self.page
+
+    @api.get("/health")
+    async def health(self) -> dict[str, Any]:
+        """Liveness, and which run and backbone this server holds."""
+        return {"status": "ok", **self.info}
+
+    @api.post("/predict")
+    async def predict(
+        self,
+        file: UploadFile = File(..., description="an image file (JPEG, PNG, WebP, BMP, ...) of a face crop"),
+        heatmap: bool = Query(False, description="also return a Grad-CAM heatmap of P(fake) over the face (PNG)"),
+    ) -> JSONResponse:
+        """P(fake) of the uploaded image by the soft vote of the run's fold models."""
+        name = file.filename or "upload"
+        try:
+            data = await file.read()
+            image = await asyncio.to_thread(
+                decode_upload, data, name, self.settings.resize, self.limits["max_bytes"], self.limits["max_pixels"]
+            )
+        except BadUpload as e:
+            return JSONResponse({"error": str(e)}, status_code=e.status)
+        size = image_size(data) or (0, 0)
+        folds = [float(p) for p in await self._score(image)]
+        prob = float(np.mean(folds))
+        body: dict[str, Any] = {
+            "prob_fake": prob,
+            "label": "fake" if prob > 0.5 else "real",
+            "prob_fake_folds": folds,
+            # The run was trained on face crops: the whole image is the face.
+            "faces": [{"box": [0, 0, size[0], size[1]], "prob_fake": prob}],
+            "file": name,
+            **self.info,
+        }
+        if heatmap:
+            body["heatmap_png"] = await asyncio.to_thread(self._heatmap, image)
+        return JSONResponse(body)
+
+    def _heatmap(self, image: np.ndarray) -> str:
+        """Grad-CAM of P(fake) over the model's input (the centre crop), as a base64 PNG overlay."""
+        from raydf.data.images import center_crop
+        from raydf.inference.heatmap import grad_cam, overlay_png
+
+        heat = grad_cam(self.ensemble, image[None])[0]
+        face = center_crop(image[None], self.settings.crop)[0]
+        return base64.b64encode(overlay_png(face, heat)).decode("ascii")
+
+
+def replica_options(cfg: ServeConfig, cluster_gpus: float, node_cpus: Sequence[int]) -> dict[str, Any]:
+    """Serve deployment options from serve.*: one replica per GPU (or one using a node's cores on CPU), or
+    autoscaling between serve.autoscaling's bounds."""
+    gpu = cluster_gpus >= 1
+    cpus = cfg.cpus_per_replica or (1 if gpu else max(1, min(node_cpus or [1])))
+    options: dict[str, Any] = {
+        "ray_actor_options": {"num_cpus": cpus, "num_gpus": 1 if gpu else 0},
+        "max_ongoing_requests": cfg.max_ongoing_requests,
+    }
+    if cfg.autoscaling:
+        options["autoscaling_config"] = dict(cfg.autoscaling)
+    else:
+        options["num_replicas"] = cfg.replicas or (int(cluster_gpus) if gpu else 1)
+    return options
+
+
+def serve_ensemble(
+    weights: Sequence[ray.ObjectRef],
+    settings: EnsembleSettings,
+    info: dict[str, Any],
+    cfg: ServeConfig,
+    cluster_gpus: float,
+    node_cpus: Sequence[int],
+    host: Optional[str] = None,
+    port: Optional[int] = None,
+) -> dict[str, Any]:
+    """Start Serve's HTTP proxy on host:port and deploy the ensemble; returns the deployment options used."""
+    options = replica_options(cfg, cluster_gpus, node_cpus)
+    app = EnsembleServer.options(**options).bind(
+        list(weights),
+        settings,
+        info,
+        {"max_bytes": int(cfg.max_upload_mb * 2**20), "max_pixels": cfg.max_pixels},
+        {"max_batch_size": cfg.max_batch_size, "batch_wait_timeout_s": cfg.batch_wait_timeout_s},
+        int(options["ray_actor_options"]["num_cpus"]),
+    )
+    # Serve's INFO lines (proxy and controller start-up, one access line per request) only with -v, like Ray's.
+    level = "INFO" if logging.getLogger("ray").getEffectiveLevel() <= logging.INFO else "WARNING"
+    logging.getLogger("ray.serve").setLevel(level)  # the driver's own Serve lines ("Started Serve ...")
+    serve.start(http_options={"host": host or cfg.host, "port": port or cfg.port}, logging_config={"log_level": level})
+    serve.run(app, name=APP_NAME, route_prefix="/", logging_config={"log_level": level})
+    return options
+
+
+def stop_serving() -> None:
+    """Remove the application from a running cluster, which may serve others (Serve itself keeps running there; a
+    local instance goes with its Ray session)."""
+    try:
+        serve.delete(APP_NAME)
+    except Exception as e:  # the cluster went away first: nothing left to stop
+        log.debug("removing the Serve application: %s", e)
