@@ -131,6 +131,9 @@ class PredictConfig:
     actor_restarts: int = 0  # times a dead inference actor is restarted (-1: forever; > 0 makes Ray log an error)
     # Faces of one video/photo -> its P(fake): mean | median | confident (the DFDC winner's rule)
     aggregate: str = "mean"
+    # Grad-CAM heatmaps of the N most confident fakes and N most confident reals of the test set, written to
+    # RUN_DIR/explain/ and shown in report.md; 0 = none
+    explain: int = 4
 
 
 @dataclass
@@ -144,7 +147,9 @@ class ServeConfig:
     # Serve's autoscaling_config (min_replicas, max_replicas, target_ongoing_requests, ...); null = fixed replicas
     autoscaling: Optional[dict[str, Any]] = None
     max_batch_size: int = 16  # concurrent requests scored in one forward pass (@serve.batch)
-    batch_wait_timeout_s: float = 0.01  # how long a batch waits to fill before it runs
+    # How long a batch waits to fill before it runs: under load, longer waits make fuller batches (on 2 CPU cores,
+    # 0.05 s gave 2.8x the requests/s of 0.01 s; benchmarks/README.md); a lone request waits this long
+    batch_wait_timeout_s: float = 0.05
     max_ongoing_requests: int = 64  # per replica; more wait in the proxy's queue
     max_upload_mb: float = 16.0  # larger uploads get 413
     max_pixels: int = 40_000_000  # larger images (from their header, before decoding) get 413
@@ -474,6 +479,7 @@ def _validate_values(cfg: Config) -> None:
     )
     _require(cfg.predict.batch_size >= 1, "predict.batch_size", "must be at least 1")
     _require(cfg.predict.actors >= 0, "predict.actors", "must be >= 0 (0 = automatic)")
+    _require(cfg.predict.explain >= 0, "predict.explain", f"must be >= 0 (0 = no heatmaps; got {cfg.predict.explain})")
     _require(
         cfg.predict.aggregate in ("mean", "median", "confident"),
         "predict.aggregate",

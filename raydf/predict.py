@@ -24,6 +24,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         default=None,
         help="also predict each image flipped left-right and average (default: the run's predict.tta)",
     )
+    parser.add_argument(
+        "--explain",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also write Grad-CAM heatmaps of the N most confident fakes and reals into OUT's stem + _explain/",
+    )
     add_common_args(parser)
     return parser.parse_args(argv)
 
@@ -31,7 +38,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def main(args: argparse.Namespace) -> int:
     out = args.out or f"{args.run.rstrip('/')}/predictions.csv"
     try:
-        print(predict(args.run, args.images, out, args.image_root, args.address, args.tta))
+        print(predict(args.run, args.images, out, args.image_root, args.address, args.tta, args.explain))
     except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM (raydf.signals): the output is written whole or not at all
         raise Interrupted(
             f"interrupted ({signals.name(stop)}): nothing was written to {out}; run the same command again to predict",

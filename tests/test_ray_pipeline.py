@@ -162,6 +162,39 @@ def test_predict_with_flip_tta_changes_the_probabilities_and_stays_a_valid_submi
     assert not np.allclose(tta["prob_fake"], plain["prob_fake"], rtol=0, atol=1e-6)
 
 
+def test_predict_explain_writes_heatmaps_of_the_most_confident_images(finished_run, tiny_demo, tmp_path):
+    """--explain N: Grad-CAM PNGs of the N most surely fake and N most surely real images, listed in index.csv in
+    order of confidence with the probabilities the predictions file has."""
+    from raydf.predict import main, parse_args
+
+    run_dir, cfg = finished_run
+    out = tmp_path / "pred.csv"
+    argv = ["--run", str(run_dir), "--images", str(tiny_demo.test), "--out", str(out), "--explain", "3"]
+    assert main(parse_args(argv)) == 0
+    pred = pd.read_csv(out).assign(path=read_test(tiny_demo.test)["path"].to_numpy())
+    index = pd.read_csv(tmp_path / "pred_explain" / "index.csv")
+    fakes = pred[pred["prob_fake"] > 0.5].sort_values("prob_fake", ascending=False).head(3)
+    reals = pred[pred["prob_fake"] <= 0.5].sort_values("prob_fake").head(3)
+    assert index[index["kind"] == "fake"]["image"].tolist() == fakes["path"].tolist()
+    assert index[index["kind"] == "real"]["image"].tolist() == reals["path"].tolist()
+    assert len(index) == len(fakes) + len(reals) > 0
+    np.testing.assert_allclose(index["prob_fake"], pd.concat([fakes, reals])["prob_fake"], atol=1e-6)
+    for name in index["heatmap"]:
+        from PIL import Image
+
+        png = Image.open(tmp_path / "pred_explain" / name)
+        assert png.size == (2 * cfg.data.crop + 4, cfg.data.crop)  # the model's input beside its heatmap
+
+
+def test_the_report_shows_the_heatmaps_of_the_test_set(finished_run):
+    run_dir, _ = finished_run
+    report = (run_dir / "report.md").read_text()
+    index = pd.read_csv(run_dir / "explain" / "index.csv")
+    assert "## Where the models look" in report and len(index) > 0
+    for name in index["heatmap"]:
+        assert f"](explain/{name})" in report and (run_dir / "explain" / name).is_file()
+
+
 def _write_separable_set(root, n_train: int, n_test: int, size: int):
     """`separable_images` as PNG files: a training folder (real/, fake/) and a test CSV path,label of other images."""
     import cv2

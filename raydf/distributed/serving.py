@@ -137,11 +137,29 @@ class EnsembleServer:
         self._score.set_batch_wait_timeout_s(float(batching["batch_wait_timeout_s"]))
         self.page = resources.files("raydf.web").joinpath("index.html").read_text(encoding="utf-8")
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
-    async def _score(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        """Concurrent requests' images (each (resize, resize, 3)) through the K models in one batch: (K,) each."""
-        probs = await asyncio.to_thread(self.ensemble.predict, np.stack(images))  # (K, B)
-        return list(probs.T)
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.05)  # both set from serve.* in __init__
+    async def _score(self, uploads: list[tuple[str, bytes]]) -> list[tuple[np.ndarray, np.ndarray] | BadUpload]:
+        """Concurrent requests' uploads (name, bytes), decoded and put through the K models in one batch: for each,
+        (image (resize, resize, 3), P(fake) per fold (K,)) or the BadUpload that says why it cannot be scored."""
+        return await asyncio.to_thread(self._decode_and_predict, uploads)
+
+    def _decode_and_predict(self, uploads: list[tuple[str, bytes]]) -> list[tuple[np.ndarray, np.ndarray] | BadUpload]:
+        # Decoding here, in the batch's worker thread, rather than in each request's handler: the handlers then only
+        # queue their bytes, so requests reach the batch while the previous one computes (decoding in the handlers
+        # starved the replica's event loop and left batches of one request under load).
+        s = self.settings
+        results: list[Any] = []
+        for name, data in uploads:
+            try:
+                results.append(decode_upload(data, name, s.resize, self.limits["max_bytes"], self.limits["max_pixels"]))
+            except BadUpload as e:
+                results.append(e)
+        good = [i for i, r in enumerate(results) if not isinstance(r, BadUpload)]
+        if good:
+            probs = self.ensemble.predict(np.stack([results[i] for i in good]))  # (K, B)
+            for j, i in enumerate(good):
+                results[i] = (results[i], probs[:, j])
+        return results
 
     @api.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page(self) -> str:
@@ -160,15 +178,13 @@ class EnsembleServer:
     ) -> JSONResponse:
         """P(fake) of the uploaded image by the soft vote of the run's fold models."""
         name = file.filename or "upload"
-        try:
-            data = await file.read()
-            image = await asyncio.to_thread(
-                decode_upload, data, name, self.settings.resize, self.limits["max_bytes"], self.limits["max_pixels"]
-            )
-        except BadUpload as e:
-            return JSONResponse({"error": str(e)}, status_code=e.status)
+        data = await file.read()
+        result = await self._score((name, data))
+        if isinstance(result, BadUpload):
+            return JSONResponse({"error": str(result)}, status_code=result.status)
+        image, probs = result
         size = image_size(data) or (0, 0)
-        folds = [float(p) for p in await self._score(image)]
+        folds = [float(p) for p in probs]
         prob = float(np.mean(folds))
         body: dict[str, Any] = {
             "prob_fake": prob,

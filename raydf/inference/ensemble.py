@@ -9,7 +9,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 import torch
 
-from raydf.config import DEFAULT_MODEL
+from raydf.config import DEFAULT_MODEL, Config
 from raydf.data.images import center_crop
 from raydf.models.factory import build_model
 from raydf.training.engine import Precision, default_device, fold_prob_fake, to_input
@@ -25,6 +25,13 @@ class EnsembleSettings:
     crop: int = 224  # data.crop: then centre-cropped to this
     precision: str = "auto"
     tta: bool = False
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> EnsembleSettings:
+        """A run's settings: its backbone, input sizes, precision and test-time augmentation."""
+        return cls(
+            cfg.model.name, cfg.model.dropout, cfg.data.resize, cfg.data.crop, cfg.train.precision, cfg.predict.tta
+        )
 
 
 class FoldEnsemble:

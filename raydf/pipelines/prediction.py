@@ -24,10 +24,12 @@ def predict(
     image_root: Optional[str] = None,
     address: Optional[str] = None,
     tta: Optional[bool] = None,
+    explain: int = 0,
 ) -> str:
     """Write `image,label,prob_fake` for `images` with the run's K fold checkpoints (paths or URIs).
 
-    `tta` (horizontal-flip test-time augmentation) defaults to the run's `predict.tta`.
+    `tta` (horizontal-flip test-time augmentation) defaults to the run's `predict.tta`. `explain` > 0 also writes
+    Grad-CAM heatmaps of that many most confident fakes and reals into OUT's stem + `_explain/`.
     """
     import ray
 
@@ -36,7 +38,7 @@ def predict(
     from raydf.data.preflight import check_test_set
     from raydf.distributed.cluster import check_readable_on_every_node
     from raydf.distributed.session import ray_session
-    from raydf.pipelines.training import predict_paths
+    from raydf.pipelines.training import explain_paths, predict_paths
     from raydf.runs.run_dir import read_csv, write_csv
     from raydf.runs.storage import RunStorage
     from raydf.runs.submission import build_face_submissions, write_submission
@@ -56,6 +58,10 @@ def predict(
         refs = [ray.put({k: v.numpy() for k, v in weights.items()}) for weights, _ in checkpoints]
         readable = [p for i, p in enumerate(test_df["path"]) if i not in bad]
         pred = predict_paths(cfg, readable, refs, gpus_per_actor=gpus, tta=tta)
+    if explain:
+        folder_storage, folder = RunStorage.for_file(explain_dir(out))
+        weights = [w for w, _ in checkpoints]
+        explain_paths(cfg, weights, readable, pred["prob_fake"].to_numpy(), folder_storage, folder, explain)
     if faces is None:
         write_submission(*RunStorage.for_file(out), test_df, pred, bad, prior)
         log.info("wrote %d predictions of %d folds to %s", len(test_df), cfg.train.folds, out)
@@ -97,6 +103,12 @@ def load_finished_run(
         )
     checkpoints = [load_fold_checkpoint(storage, fold) for fold in range(cfg.train.folds)]
     return _with_recorded_backbone(cfg, [meta for _, meta in checkpoints], run_dir), checkpoints
+
+
+def explain_dir(out: str) -> str:
+    """Where `--explain` heatmaps go beside OUT: predictions.csv -> predictions_explain/."""
+    stem, dot, ext = str(out).rpartition(".")
+    return f"{stem}_explain" if dot and "/" not in ext else f"{out}_explain"
 
 
 def faces_file(out: str) -> str:

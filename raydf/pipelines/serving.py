@@ -32,14 +32,7 @@ def serve_run(
     from raydf.inference.ensemble import EnsembleSettings
 
     cfg, checkpoints = load_finished_run(run_dir, overrides)
-    settings = EnsembleSettings(
-        model=cfg.model.name,
-        dropout=cfg.model.dropout,
-        resize=cfg.data.resize,
-        crop=cfg.data.crop,
-        precision=cfg.train.precision,
-        tta=cfg.predict.tta,
-    )
+    settings = EnsembleSettings.from_config(cfg)
     info = {"run": str(run_dir), "model": cfg.model.name, "folds": len(checkpoints), "crop": cfg.data.crop}
     host, port = host or cfg.serve.host, port or cfg.serve.port
     with ray_session(address or cfg.ray.address) as session:

@@ -65,6 +65,7 @@ SUMMARY_FOLD_KEYS = (
 
 
 FACE_SUBMISSION = "submission_faces.csv"  # per-face rows when the test set is a faces manifest
+EXPLAIN_DIR = "explain"  # Grad-CAM heatmaps of the most confident test images (predict.explain)
 OOF_SOURCES = "oof_sources.csv"  # out-of-fold P(fake) per video/photo when the training set is a faces manifest
 
 
@@ -320,6 +321,7 @@ def _predict_test(
                 f"predicting the test set failed: {user}\nThe fold checkpoints are saved: once "
                 f"fixed, run python -m raydf.train resume={cfg.run_dir}"
             ) from e
+        explain_paths(cfg, weight_refs, readable, pred["prob_fake"].to_numpy(), storage, EXPLAIN_DIR)
         if faces is None:
             sub = face_sub = write_submission(storage, "submission.csv", test_df, pred, test_bad, prior)
         else:
@@ -363,3 +365,39 @@ def predict_paths(
             actor_restarts=cfg.predict.actor_restarts,
             on_rows=progress.update,
         )
+
+
+def explain_paths(
+    cfg: Config,
+    weights: list,
+    paths: list[str],
+    prob_fake: np.ndarray,
+    storage: RunStorage,
+    folder: str,
+    n: Optional[int] = None,
+) -> None:
+    """Grad-CAM heatmaps of the `n` (default: predict.explain) most confident fakes and reals of `paths`, computed on
+    the driver from the fold weights (ObjectRefs or state dicts). They illustrate a finished result: a failure is a
+    warning, not the end of the run."""
+    n = cfg.predict.explain if n is None else n
+    if n <= 0 or not len(paths):
+        return
+    from raydf.inference.ensemble import EnsembleSettings, FoldEnsemble
+    from raydf.inference.explain import write_explanations
+
+    t0 = time.time()
+    try:
+        states = [ray.get(w) if isinstance(w, ray.ObjectRef) else w for w in weights]
+        index = write_explanations(
+            FoldEnsemble(states, EnsembleSettings.from_config(cfg)), paths, prob_fake, n, storage, folder
+        )
+    except Exception as e:  # e.g. a backbone whose last stage Grad-CAM cannot hook
+        log.warning("no heatmaps: %s: %s (the predictions are written)", type(e).__name__, e)
+        return
+    log.info(
+        "Grad-CAM heatmaps of %d confident fakes and %d reals in %s (%.1fs)",
+        int((index["kind"] == "fake").sum()),
+        int((index["kind"] == "real").sum()),
+        storage.path(folder),
+        time.time() - t0,
+    )

@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 
 REPORT = "report.md"
+EXPLAIN_INDEX = "explain/index.csv"  # the heatmaps of predict.explain (raydf.inference.explain)
 TEST_LABELS = "test_labels.csv"  # image, label: the test set's true labels, when known (for the test plots)
 PLOT_FILES = {
     "learning_curves": "learning_curves.png",
@@ -48,6 +49,7 @@ class RunFiles:
     oof: pd.DataFrame
     submission: Optional[pd.DataFrame] = None
     test_labels: Optional[pd.DataFrame] = None  # aligned with `submission`, row for row
+    explain: Optional[pd.DataFrame] = None  # kind, rank, image, prob_fake, heatmap (a PNG in explain/)
 
     @property
     def test_truth(self) -> Optional[pd.DataFrame]:
@@ -72,6 +74,8 @@ def read_run(run_dir: Path) -> RunFiles:
         history=pd.read_csv(run_dir / "history.csv"),
         oof=pd.read_csv(run_dir / "oof.csv"),
     )
+    if (run_dir / EXPLAIN_INDEX).is_file():
+        run.explain = pd.read_csv(run_dir / EXPLAIN_INDEX)
     if (run_dir / "submission.csv").is_file():
         run.submission = pd.read_csv(run_dir / "submission.csv")
         if (run_dir / TEST_LABELS).is_file():
@@ -192,6 +196,7 @@ def render(run: RunFiles, plot_files: dict[str, Path]) -> str:
     lines += ["", "## Plots", ""]
     for name, path in plot_files.items():
         lines += [f"### {PLOT_TITLES[name]}", "", f"![{PLOT_TITLES[name]}]({path.relative_to(run.run_dir)})", ""]
+    lines += _explain_section(run)
     lines += ["## Timings", "", "| step | seconds |", "|---|---:|"]
     timings = s.get("timings", {})
     for key, label in (
@@ -208,6 +213,30 @@ def render(run: RunFiles, plot_files: dict[str, Path]) -> str:
         lines.append(f"| whole run | {s['wall_seconds']:.1f} |")
     lines += ["", "## Config", "", "```yaml", run.config_text.rstrip(), "```", ""]
     return "\n".join(lines)
+
+
+def _explain_section(run: RunFiles) -> list[str]:
+    """The heatmaps of the most confident test fakes and reals: the model's input, and Grad-CAM of P(fake) over it."""
+    if run.explain is None or run.explain.empty:
+        return []
+    lines = [
+        "## Where the models look",
+        "",
+        "Grad-CAM of the soft vote's P(fake) over each image as the models see it (left; right: red = raises "
+        "P(fake) most), for the test images scored most surely fake and most surely real.",
+        "",
+    ]
+    for kind in ("fake", "real"):
+        rows = run.explain[run.explain["kind"] == kind]
+        if rows.empty:
+            continue
+        lines += [f"### Most confident {kind}s", "", "| image | P(fake) | heatmap |", "|---|---:|---|"]
+        for r in rows.itertuples():
+            lines.append(
+                f"| `{Path(str(r.image)).name}` | {r.prob_fake:.4f} | ![{kind} {r.rank}](explain/{r.heatmap}) |"
+            )
+        lines.append("")
+    return lines
 
 
 def build_report(run_dir: Path) -> Path:

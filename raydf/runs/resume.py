@@ -17,6 +17,7 @@ RESUME_SAFE_PREFIXES = (
     "ray.",
     "predict.batch_size",
     "predict.actors",
+    "predict.explain",
     "serve.",
     "data.decode_threads",
     "run_dir",
