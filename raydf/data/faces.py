@@ -130,6 +130,14 @@ class FaceExtractor:
                 frames, grabbed = [(0, read_image(path)[0])], 1
         except (BadVideo, BadImage) as e:
             return SourceFaces([], e.reason, seconds=time.perf_counter() - start)
+        return self.faces_of(frames, grabbed, note, start)
+
+    def faces_of(
+        self, frames: list[tuple[int, np.ndarray]], grabbed: int = 1, note: Optional[str] = None, start: float = 0.0
+    ) -> SourceFaces:
+        """The faces kept in decoded frames (index, (H, W, 3) RGB) of one source, or why there are none."""
+        start = start or time.perf_counter()
+        s = self.settings
         faces, found, largest_small = [], 0, 0.0
         for chunk in _chunks(frames, self.batch_size):
             detections = self.detect([f for _, f in chunk])

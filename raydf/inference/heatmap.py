@@ -10,13 +10,28 @@ import torch
 from raydf.config import DEFAULT_MODEL
 from raydf.inference.ensemble import FoldEnsemble
 
+MIN_CAM_SIDE = 7  # a map coarser than this says little about where (InceptionResnetV1's block8 is 1x1 at 80 px)
 
-def cam_layer(model: torch.nn.Module, name: str) -> torch.nn.Module:
-    """The last convolutional stage, whose activations Grad-CAM weighs: InceptionResnetV1's `block8`, a timm
-    model's last feature stage (`feature_info`, e.g. EfficientNet's `blocks.6`, ResNet's `layer4`)."""
-    if name == DEFAULT_MODEL:
-        return model.block8
-    return model.get_submodule(model.feature_info[-1]["module"])
+
+def cam_layer(model: torch.nn.Module, name: str, crop: int) -> torch.nn.Module:
+    """The layer whose activations Grad-CAM weighs: the deepest feature stage whose map is still at least
+    MIN_CAM_SIDE pixels across for a `crop` px input (else the finest stage). Stages: InceptionResnetV1's
+    `repeat_1`, `repeat_2`, `block8`; a timm model's `feature_info` stages (EfficientNet's `blocks.*`, ...)."""
+    stages = ["repeat_1", "repeat_2", "block8"] if name == DEFAULT_MODEL else [f["module"] for f in model.feature_info]
+    modules = [model.get_submodule(stage) for stage in stages]
+    sides: dict[int, int] = {}
+    hooks = [
+        m.register_forward_hook(lambda mod, args, out, i=i: sides.__setitem__(i, min(out.shape[-2:])))
+        for i, m in enumerate(modules)
+    ]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, crop, crop, device=next(model.parameters()).device))
+    finally:
+        for h in hooks:
+            h.remove()
+    fine = [i for i in range(len(modules)) if sides.get(i, 0) >= MIN_CAM_SIDE]
+    return modules[fine[-1]] if fine else modules[max(sides, key=sides.get)]
 
 
 def grad_cam(ensemble: FoldEnsemble, images: np.ndarray) -> np.ndarray:
@@ -34,7 +49,7 @@ def grad_cam(ensemble: FoldEnsemble, images: np.ndarray) -> np.ndarray:
         x = ensemble.inputs(images).contiguous()  # (B, 3, crop, crop)
         for model in ensemble.models:
             cam = LayerGradCam(
-                lambda t, m=model: torch.softmax(m(t).float(), dim=1), cam_layer(model, ensemble.settings.model)
+                lambda t, m=model: torch.softmax(m(t).float(), dim=1), cam_layer(model, ensemble.settings.model, crop)
             )
             attr = cam.attribute(x, target=1, relu_attributions=False)  # (B, 1, h, w) at the layer's resolution
             maps.append(LayerAttribution.interpolate(attr.detach(), (crop, crop), interpolate_mode="bilinear"))
