@@ -202,6 +202,7 @@ class RayStartHead:
         while len(ports) < 4:
             ports.add(free_port())
         gcs, dashboard, agent, client = sorted(ports)
+        self.address = f"127.0.0.1:{gcs}"  # what a driver passes as ray.address
         self.dashboard_url = f"http://127.0.0.1:{dashboard}"
         self.log = Path(self.tmpdir) / "ray-start.log"
         cmd = [

@@ -316,6 +316,7 @@ def test_train_on_videos_in_one_command_scores_every_video(ray_local, video_sets
     )
     np.testing.assert_allclose(predicted["prob_fake"], sub["prob_fake"], atol=1e-6)
     assert len(pd.read_csv(tmp_path / "predictions_faces.csv")) == len(test_faces)
+    _serve_photos(run_dir, test_src, sub.set_index("image"), per_face)
     # The same sets and settings again: found done, nothing extracted; other settings: another folder.
     again = with_extracted_faces(cfg)
     assert again.data.train == str(faces_cache_dir(cfg, str(train_src)) / "faces.csv")
@@ -323,6 +324,34 @@ def test_train_on_videos_in_one_command_scores_every_video(ray_local, video_sets
     assert stats["extracted_now"] == 0 and stats["done_before"] == 16
     other = load_config(None, overrides + ["faces.margin=0.5"])
     assert faces_cache_dir(other, str(train_src)) != faces_cache_dir(cfg, str(train_src))
+
+
+def _serve_photos(run_dir: Path, test_src: Path, sub: pd.DataFrame, per_face: pd.DataFrame) -> None:
+    """`raydf.serve` of a run trained on extracted faces: an uploaded uncropped photo gets its faces found with the
+    run's settings and the verdict `raydf.predict` gave it; a photo with no face gets 422 saying so."""
+    import requests
+    from ray_processes import Driver, child_env, free_port, short_tmpdir
+
+    port = free_port()
+    driver = Driver(
+        ["-m", "raydf.serve", "--run", str(run_dir), "--port", str(port)], env=child_env(short_tmpdir("rdf-"))
+    )
+    try:
+        driver.wait_for("raydf: serving", timeout_s=300)
+        url = f"http://127.0.0.1:{port}/predict"
+        for photo in ("real/photo0.jpg", "fake/photo0.jpg"):
+            response = requests.post(url, files={"file": (photo, (test_src / photo).read_bytes())}, timeout=120)
+            assert response.status_code == 200, response.text
+            body = response.json()
+            assert body["prob_fake"] == pytest.approx(sub.loc[photo, "prob_fake"], abs=1e-6)
+            rows = per_face[per_face["source"] == photo]
+            assert len(body["faces"]) == len(rows) == sub.loc[photo, "n_faces"]
+            np.testing.assert_allclose([f["prob_fake"] for f in body["faces"]], rows["prob_fake"], atol=1e-6)
+        blank = cv2.imencode(".jpg", np.full((240, 320, 3), 90, np.uint8))[1].tobytes()
+        response = requests.post(url, files={"file": ("wall.jpg", blank)}, timeout=120)
+        assert response.status_code == 422 and "no face found" in response.json()["error"], response.text
+    finally:
+        driver.kill()
 
 
 @pytest.mark.slow

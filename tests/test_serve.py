@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import requests
 from PIL import Image
-from ray_processes import Driver, child_env, free_port, short_tmpdir
+from ray_processes import Driver, RayStartHead, child_env, free_port, short_tmpdir
 
 from raydf.data.catalog import read_test
 
@@ -55,7 +55,7 @@ def test_each_face_gets_the_soft_vote_of_the_run(server, tiny_demo):
         assert body["label"] == ("fake" if body["prob_fake"] > 0.5 else "real")
         assert len(body["prob_fake_folds"]) == 2 and np.isclose(np.mean(body["prob_fake_folds"]), body["prob_fake"])
         width, height = Image.open(path).size
-        assert body["faces"] == [{"box": [0, 0, width, height], "prob_fake": body["prob_fake"]}]
+        assert [(f["box"], f["prob_fake"]) for f in body["faces"]] == [([0, 0, width, height], body["prob_fake"])]
         assert body["run"] == str(server.run_dir) and body["model"] == "test_efficientnet"
         got.append(body["prob_fake"])
     np.testing.assert_allclose(got, expected, rtol=0, atol=ATOL)
@@ -187,3 +187,35 @@ def test_the_web_page_shows_the_verdict_of_an_uploaded_face(server, tiny_demo, t
     assert folds == pytest.approx(api["prob_fake_folds"], abs=5e-5)
     assert heatmap == 80  # the Grad-CAM overlay loaded, at the model's input size
     assert (tmp_path / "page.png").stat().st_size > 0
+
+
+def test_on_a_running_cluster_a_stop_removes_the_application_and_leaves_serve_running(finished_run, tiny_demo):
+    """`--address` deploys on a cluster started with `ray start --head`; SIGTERM (like Ctrl-C) removes raydf's
+    application, and Serve's proxy goes on answering (for the cluster's other applications) with 404 for raydf's
+    routes. SIGTERM rather than SIGINT: a runner started in a script's background would pass SIGINT on ignored."""
+    import signal
+
+    run_dir, _ = finished_run
+    head = RayStartHead(num_cpus=2)
+    try:
+        head.wait_ready()
+        port = free_port()
+        args = ["-m", "raydf.serve", "--run", str(run_dir), "--port", str(port), "--address", head.address]
+        driver = Driver(args, env=child_env(head.tmpdir))
+        try:
+            driver.wait_for("raydf: serving", timeout_s=300)
+            assert f"connected to the Ray cluster at {head.address}" in driver.output
+            path = Path(read_test(tiny_demo.test)["path"].iloc[0])
+            response = requests.post(
+                f"http://127.0.0.1:{port}/predict", files={"file": (path.name, path.read_bytes())}, timeout=120
+            )
+            expected = pd.read_csv(run_dir / "submission.csv")["prob_fake"].iloc[0]
+            assert response.status_code == 200 and abs(response.json()["prob_fake"] - expected) < ATOL
+            driver.proc.send_signal(signal.SIGTERM)
+            assert driver.finish(timeout_s=120) == 143, driver.output[-3000:]
+        finally:
+            driver.kill()
+        assert "stopped serving" in driver.output and "Traceback" not in driver.output
+        assert requests.get(f"http://127.0.0.1:{port}/health", timeout=60).status_code == 404
+    finally:
+        head.stop()

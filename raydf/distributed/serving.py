@@ -11,6 +11,7 @@ import asyncio
 import base64
 import json
 import logging
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Optional, Sequence
 
@@ -24,8 +25,10 @@ from ray import serve
 from starlette.formparsers import MultiPartParser
 
 from raydf.config import ServeConfig
+from raydf.data.images import resize_square
 from raydf.inference.ensemble import EnsembleSettings, FoldEnsemble
-from raydf.inference.upload import BadUpload, decode_upload, image_size
+from raydf.inference.upload import BadUpload, decode_upload
+from raydf.runs.submission import confident_mean
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +116,19 @@ async def _missing_file(request, exc: RequestValidationError) -> JSONResponse:
     )
 
 
+@dataclass
+class Scored:
+    """One upload's answer: the soft vote, each fold's P(fake), and the face(s) it came from."""
+
+    prob_fake: float
+    folds: list[float]  # P(fake) per fold (for a photo: each fold's per-face probabilities aggregated)
+    image: np.ndarray  # (resize, resize, 3) what was scored (a photo's first face): the heatmap's input
+    faces: list[dict[str, Any]] = field(default_factory=list)  # box (x1, y1, x2, y2 in the upload), prob_fake, score
+
+
+AGGREGATE = {"mean": np.mean, "median": np.median, "confident": confident_mean}
+
+
 @serve.deployment(name="EnsembleServer")
 @serve.ingress(api)
 class EnsembleServer:
@@ -126,6 +142,8 @@ class EnsembleServer:
         limits: dict[str, int],
         batching: dict[str, float],
         threads: int,
+        faces: Optional[dict[str, Any]] = None,
+        aggregate: str = "mean",
     ):
         # The weights arrive as ObjectRefs inside a list (Serve resolves only top-level refs): fetched once here.
         states = ray.get(list(weights))
@@ -136,30 +154,62 @@ class EnsembleServer:
         self._score.set_max_batch_size(int(batching["max_batch_size"]))
         self._score.set_batch_wait_timeout_s(float(batching["batch_wait_timeout_s"]))
         self.page = resources.files("raydf.web").joinpath("index.html").read_text(encoding="utf-8")
+        # A run trained on extracted faces: the faces of each upload are found with the run's own settings
+        # (MTCNN, margin, size), scored, and aggregated like raydf.predict aggregates a photo's faces.
+        self.extractor = None
+        if faces:
+            from raydf.data.faces import FaceExtractor, FaceSettings
+
+            self.extractor = FaceExtractor(FaceSettings(**faces), device=str(self.ensemble.device))
+        self.reduce = AGGREGATE[aggregate]
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.05)  # both set from serve.* in __init__
-    async def _score(self, uploads: list[tuple[str, bytes]]) -> list[tuple[np.ndarray, np.ndarray] | BadUpload]:
-        """Concurrent requests' uploads (name, bytes), decoded and put through the K models in one batch: for each,
-        (image (resize, resize, 3), P(fake) per fold (K,)) or the BadUpload that says why it cannot be scored."""
+    async def _score(self, uploads: list[tuple[str, bytes]]) -> list[Scored | BadUpload]:
+        """Concurrent requests' uploads (name, bytes), decoded and put through the K models in one batch: for each
+        its Scored answer or the BadUpload that says why it cannot be scored."""
         return await asyncio.to_thread(self._decode_and_predict, uploads)
 
-    def _decode_and_predict(self, uploads: list[tuple[str, bytes]]) -> list[tuple[np.ndarray, np.ndarray] | BadUpload]:
+    def _decode_and_predict(self, uploads: list[tuple[str, bytes]]) -> list[Scored | BadUpload]:
         # Decoding here, in the batch's worker thread, rather than in each request's handler: the handlers then only
         # queue their bytes, so requests reach the batch while the previous one computes (decoding in the handlers
         # starved the replica's event loop and left batches of one request under load).
-        s = self.settings
         results: list[Any] = []
-        for name, data in uploads:
+        for name, data in uploads:  # each: (faces (F, resize, resize, 3), their boxes and scores) or BadUpload
             try:
-                results.append(decode_upload(data, name, s.resize, self.limits["max_bytes"], self.limits["max_pixels"]))
+                results.append(self._faces(name, data))
             except BadUpload as e:
                 results.append(e)
         good = [i for i, r in enumerate(results) if not isinstance(r, BadUpload)]
-        if good:
-            probs = self.ensemble.predict(np.stack([results[i] for i in good]))  # (K, B)
-            for j, i in enumerate(good):
-                results[i] = (results[i], probs[:, j])
+        if not good:
+            return results
+        probs = self.ensemble.predict(np.concatenate([results[i][0] for i in good]))  # (K, all faces)
+        start = 0
+        for i in good:
+            crops, boxes, scores = results[i]
+            p = probs[:, start : start + len(crops)]  # (K, F)
+            start += len(crops)
+            per_face = p.mean(0)
+            faces = [
+                {"box": [round(float(v), 1) for v in box], "prob_fake": float(pf), "score": sc}
+                for box, pf, sc in zip(boxes, per_face, scores)
+            ]
+            folds = [float(self.reduce(p[k])) for k in range(len(p))]
+            results[i] = Scored(float(self.reduce(per_face)), folds, crops[0], faces)
         return results
+
+    def _faces(self, name: str, data: bytes) -> tuple[np.ndarray, list, list]:
+        """(crops (F, resize, resize, 3), boxes, detection scores) of one upload: the whole image for a run
+        trained on face crops, else the faces MTCNN finds in it."""
+        size = self.settings.resize
+        image = decode_upload(data, name, None, self.limits["max_bytes"], self.limits["max_pixels"])  # (H, W, 3)
+        if self.extractor is None:
+            h, w = image.shape[:2]
+            return resize_square(image, size)[None], [[0, 0, w, h]], [None]
+        found = self.extractor.faces_of([(0, image)])
+        if not found.faces:
+            raise BadUpload(f"{name}: {found.reason}; send a photo with a face", 422)
+        crops = np.stack([resize_square(f.crop, size) for f in found.faces])
+        return crops, [f.box for f in found.faces], [round(f.score, 4) for f in found.faces]
 
     @api.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page(self) -> str:
@@ -178,25 +228,19 @@ class EnsembleServer:
     ) -> JSONResponse:
         """P(fake) of the uploaded image by the soft vote of the run's fold models."""
         name = file.filename or "upload"
-        data = await file.read()
-        result = await self._score((name, data))
+        result = await self._score((name, await file.read()))
         if isinstance(result, BadUpload):
             return JSONResponse({"error": str(result)}, status_code=result.status)
-        image, probs = result
-        size = image_size(data) or (0, 0)
-        folds = [float(p) for p in probs]
-        prob = float(np.mean(folds))
         body: dict[str, Any] = {
-            "prob_fake": prob,
-            "label": "fake" if prob > 0.5 else "real",
-            "prob_fake_folds": folds,
-            # The run was trained on face crops: the whole image is the face.
-            "faces": [{"box": [0, 0, size[0], size[1]], "prob_fake": prob}],
+            "prob_fake": result.prob_fake,
+            "label": "fake" if result.prob_fake > 0.5 else "real",
+            "prob_fake_folds": result.folds,
+            "faces": result.faces,
             "file": name,
             **self.info,
         }
         if heatmap:
-            body["heatmap_png"] = await asyncio.to_thread(self._heatmap, image)
+            body["heatmap_png"] = await asyncio.to_thread(self._heatmap, result.image)
         return JSONResponse(body)
 
     def _heatmap(self, image: np.ndarray) -> str:
@@ -234,8 +278,13 @@ def serve_ensemble(
     node_cpus: Sequence[int],
     host: Optional[str] = None,
     port: Optional[int] = None,
+    faces: Optional[dict[str, Any]] = None,
+    aggregate: str = "mean",
 ) -> dict[str, Any]:
-    """Start Serve's HTTP proxy on host:port and deploy the ensemble; returns the deployment options used."""
+    """Start Serve's HTTP proxy on host:port and deploy the ensemble; returns the deployment options used.
+
+    `faces`: the run's face settings when it was trained on extracted faces (uploads are then photos whose faces
+    are found and aggregated by `aggregate`); None when it was trained on face crops."""
     options = replica_options(cfg, cluster_gpus, node_cpus)
     app = EnsembleServer.options(**options).bind(
         list(weights),
@@ -244,6 +293,8 @@ def serve_ensemble(
         {"max_bytes": int(cfg.max_upload_mb * 2**20), "max_pixels": cfg.max_pixels},
         {"max_batch_size": cfg.max_batch_size, "batch_wait_timeout_s": cfg.batch_wait_timeout_s},
         int(options["ray_actor_options"]["num_cpus"]),
+        faces,
+        aggregate,
     )
     # Serve's INFO lines (proxy and controller start-up, one access line per request) only with -v, like Ray's.
     level = "INFO" if logging.getLogger("ray").getEffectiveLevel() <= logging.INFO else "WARNING"

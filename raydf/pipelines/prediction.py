@@ -121,7 +121,7 @@ def _faces_of(cfg: Config, images: str, image_root: Optional[str]) -> str:
     """The faces manifest to predict: `images` itself when it is one; else its faces, extracted (or found done in
     the cache) with the settings the run's training faces were made with, when the run was trained on faces or
     `images` holds videos; else `images` unchanged."""
-    from raydf.data.face_store import FaceStore, is_face_manifest
+    from raydf.data.face_store import is_face_manifest
     from raydf.pipelines.faces import extract_faces, faces_cache_dir, has_videos
 
     if is_face_manifest(images):
@@ -130,11 +130,29 @@ def _faces_of(cfg: Config, images: str, image_root: Optional[str]) -> str:
     if not trained_on_faces and not has_videos(images, image_root):
         return images
     if trained_on_faces:
-        settings = FaceStore(Path(cfg.data.train).parent).settings() or {}
-        cfg = with_values(cfg, {f"faces.{k}": v for k, v in settings.items()}, source="the run's faces settings")
+        cfg = with_run_faces(cfg)
     folder = faces_cache_dir(cfg, images)
     log.info("faces of %s: extracted into %s", images, folder)
     return str(extract_faces(cfg, images, str(folder), image_root).manifest)
+
+
+def with_run_faces(cfg: Config) -> Config:
+    """`cfg` with faces.* as the run's training faces were extracted (their folder's stored settings)."""
+    from raydf.data.face_store import FaceStore
+
+    settings = FaceStore(Path(cfg.data.train).parent).settings() or {}
+    return with_values(cfg, {f"faces.{k}": v for k, v in settings.items()}, source="the run's faces settings")
+
+
+def run_face_settings(cfg: Config) -> Optional[dict]:
+    """The face settings (`FaceSettings.to_dict()`) new inputs need when the run was trained on extracted faces
+    (data.train is a faces manifest); None when it was trained on face crops."""
+    from raydf.data.face_store import is_face_manifest
+    from raydf.data.faces import FaceSettings
+
+    if not is_face_manifest(cfg.data.train):
+        return None
+    return FaceSettings.from_config(with_run_faces(cfg).faces, cfg.data.resize).to_dict()
 
 
 def _with_recorded_backbone(cfg: Config, metas: list[dict], run_dir: str) -> Config:

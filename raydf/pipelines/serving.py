@@ -6,7 +6,7 @@ import logging
 import time
 from typing import Callable, Optional, Sequence
 
-from raydf.pipelines.prediction import load_finished_run
+from raydf.pipelines.prediction import load_finished_run, run_face_settings
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +33,31 @@ def serve_run(
 
     cfg, checkpoints = load_finished_run(run_dir, overrides)
     settings = EnsembleSettings.from_config(cfg)
-    info = {"run": str(run_dir), "model": cfg.model.name, "folds": len(checkpoints), "crop": cfg.data.crop}
+    faces = run_face_settings(cfg)  # a run trained on extracted faces: uploads are photos, their faces are found
+    info = {
+        "run": str(run_dir),
+        "model": cfg.model.name,
+        "folds": len(checkpoints),
+        "crop": cfg.data.crop,
+        # Whether uploads are photos whose faces are found, or face crops (named apart from the answers' "faces").
+        "face_detection": "mtcnn" if faces else "none",
+    }
     host, port = host or cfg.serve.host, port or cfg.serve.port
     with ray_session(address or cfg.ray.address) as session:
         refs = [ray.put({k: v.numpy() for k, v in weights.items()}) for weights, _ in checkpoints]
         node_cpus = [int(n.get("CPU", 0)) for n in alive_nodes() if n.get("CPU", 0) >= 1]
         try:
             options = serve_ensemble(
-                refs, settings, info, cfg.serve, ray.cluster_resources().get("GPU", 0), node_cpus, host, port
+                refs,
+                settings,
+                info,
+                cfg.serve,
+                ray.cluster_resources().get("GPU", 0),
+                node_cpus,
+                host,
+                port,
+                faces=faces,
+                aggregate=cfg.predict.aggregate,
             )
             shown = "localhost" if host in ("127.0.0.1", "::1") else host
             url = f"http://{shown}:{port}/"
