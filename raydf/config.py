@@ -44,6 +44,19 @@ class DataConfig:
     # Extract faces (faces.*) from data.train/data.test first and train on the crops: auto (when the set holds
     # videos) | on (also uncropped photos) | off. Crops are kept under data.cache_dir, keyed by set and settings.
     faces: str = "auto"
+    # Self-blended fakes made on the fly from the training set's real faces (synth.*): off (the seed's way) | add
+    # (one more fake per real image, besides the labelled set) | only (the reals alone: each epoch synth.share of
+    # them become fakes; labelled fakes are never trained on)
+    synthetic_fakes: str = "off"
+
+
+@dataclass
+class SynthConfig:
+    """Self-blended fakes (`data.synthetic_fakes`): how they are made. Tunable in `raydf.tune`."""
+
+    share: float = 0.5  # with `only`: the share of real images turned into fakes in each epoch
+    mask_scale: float = 1.0  # the face mask's size relative to an ellipse of 64% x 80% of the image
+    edge: float = 0.06  # the mask's soft edge: blur sigma as a fraction of the image side
 
 
 @dataclass
@@ -174,7 +187,7 @@ SPACE_TYPES = {
 }
 # Sections a sweep may vary. Not tunable: what every trial is compared on (data, folds, seed, the epoch
 # budget) and where or how it runs (resources, ray, predict, run_dir, tune itself).
-TUNABLE_PREFIXES = ("model.", "optim.", "sched.", "train.", "data.crop")
+TUNABLE_PREFIXES = ("model.", "optim.", "sched.", "train.", "data.crop", "data.synthetic_fakes", "synth.")
 UNTUNABLE_KEYS = ("train.epochs", "train.folds", "train.split", "train.seed")
 
 
@@ -212,6 +225,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
     faces: FacesConfig = field(default_factory=FacesConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -301,11 +315,17 @@ def load_config(config: str | os.PathLike | None = None, overrides: list[str] = 
     if result.data.cache == "False":
         result.data.cache = "off"
     result.data.faces = {"False": "off", "True": "on"}.get(result.data.faces, result.data.faces)
+    if result.data.synthetic_fakes == "False":
+        result.data.synthetic_fakes = "off"
     # `model.pretrained=true` / `false` arrive as the strings "True" / "False"
     result.model.pretrained = {"True": "true", "False": None}.get(result.model.pretrained, result.model.pretrained)
     result.tune.space = normalize_space(result.tune.space)
     validate(result)
     return result
+
+
+# String keys with `off` / `on` among their values, which YAML reads as booleans.
+ON_OFF_KEYS = ("data.cache", "data.faces", "data.synthetic_fakes")
 
 
 def normalize_space(space: dict[str, Any]) -> dict[str, Any]:
@@ -318,6 +338,8 @@ def normalize_space(space: dict[str, Any]) -> dict[str, Any]:
             continue
         if isinstance(spec, dict) and spec.get("type") in SPACE_TYPES:
             spec = {k: v for k, v in spec.items() if k not in known or k in SPACE_TYPES[spec["type"]]}
+            if key in ON_OFF_KEYS and isinstance(spec.get("values"), list):
+                spec["values"] = [("on" if v else "off") if isinstance(v, bool) else v for v in spec["values"]]
         out[key] = spec
     return out
 
@@ -486,6 +508,14 @@ def _validate_values(cfg: Config) -> None:
         f"must be mean, median or confident (got '{cfg.predict.aggregate}')",
     )
     _require(cfg.predict.actor_restarts >= -1, "predict.actor_restarts", "must be >= 0, or -1 for unlimited")
+    _require(
+        cfg.data.synthetic_fakes in ("off", "add", "only"),
+        "data.synthetic_fakes",
+        f"must be off, add or only (got '{cfg.data.synthetic_fakes}')",
+    )
+    _require(0 < cfg.synth.share < 1, "synth.share", f"must be in (0, 1) (got {cfg.synth.share})")
+    _require(cfg.synth.mask_scale > 0, "synth.mask_scale", f"must be positive (got {cfg.synth.mask_scale})")
+    _require(cfg.synth.edge >= 0, "synth.edge", f"must be >= 0 (got {cfg.synth.edge})")
     _validate_serve(cfg.serve)
     _require(cfg.ray.max_retries >= -1, "ray.max_retries", "must be >= 0, or -1 for unlimited")
     _require(cfg.ray.scale_up_timeout_s >= 0, "ray.scale_up_timeout_s", "must be >= 0 (seconds; 0 = do not wait)")
@@ -590,7 +620,8 @@ def _validate_space_entry(cfg: Config, key: str, spec: Any) -> None:
         tunable,
         where,
         f"'{key}' cannot be tuned: trials must share data, folds, seed and the epoch budget "
-        f"(train.epochs); tunable are model.*, optim.*, sched.*, data.crop and train.* except "
+        f"(train.epochs); tunable are model.*, optim.*, sched.*, synth.*, data.crop, data.synthetic_fakes and train.* "
+        f"except "
         f"{', '.join(UNTUNABLE_KEYS)}",
     )
     _require(

@@ -23,7 +23,7 @@ def _data(n=40, size=80):
     return images, labels, np.arange(12, n), np.arange(0, 12)
 
 
-def _cfg():
+def _cfg(*overrides: str):
     return load_config(
         None,
         [
@@ -35,6 +35,7 @@ def _cfg():
             "optim.lr=0.01",
             "model.dropout=0.5",
             "model.name=test_efficientnet",  # resume is the fold loop's, whatever the network (0.1 M parameters)
+            *overrides,
         ],
     )
 

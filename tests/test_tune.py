@@ -65,6 +65,18 @@ def test_search_space_can_be_narrowed_widened_and_extended():
     }
 
 
+def test_self_blending_and_its_settings_can_be_searched():
+    cfg = load_config(
+        "tune",
+        [
+            "tune.space[data.synthetic_fakes]={type: choice, values: [off, add, only]}",
+            "tune.space[synth.share]={type: uniform, low: 0.3, high: 0.7}",
+            "tune.space[synth.mask_scale]={type: uniform, low: 0.8, high: 1.2}",
+        ],
+    )
+    assert {"data.synthetic_fakes", "synth.share", "synth.mask_scale"} <= set(cfg.tune.space)
+
+
 def test_baseline_trial_runs_the_configs_own_values():
     from raydf.runs.sweep_table import baseline_point
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
+from raydf.data.self_blend import BlendSettings, self_blend
 from raydf.data.transforms import seed_transform
 
 
@@ -16,11 +18,30 @@ def sample_seed(*keys: int) -> int:
     return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1)[0])
 
 
+@dataclass(frozen=True)
+class SyntheticFakes:
+    """How a dataset turns real rows into self-blended fakes (`data.synthetic_fakes`), drawn from (seed, epoch, row).
+
+    `share`: each real row among the dataset's own becomes a fake with this probability in each epoch (`only`).
+    `extra_rows`: real rows appended to the dataset as fakes, one item each (`add`, and `only`'s validation).
+    """
+
+    settings: BlendSettings = BlendSettings()
+    share: float = 0.0
+    extra_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    seed: int = 0
+
+    def draw(self, kind: int, epoch: int, row: int) -> np.random.Generator:
+        return np.random.default_rng(sample_seed(self.seed, epoch, row, 1_000_003 + kind))
+
+
 class ImageArrayDataset(Dataset):
     """Rows `indices` of `images` (N, H, W, 3) uint8; yields (uint8 crop HWC tensor, label).
 
     With a `seed`, the augmentation of each image is drawn from (seed, epoch, row) alone: the same in any
     worker process, in any order, and again after a resume, so a resumed fold sees what it would have seen.
+    With `synthetic`, some items are self-blended fakes of real rows (label 1), drawn the same way; they are
+    augmented like the others.
     """
 
     def __init__(
@@ -30,25 +51,34 @@ class ImageArrayDataset(Dataset):
         labels: Optional[np.ndarray],
         transform: Callable[..., dict],
         seed: Optional[int] = None,
+        synthetic: Optional[SyntheticFakes] = None,
     ):
         self.images, self.indices, self.labels, self.transform = images, np.asarray(indices), labels, transform
-        self.seed = seed
+        self.seed, self.synthetic = seed, synthetic
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()  # shared memory: persistent workers see it
 
     def set_epoch(self, epoch: int) -> None:
         self._epoch[0] = epoch
 
     def __len__(self) -> int:
-        return len(self.indices)
+        return len(self.indices) + (len(self.synthetic.extra_rows) if self.synthetic else 0)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        row = self.indices[i]
+        epoch, n = int(self._epoch[0]), len(self.indices)
+        row = self.indices[i] if i < n else self.synthetic.extra_rows[i - n]
+        label = int(self.labels[row]) if self.labels is not None else -1
+        image = self.images[row]
+        if self.synthetic is not None:
+            s = self.synthetic
+            # An appended item is always a fake; one of the dataset's own real rows is one with probability `share`.
+            fake = i >= n or (label == 0 and s.share > 0 and s.draw(0, epoch, row).random() < s.share)
+            if fake:
+                image, label = self_blend(image, s.draw(1 if i < n else 2, epoch, row), s.settings)[0], 1
         if self.seed is not None:
-            seed_transform(self.transform, sample_seed(self.seed, int(self._epoch[0]), row))
-        img = self.transform(image=self.images[row])["image"]
+            seed_transform(self.transform, sample_seed(self.seed, epoch, row, *([] if i < n else [2])))
+        img = self.transform(image=image)["image"]
         # The shared array is read-only (Ray object store); a crop of it may be a read-only view.
         img = torch.from_numpy(np.array(img, copy=True) if not img.flags.writeable else np.ascontiguousarray(img))
-        label = int(self.labels[row]) if self.labels is not None else -1
         return img, label
 
 

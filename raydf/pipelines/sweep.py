@@ -67,6 +67,18 @@ def _run_sweep(cfg: Config) -> str:
     if not cfg.resume:  # data.faces: the trials train on the crops (a resumed sweep's config names them)
         empty_run_dir(cfg, "runs/tune-%Y%m%d-%H%M%S")  # names the run directory before the copy below
         cfg = with_extracted_faces(cfg)
+    scratch: list[str] = []
+    try:
+        return _sweep_in_session(cfg, starts, scratch)
+    finally:
+        # Once more after the Ray session ended: Tune's fit() returns before its trial actors are gone, and a trial's
+        # last write into its scratch folder could land after the removal inside the session (seen: a trial-*
+        # folder left behind). A local instance's workers are dead now; a cluster's nodes clean their own /tmp.
+        for folder in scratch:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _sweep_in_session(cfg: Config, starts: dict, scratch_dirs: list[str]) -> str:
     with ray_session(cfg.ray.address):
         # Before any work: Tune would only warn, and wait forever, for GPUs the cluster does not have.
         resources = checked_resources(
@@ -94,6 +106,7 @@ def _run_sweep(cfg: Config) -> str:
             resources["num_gpus"],
         )
         scratch = _scratch_dir(storage)
+        scratch_dirs.append(scratch)
         shutil.rmtree(scratch, ignore_errors=True)  # what a killed driver of this sweep left
         try:
             tuner = make_tuner(cfg, storage, images, labels, folds, resources, scratch, starts)

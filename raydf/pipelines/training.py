@@ -65,6 +65,7 @@ SUMMARY_FOLD_KEYS = (
 
 
 FACE_SUBMISSION = "submission_faces.csv"  # per-face rows when the test set is a faces manifest
+SYNTHETIC_PLOT = "synthetic_fakes.png"  # real training faces beside their self-blended fakes (data.synthetic_fakes)
 EXPLAIN_DIR = "explain"  # Grad-CAM heatmaps of the most confident test images (predict.explain)
 OOF_SOURCES = "oof_sources.csv"  # out-of-fold P(fake) per video/photo when the training set is a faces manifest
 
@@ -175,6 +176,8 @@ def _run(
         )
         if test_df is not None:  # decoded by Ray Data on any node: fail now, not after the training
             check_readable_on_every_node([p for i, p in enumerate(test_df["path"]) if i not in test_bad], "data.test")
+        if cfg.data.synthetic_fakes != "off" and storage.local and not storage.exists(SYNTHETIC_PLOT):
+            _plot_synthetic_fakes(cfg, table, storage.local_path(SYNTHETIC_PLOT))
         infos, weight_refs = _train_folds(cfg, session, storage, table, folds, todo, finished, images, start, timings)
         del images
         summary = _summarize(cfg, storage, table, folds, infos)
@@ -401,3 +404,17 @@ def explain_paths(
         storage.path(folder),
         time.time() - t0,
     )
+
+
+def _plot_synthetic_fakes(cfg: Config, table: pd.DataFrame, path, n: int = 6) -> None:
+    """A picture of what the network is taught: `n` real training faces, their self-blended fakes and masks."""
+    from raydf.data.images import decode_image
+    from raydf.data.self_blend import BlendSettings, self_blend
+    from raydf.runs.plots import synthetic_fakes
+
+    reals = table[table["label"] == 0]
+    rows = reals.sample(min(n, len(reals)), random_state=cfg.train.seed)
+    settings = BlendSettings(mask_scale=cfg.synth.mask_scale, edge=cfg.synth.edge)
+    sources = np.stack([decode_image(str(p), cfg.data.resize) for p in rows["path"]])
+    blends = [self_blend(img, np.random.default_rng([cfg.train.seed, i]), settings) for i, img in enumerate(sources)]
+    synthetic_fakes(sources, np.stack([b[0] for b in blends]), np.stack([b[1] for b in blends]), path)

@@ -170,3 +170,21 @@ def probability_histogram(submission: pd.DataFrame, path: Path, labels: Optional
     ax.grid(alpha=0.3)
     ax.legend()
     return _save(fig, path)
+
+
+def synthetic_fakes(sources: np.ndarray, fakes: np.ndarray, masks: np.ndarray, path: Path) -> Path:
+    """What `data.synthetic_fakes` teaches: each real face (N, H, W, 3) beside its self-blended fake and the mask
+    it was blended through (N, H, W), one row per face."""
+    n = len(sources)
+    fig = Figure(figsize=(6.6, 2.2 * n))
+    for i in range(n):
+        for j, (img, title) in enumerate(
+            ((sources[i], "real (source)"), (fakes[i], "self-blended fake"), (masks[i], "blend mask"))
+        ):
+            ax = fig.add_subplot(n, 3, 3 * i + j + 1)
+            ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1 if img.ndim == 2 else None)
+            ax.set_axis_off()
+            if i == 0:
+                ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -196,6 +196,16 @@ def render(run: RunFiles, plot_files: dict[str, Path]) -> str:
     lines += ["", "## Plots", ""]
     for name, path in plot_files.items():
         lines += [f"### {PLOT_TITLES[name]}", "", f"![{PLOT_TITLES[name]}]({path.relative_to(run.run_dir)})", ""]
+    if (run.run_dir / "synthetic_fakes.png").is_file():
+        lines += [
+            "## Self-blended fakes",
+            "",
+            "`data.synthetic_fakes` blends real faces with altered copies of themselves: examples of what the network "
+            "is taught is fake (real face, its self-blended fake, the mask it was blended through).",
+            "",
+            "![self-blended fakes](synthetic_fakes.png)",
+            "",
+        ]
     lines += _explain_section(run)
     lines += ["## Timings", "", "| step | seconds |", "|---|---:|"]
     timings = s.get("timings", {})

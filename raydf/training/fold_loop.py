@@ -15,8 +15,10 @@ import numpy as np
 import torch
 
 from raydf.config import Config
-from raydf.data.dataset import ImageArrayDataset, make_loader, sample_seed
+from raydf.data.dataset import ImageArrayDataset, SyntheticFakes, make_loader, sample_seed
+from raydf.data.self_blend import BlendSettings
 from raydf.data.transforms import FastTrainTransform, eval_transform, train_transform
+from raydf.errors import DataError
 from raydf.models.factory import build_model
 from raydf.models.weights import apply_start_weights
 from raydf.training.engine import Precision, default_device, evaluate, train_one_epoch
@@ -56,6 +58,60 @@ def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer
     )
 
 
+def fold_datasets(
+    images: np.ndarray,
+    labels: np.ndarray,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    cfg: Config,
+    train_tf,
+    seed: int,
+) -> tuple[ImageArrayDataset, ImageArrayDataset]:
+    """The fold's training and validation sets, with self-blended fakes as `data.synthetic_fakes` says:
+
+    - off: the labelled rows as they are;
+    - add: the training rows plus one self-blended fake of each training real (drawn anew every epoch);
+    - only: the training reals alone, `synth.share` of them turned into fakes each epoch; the validation rows
+      (all of them, for the out-of-fold table) plus one fixed self-blended fake of each validation real.
+    """
+    val_tf = eval_transform(cfg.data.crop)
+    mode = cfg.data.synthetic_fakes
+    if mode == "off":
+        return (
+            ImageArrayDataset(images, train_idx, labels, train_tf, seed=seed),
+            ImageArrayDataset(images, val_idx, labels, val_tf),
+        )
+    blend = BlendSettings(mask_scale=cfg.synth.mask_scale, edge=cfg.synth.edge)
+    train_reals, val_reals = train_idx[labels[train_idx] == 0], val_idx[labels[val_idx] == 0]
+    if len(train_reals) == 0:
+        raise DataError(f"data.synthetic_fakes={mode}: this fold's training rows hold no real image to blend")
+    if mode == "only" and len(train_reals) < cfg.train.batch_size:
+        raise DataError(
+            f"data.synthetic_fakes=only trains on the real images alone: this fold has {len(train_reals)}, fewer "
+            f"than train.batch_size={cfg.train.batch_size}; lower train.batch_size or add real images"
+        )
+    if mode == "add":
+        synthetic = SyntheticFakes(blend, extra_rows=train_reals, seed=seed)
+        return (
+            ImageArrayDataset(images, train_idx, labels, train_tf, seed=seed, synthetic=synthetic),
+            ImageArrayDataset(images, val_idx, labels, val_tf),
+        )
+    train_set = ImageArrayDataset(
+        images, train_reals, labels, train_tf, seed=seed, synthetic=SyntheticFakes(blend, cfg.synth.share, seed=seed)
+    )
+    val_synthetic = SyntheticFakes(blend, extra_rows=val_reals, seed=seed)  # epoch 0 always: the same every epoch
+    return train_set, ImageArrayDataset(images, val_idx, labels, val_tf, synthetic=val_synthetic)
+
+
+def selection_metrics(probs: np.ndarray, labels: np.ndarray, keep: np.ndarray) -> dict[str, float]:
+    """Cross-entropy and accuracy of softmax `probs` (N, 2) against `labels` (N,) over the items `keep` (N,)."""
+    p, y = probs[keep], labels[keep].astype(int)
+    return {
+        "loss": float(-np.log(np.clip(p[np.arange(len(y)), y], 1e-12, 1)).mean()),
+        "acc": float((p.argmax(1) == y).mean()),
+    }
+
+
 def train_fold(
     images: np.ndarray,
     labels: np.ndarray,
@@ -92,15 +148,15 @@ def train_fold(
         train_tf = eval_transform(cfg.data.crop)
     else:
         train_tf = FastTrainTransform(cfg.data.crop) if cfg.train.fast_augment else train_transform(cfg.data.crop)
-    train_set = ImageArrayDataset(images, train_idx, labels, train_tf, seed=seed)
+    train_set, val_set = fold_datasets(images, labels, train_idx, val_idx, cfg, train_tf, seed)
     train_loader = make_loader(train_set, cfg.train.batch_size, train=True, workers=workers, seed=seed, pin_memory=pin)
-    val_loader = make_loader(
-        ImageArrayDataset(images, val_idx, labels, eval_transform(cfg.data.crop)),
-        cfg.train.eval_batch_size,
-        train=False,
-        workers=workers,
-        pin_memory=pin,
-    )
+    val_loader = make_loader(val_set, cfg.train.eval_batch_size, train=False, workers=workers, pin_memory=pin)
+    # The epoch chosen on: with `only`, the validation reals and their self-blended fakes (labelled fakes are scored
+    # for the out-of-fold table, but choosing the epoch on them would tune the fold to their kind of fake).
+    n_val = len(val_idx)
+    select = None
+    if cfg.data.synthetic_fakes == "only":
+        select = np.concatenate([labels[val_idx] == 0, np.ones(len(val_set) - n_val, bool)])
 
     model = build_model(cfg.model.dropout, cfg.model.name)
     if start_weights is not None:  # np.array: a writable copy of the object store's read-only view
@@ -136,6 +192,10 @@ def train_fold(
         lr = optimizer.param_groups[0]["lr"]
         train_m = train_one_epoch(net, train_loader, optimizer, device, precision, scaler, should_stop)
         val_m, val_probs = evaluate(net, val_loader, device, precision, should_stop)
+        if select is not None:
+            val_m = selection_metrics(
+                val_probs, np.concatenate([labels[val_idx], np.ones(len(val_probs) - n_val)]), select
+            )
         scheduler.step()  # once per epoch, as the seed did
         if val_m["loss"] < best["loss"]:
             # A copy, not a reference: the seed kept the live model, so it predicted with last-epoch weights.
@@ -144,7 +204,7 @@ def train_fold(
                 "epoch": epoch,
                 "acc": val_m["acc"],
                 "weights": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
-                "probs": torch.from_numpy(val_probs[:, 1].copy()),
+                "probs": torch.from_numpy(val_probs[:n_val, 1].copy()),  # the labelled rows: out-of-fold
             }
             stale = 0
         else:
