@@ -275,3 +275,28 @@ def test_a_run_on_reals_alone_with_self_blended_fakes_trains_predicts_and_report
     from PIL import Image
 
     assert Image.open(run_dir / "synthetic_fakes.png").size[1] > 600  # six rows of faces
+
+
+def test_evaluate_scores_the_run_on_other_sets_with_confidence_intervals(finished_run, tiny_demo, tmp_path):
+    """raydf.evaluate on two labelled sets: the test set's metrics are the run's own test metrics (the same soft
+    vote), each with a 95% bootstrap interval around it, and both sets' ROC curves are drawn."""
+    from raydf.evaluate import main, parse_args
+
+    run_dir, _ = finished_run
+    out = tmp_path / "eval"
+    argv = ["--run", str(run_dir), "--data", str(tiny_demo.test), "--data", str(tiny_demo.train)]
+    assert main(parse_args([*argv, "--out", str(out), "--bootstrap", "200"])) == 0
+    result = json.loads((out / "evaluation.json").read_text())["sets"]
+    test_name = next(name for name, r in result.items() if r["set"] == str(tiny_demo.test))
+    train_name = next(name for name, r in result.items() if r["set"] == str(tiny_demo.train))
+    run_test = json.loads((run_dir / "summary.json").read_text())["test"]
+    per_image = result[test_name]["per image"]
+    assert per_image["n"] == 32 and result[train_name]["per image"]["n"] == 64
+    for key in ("accuracy", "auc", "log_loss", "ap", "eer"):
+        assert per_image[key]["value"] == pytest.approx(run_test[key], abs=1e-6), key
+        low, high = per_image[key]["ci95"]
+        assert low <= per_image[key]["value"] <= high and high - low > 0, key
+    pd.testing.assert_frame_equal(
+        pd.read_csv(out / test_name / "predictions.csv"), pd.read_csv(run_dir / "submission.csv")
+    )
+    assert (out / "roc.png").stat().st_size > 0

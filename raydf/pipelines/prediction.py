@@ -45,7 +45,7 @@ def predict(
 
     storage = RunStorage(run_dir)
     cfg, checkpoints = load_finished_run(run_dir)
-    images = _faces_of(cfg, images, image_root)  # videos, or photos for a run trained on faces: their faces manifest
+    images = faces_of(cfg, images, image_root)  # videos, or photos for a run trained on faces: their faces manifest
     faces = read_manifest(images) if is_face_manifest(images) else None
     test_df = read_test(images, image_root if faces is None else None)
     bad = check_test_set(test_df, cfg.data.decode_threads, cfg.data.on_bad)  # before Ray starts
@@ -117,7 +117,7 @@ def faces_file(out: str) -> str:
     return f"{stem}_faces.{ext}" if dot and "/" not in ext else f"{out}_faces.csv"
 
 
-def _faces_of(cfg: Config, images: str, image_root: Optional[str]) -> str:
+def faces_of(cfg: Config, images: str, image_root: Optional[str]) -> str:
     """The faces manifest to predict: `images` itself when it is one; else its faces, extracted (or found done in
     the cache) with the settings the run's training faces were made with, when the run was trained on faces or
     `images` holds videos; else `images` unchanged."""

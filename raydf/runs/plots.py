@@ -83,18 +83,21 @@ def _two_classes(labels: np.ndarray) -> bool:
 
 def roc(oof: pd.DataFrame, path: Path, test: Optional[pd.DataFrame] = None) -> Path:
     """ROC of the out-of-fold P(fake), and of the test set when its labels are known; AUC in the legend (600x600)."""
+    return roc_sets({"out-of-fold": oof} | ({"test": test} if test is not None else {}), path, unit="images")
+
+
+def roc_sets(sets: dict[str, pd.DataFrame], path: Path, unit: str = "rows") -> Path:
+    """The ROC curves of several labelled sets (columns label, prob_fake) side by side, AUC in the legend."""
     fig = Figure(figsize=(6, 6), layout="constrained")
     ax = fig.subplots()
-    curves = [("out-of-fold", oof, "C0")]
-    if test is not None:
-        curves.append(("test", test, "C3"))
-    for name, frame, color in curves:
+    for i, (name, frame) in enumerate(sets.items()):
+        color = f"C{[0, 3, 2, 1, 4, 5, 6, 7, 8, 9][i % 10]}"
         y, p = frame["label"].to_numpy(int), frame["prob_fake"].to_numpy(float)
         if not _two_classes(y):
             ax.plot([], [], color=color, label=f"{name}: one class only, ROC undefined")
             continue
         fpr, tpr, _ = roc_curve(y, p)
-        ax.plot(fpr, tpr, color=color, lw=2, label=f"{name} ({len(y)} images): AUC {roc_auc_score(y, p):.4f}")
+        ax.plot(fpr, tpr, color=color, lw=2, label=f"{name} ({len(y)} {unit}): AUC {roc_auc_score(y, p):.4f}")
     ax.plot([0, 1], [0, 1], ":", color="gray", label="chance (AUC 0.5)")
     ax.set(
         title="ROC curve (positive class: fake)",

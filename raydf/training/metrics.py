@@ -41,3 +41,31 @@ def equal_error_rate(labels: np.ndarray, scores: np.ndarray) -> float:
     d0, d1 = fnr[i - 1] - fpr[i - 1], fnr[i] - fpr[i]
     w = d0 / (d0 - d1) if d0 != d1 else 0.0
     return float(fpr[i - 1] + w * (fpr[i] - fpr[i - 1]))
+
+
+def bootstrap_metrics(
+    labels: np.ndarray, prob_fake: np.ndarray, n: int = 1000, seed: int = 0
+) -> dict[str, dict[str, Optional[float] | list[Optional[float]]]]:
+    """`classification_metrics` with 95% bootstrap confidence intervals: {metric: {"value", "ci95": [lo, hi]}}.
+
+    Rows are resampled with replacement `n` times (seeded); a metric undefined in a resample (one class only) is
+    left out of that resample's distribution.
+    """
+    labels, prob_fake = np.asarray(labels).astype(int), np.asarray(prob_fake, dtype=np.float64)
+    point = classification_metrics(labels, prob_fake)
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {k: [] for k in point}
+    for _ in range(n):
+        idx = rng.integers(0, len(labels), len(labels))
+        for k, v in classification_metrics(labels[idx], prob_fake[idx]).items():
+            if v is not None:
+                draws[k].append(v)
+    return {
+        k: {
+            "value": point[k],
+            "ci95": [float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))]
+            if d and point[k] is not None
+            else None,
+        }
+        for k, d in draws.items()
+    }
