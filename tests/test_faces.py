@@ -317,6 +317,14 @@ def test_train_on_videos_in_one_command_scores_every_video(ray_local, video_sets
     np.testing.assert_allclose(predicted["prob_fake"], sub["prob_fake"], atol=1e-6)
     assert len(pd.read_csv(tmp_path / "predictions_faces.csv")) == len(test_faces)
     _serve_photos(run_dir, test_src, sub.set_index("image"), per_face)
+    # raydf.evaluate on the raw test videos: per video/photo the run's own test metrics, per face the face ones.
+    from raydf.pipelines.evaluation import evaluate
+
+    result = json.loads(evaluate(str(run_dir), [str(test_src)], str(tmp_path / "eval"), bootstrap=50).read_text())
+    [scored] = result["sets"].values()
+    assert scored["per video/photo"]["n"] == len(sub) and scored["per face"]["n"] == len(test_faces)
+    for level, key in (("per video/photo", "test"), ("per face", "test_faces")):
+        assert scored[level]["auc"]["value"] == pytest.approx(summary[key]["auc"], abs=1e-6), level
     # The same sets and settings again: found done, nothing extracted; other settings: another folder.
     again = with_extracted_faces(cfg)
     assert again.data.train == str(faces_cache_dir(cfg, str(train_src)) / "faces.csv")

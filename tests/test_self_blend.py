@@ -10,6 +10,7 @@ from raydf.config import load_config
 from raydf.data.dataset import ImageArrayDataset, SyntheticFakes
 from raydf.data.self_blend import BlendSettings, face_mask, self_blend
 from raydf.data.transforms import eval_transform
+from raydf.errors import DataError
 from raydf.runs.storage import RunStorage
 from raydf.training.fold_loop import fold_datasets, train_fold
 from raydf.training.fold_state import FoldStateStore
@@ -84,10 +85,13 @@ def test_a_fake_is_drawn_from_seed_epoch_and_row_alone():
 
 def test_only_never_trains_on_a_labelled_fake_and_validates_on_reals_and_their_fakes():
     images, labels, tr, va = _data()
-    cfg = load_config(None, ["data.synthetic_fakes=only", "data.resize=80", "data.crop=76"])
+    cfg = load_config(None, ["data.synthetic_fakes=only", "data.resize=80", "data.crop=76", "train.batch_size=8"])
     train_set, val_set = fold_datasets(images, labels, tr, va, cfg, eval_transform(76), seed=1)
     assert set(labels[train_set.indices]) == {0} and set(train_set.indices) == set(tr[labels[tr] == 0])
     assert list(val_set.indices) == list(va) and list(val_set.synthetic.extra_rows) == list(va[labels[va] == 0])
+    cfg.train.batch_size = 32  # more than the fold's 14 reals: said before training, with what to do
+    with pytest.raises(DataError, match="this fold has 14, fewer than train.batch_size=32"):
+        fold_datasets(images, labels, tr, va, cfg, eval_transform(76), seed=1)
 
 
 @pytest.mark.parametrize("mode", ["only", "add"])
