@@ -201,7 +201,7 @@ class EnsembleServer:
         """(crops (F, resize, resize, 3), boxes, detection scores) of one upload: the whole image for a run
         trained on face crops, else the faces MTCNN finds in it."""
         size = self.settings.resize
-        image = decode_upload(data, name, None, self.limits["max_bytes"], self.limits["max_pixels"])  # (H, W, 3)
+        image = decode_upload(data, name, self.limits["max_bytes"], self.limits["max_pixels"])  # (H, W, 3)
         if self.extractor is None:
             h, w = image.shape[:2]
             return resize_square(image, size)[None], [[0, 0, w, h]], [None]

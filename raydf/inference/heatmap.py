@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import weakref
 
 import numpy as np
 import torch
@@ -10,13 +11,22 @@ import torch
 from raydf.config import DEFAULT_MODEL
 from raydf.inference.ensemble import FoldEnsemble
 
+_CAM_LAYERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {crop: layer}, found once
 MIN_CAM_SIDE = 7  # a map coarser than this says little about where (InceptionResnetV1's block8 is 1x1 at 80 px)
 
 
 def cam_layer(model: torch.nn.Module, name: str, crop: int) -> torch.nn.Module:
     """The layer whose activations Grad-CAM weighs: the deepest feature stage whose map is still at least
     MIN_CAM_SIDE pixels across for a `crop` px input (else the finest stage). Stages: InceptionResnetV1's
-    `repeat_1`, `repeat_2`, `block8`; a timm model's `feature_info` stages (EfficientNet's `blocks.*`, ...)."""
+    `repeat_1`, `repeat_2`, `block8`; a timm model's `feature_info` stages (EfficientNet's `blocks.*`, ...).
+    Found with one probe forward pass per model and size, then remembered (a server explains many requests)."""
+    known = _CAM_LAYERS.setdefault(model, {})
+    if crop not in known:
+        known[crop] = _find_cam_layer(model, name, crop)
+    return known[crop]
+
+
+def _find_cam_layer(model: torch.nn.Module, name: str, crop: int) -> torch.nn.Module:
     stages = ["repeat_1", "repeat_2", "block8"] if name == DEFAULT_MODEL else [f["module"] for f in model.feature_info]
     modules = [model.get_submodule(stage) for stage in stages]
     sides: dict[int, int] = {}

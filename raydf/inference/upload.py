@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import io
 import warnings
-from typing import Optional
 
 import numpy as np
 
-from raydf.data.images import BadImage, decode_bytes, resize_square
+from raydf.data.images import BadImage, decode_bytes
 from raydf.errors import DataError
 
 
@@ -36,9 +35,8 @@ def image_size(data: bytes) -> tuple[int, int] | None:
         return None
 
 
-def decode_upload(data: bytes, name: str, size: Optional[int], max_bytes: int, max_pixels: int) -> np.ndarray:
-    """The upload as (size, size, 3) uint8 RGB, decoded and resized exactly like a training image (`size` None:
-    (H, W, 3) at its own size, for face detection).
+def decode_upload(data: bytes, name: str, max_bytes: int, max_pixels: int) -> np.ndarray:
+    """The upload as (H, W, 3) uint8 RGB at its own size, decoded exactly like a training image.
 
     Raises:
         BadUpload: empty (400), larger than `max_bytes` (413), more than `max_pixels` pixels (413: checked from the
@@ -66,4 +64,4 @@ def decode_upload(data: bytes, name: str, size: Optional[int], max_bytes: int, m
         raise BadUpload(f"{name}: {e.reason}", 415 if not_image else 422) from None
     if rgb.shape[0] * rgb.shape[1] > max_pixels:  # a format whose header Pillow could not read
         raise BadUpload(f"{name}: the image has more than {max_pixels / 1e6:g} megapixels (serve.max_pixels)", 413)
-    return rgb if size is None else resize_square(rgb, size)
+    return rgb

@@ -156,7 +156,9 @@ def train_fold(
     n_val = len(val_idx)
     select = None
     if cfg.data.synthetic_fakes == "only":
-        select = np.concatenate([labels[val_idx] == 0, np.ones(len(val_set) - n_val, bool)])
+        n_blended = len(val_set) - n_val
+        select = np.concatenate([labels[val_idx] == 0, np.ones(n_blended, bool)])
+        val_labels = np.concatenate([labels[val_idx], np.ones(n_blended, int)])
 
     model = build_model(cfg.model.dropout, cfg.model.name)
     if start_weights is not None:  # np.array: a writable copy of the object store's read-only view
@@ -193,9 +195,7 @@ def train_fold(
         train_m = train_one_epoch(net, train_loader, optimizer, device, precision, scaler, should_stop)
         val_m, val_probs = evaluate(net, val_loader, device, precision, should_stop)
         if select is not None:
-            val_m = selection_metrics(
-                val_probs, np.concatenate([labels[val_idx], np.ones(len(val_probs) - n_val)]), select
-            )
+            val_m = selection_metrics(val_probs, val_labels, select)
         scheduler.step()  # once per epoch, as the seed did
         if val_m["loss"] < best["loss"]:
             # A copy, not a reference: the seed kept the live model, so it predicted with last-epoch weights.
