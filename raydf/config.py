@@ -38,8 +38,18 @@ class DataConfig:
     resize: int = 256  # every image is decoded once and resized to resize x resize
     crop: int = 156  # centre crop fed to the network (the seed: "fake features are in the centre")
     decode_threads: int = 0  # threads decoding images on the driver; 0 = one per core
-    cache: str = "auto"  # auto | memory (object store) | disk (memory-mapped file per node) | off (decode each run)
+    # How the training images are held (raydf/data/cache_policy.py): auto (the fastest that fits every node, logged
+    # with why) | memory (decoded, object store) | disk (decoded, memory-mapped file per node) | encoded (the encoded
+    # bytes, decoded per sample: ~10x less memory) | stream (read from the files every epoch) | off (decode each run)
+    cache: str = "auto"
     cache_dir: Optional[str] = None  # where decoded arrays are kept; None = $RAYDF_CACHE/decoded or ~/.cache/raydf
+    # data.cache=encoded keeps: original (each file's bytes: the same pixels as decoded) | png (re-encoded at
+    # data.resize, lossless) | jpeg (re-encoded at data.resize and cache_quality: smallest, lossy)
+    cache_format: str = "original"
+    cache_quality: int = 95  # JPEG quality of cache_format=jpeg
+    # The pre-flight check of every image runs as Ray tasks spread over the cluster's nodes from this many images
+    # on (when the cluster has several nodes); below it, or with -1, on the driver's threads.
+    preflight_spread_min: int = 20000
     on_bad: str = "skip"  # unreadable image: skip (leave it out, list it in bad_inputs.csv) | error (stop)
     # Extract faces (faces.*) from data.train/data.test first and train on the crops: auto (when the set holds
     # videos) | on (also uncropped photos) | off. Crops are kept under data.cache_dir, keyed by set and settings.
@@ -467,10 +477,16 @@ def _validate_values(cfg: Config) -> None:
         f"must be one of auto, fp32, bf16, fp16 (got '{cfg.train.precision}')",
     )
     _require(
-        cfg.data.cache in ("auto", "memory", "disk", "off"),
+        cfg.data.cache in ("auto", "memory", "disk", "encoded", "stream", "off"),
         "data.cache",
-        f"must be one of auto, memory, disk, off (got '{cfg.data.cache}')",
+        f"must be one of auto, memory, disk, encoded, stream, off (got '{cfg.data.cache}')",
     )
+    _require(
+        cfg.data.cache_format in ("original", "png", "jpeg"),
+        "data.cache_format",
+        f"must be one of original, png, jpeg (got '{cfg.data.cache_format}')",
+    )
+    _require(1 <= cfg.data.cache_quality <= 100, "data.cache_quality", "must be in 1..100 (JPEG quality)")
     _require(cfg.optim.lr > 0, "optim.lr", f"must be positive (got {cfg.optim.lr})")
     _require(cfg.optim.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
     _require(

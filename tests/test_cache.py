@@ -119,7 +119,6 @@ def test_disk_cache_through_a_run_and_a_resume_that_decodes_nothing(ray_local, t
     import raydf.data.cache
     import raydf.data.preflight
     import raydf.distributed.data
-    import raydf.runs.run_dir
     from raydf.pipelines.training import train
     from raydf.runs.resume import resume_config
 
@@ -146,7 +145,6 @@ def test_disk_cache_through_a_run_and_a_resume_that_decodes_nothing(ray_local, t
     for module, name in (
         (raydf.data.cache, "decode_images"),
         (raydf.distributed.data, "decode_images"),
-        (raydf.runs.run_dir, "decode_images"),
         (raydf.data.preflight, "decode_checked"),
     ):
         monkeypatch.setattr(module, name, counting(getattr(module, name)))

@@ -7,6 +7,7 @@ unchanged one is never decoded twice, across runs, folds and epochs.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -20,20 +21,17 @@ from filelock import FileLock
 
 from raydf import signals
 from raydf.data.demo import default_cache_dir
-from raydf.data.images import decode_images
+from raydf.data.images import decode_images, file_stamp
 
 log = logging.getLogger(__name__)
 
 
-def cache_key(paths: Sequence[str], size: int) -> str:
-    """A digest of (decoded size, every path with its byte size and mtime)."""
-    h = hashlib.sha256(f"raydf-decoded-v1 {size}\n".encode())
+def cache_key(paths: Sequence[str], size: int, kind: str = "decoded-v1") -> str:
+    """A digest of (what is cached, its size, every path with its byte size and mtime)."""
+    h = hashlib.sha256(f"raydf-{kind} {size}\n".encode())
     for p in paths:
-        try:
-            st = os.stat(p)
-            h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-        except OSError:
-            h.update(f"{p}\0missing\n".encode())
+        stamp = file_stamp(p)
+        h.update(f"{p}\0{stamp[0]}\0{stamp[1]}\n".encode() if stamp else f"{p}\0missing\n".encode())
     return h.hexdigest()[:24]
 
 
@@ -49,7 +47,7 @@ class DecodedCache:
     def for_images(cls, paths: Sequence[str], size: int, folder: Optional[str] = None) -> DecodedCache:
         return cls(tuple(str(p) for p in paths), size, str(folder or default_cache_dir() / "decoded"))
 
-    @property
+    @functools.cached_property  # stats every file: once per handle
     def file(self) -> Path:
         return Path(self.folder) / f"decoded-{self.size}px-{len(self.paths)}-{cache_key(self.paths, self.size)}.npy"
 

@@ -7,6 +7,7 @@ before any training starts, and byte-identical files can be reported.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
@@ -16,6 +17,7 @@ from typing import Callable, Optional, Sequence, TypeVar
 
 import cv2
 import numpy as np
+import pyarrow.fs as pafs
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from raydf.errors import DataError
@@ -48,8 +50,7 @@ def read_image(path: str) -> tuple[np.ndarray, str]:
         BadImage: missing, empty, truncated, not an image, or a format neither library reads.
     """
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = read_file(path)
     except FileNotFoundError:
         raise BadImage(path, "file not found") from None
     except IsADirectoryError:
@@ -57,6 +58,55 @@ def read_image(path: str) -> tuple[np.ndarray, str]:
     except OSError as e:
         raise BadImage(path, f"cannot be read ({e.strerror or e})") from None
     return decode_bytes(data, path), hashlib.sha256(data).hexdigest()
+
+
+def is_uri(path: str) -> bool:
+    """`s3://bucket/a.jpg`, `gs://...`, `file:///...`: read through pyarrow's file systems, not `open()`."""
+    return "://" in path
+
+
+@functools.lru_cache(maxsize=16)
+def _filesystem(scheme_and_host: str) -> pafs.FileSystem:
+    # One file system per bucket and process: creating an S3 one resolves credentials and the region (~100 ms).
+    return pafs.FileSystem.from_uri(scheme_and_host)[0]
+
+
+def _split_uri(uri: str) -> tuple[pafs.FileSystem, str]:
+    scheme, _, rest = uri.partition("://")
+    if scheme == "file":
+        return pafs.LocalFileSystem(), rest
+    host, _, key = rest.partition("/")
+    return _filesystem(f"{scheme}://{host}"), f"{host}/{key}"
+
+
+def read_file(path: str) -> bytes:
+    """A file's bytes: a local (or shared) path with `open()`, a URI through pyarrow (one request per object)."""
+    if not is_uri(path):
+        with open(path, "rb") as f:
+            return f.read()
+    fs, inner = _split_uri(path)
+    info = fs.get_file_info(inner)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(path)
+    if info.type == pafs.FileType.Directory:
+        raise IsADirectoryError(path)
+    with fs.open_input_file(inner) as f:
+        return f.read()
+
+
+def file_stamp(path: str) -> tuple[int, int] | None:
+    """(size in bytes, mtime in ns) of a path or URI, None when missing: what cache keys are made of."""
+    try:
+        if not is_uri(path):
+            st = os.stat(path)
+            return st.st_size, st.st_mtime_ns
+        fs, inner = _split_uri(path)
+        info = fs.get_file_info(inner)
+        if info.type == pafs.FileType.NotFound:
+            return None
+        return int(info.size or 0), int(info.mtime_ns or 0)
+    except OSError:
+        return None
 
 
 def decode_bytes(data: bytes, path: str) -> np.ndarray:

@@ -15,14 +15,18 @@ prior P(fake)), `error` stops before training naming them. Core module: no Ray.
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import time
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from pathlib import Path
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 
+from raydf.data.cache import cache_key
 from raydf.data.catalog import check_two_classes
 from raydf.data.images import check_images, decode_checked
 from raydf.errors import DataError
@@ -39,7 +43,9 @@ class CheckedInputs:
     """What training may use, and what was left out and why."""
 
     train: pd.DataFrame  # the usable training rows, in their order (RangeIndex)
-    images: np.ndarray  # (len(train), size, size, 3) uint8: the decoded training set, shared by every fold
+    # (len(train), size, size, 3) uint8: the decoded training set, shared by every fold; None when the pre-flight
+    # did not decode it (found in its cache, or an encoded or streamed cache)
+    images: Optional[np.ndarray]
     content: list[str]  # SHA-256 of each usable training file: identical files are kept in one fold
     test_bad: dict[int, str]  # test row -> reason; those rows get the prior and a flag in the submission
     bad: pd.DataFrame  # BAD_COLUMNS: every unreadable image of both sets (bad_inputs.csv)
@@ -54,25 +60,103 @@ class CheckedInputs:
         return {s: int((self.bad["set"] == s).sum()) for s in ("train", "test")}
 
 
+Check = Callable[[Sequence[str]], tuple[dict[int, str], list[Optional[str]]]]  # paths -> (row -> reason, hashes)
+
+
+class CheckCache:
+    """The pre-flight's findings (unreadable rows and their reasons, content hashes), kept under the key of both
+    file lists with every file's size and mtime, like the decoded cache: a repeated or resumed run on the same
+    files does not read them all again; a file added, replaced or touched makes a new check."""
+
+    def __init__(self, train_paths: Sequence[str], test_paths: Sequence[str], folder: str):
+        key = cache_key(train_paths, 0, "preflight-v1")[:12] + cache_key(test_paths, 0, "preflight-v1")[:12]
+        self.file = Path(folder) / f"preflight-{len(train_paths)}-{len(test_paths)}-{key}.npz"
+
+    def load(self) -> Optional[tuple[dict[int, str], list[Optional[str]], dict[int, str], list[Optional[str]]]]:
+        try:
+            with np.load(self.file, allow_pickle=False) as z:
+                return (*_unpack(z, "train"), *_unpack(z, "test"))
+        except (OSError, KeyError, ValueError):  # missing, or not a complete file: check again
+            return None
+
+    def save(self, train: tuple[dict[int, str], list], test: tuple[dict[int, str], list]) -> None:
+        self.file.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {**_packed(*train, "train"), **_packed(*test, "test")}
+        tmp = self.file.with_name(self.file.name + f".{os.getpid()}.tmp.npz")
+        try:
+            np.savez(tmp, **arrays)
+            os.replace(tmp, self.file)
+        except OSError as e:  # a cache: a read-only or full cache folder costs the next run a check, nothing more
+            log.warning("could not keep the pre-flight's result in %s: %s", self.file, e)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def _packed(reasons: dict[int, str], hashes: list[Optional[str]], part: str) -> dict[str, np.ndarray]:
+    rows = sorted(reasons)
+    return {
+        f"{part}_rows": np.array(rows, dtype=np.int64),
+        f"{part}_reasons": np.array([reasons[i] for i in rows], dtype=str),
+        f"{part}_sha256": np.array([h or "" for h in hashes], dtype="S64"),
+    }
+
+
+def _unpack(z, part: str) -> tuple[dict[int, str], list[Optional[str]]]:
+    reasons = {int(i): str(r) for i, r in zip(z[f"{part}_rows"], z[f"{part}_reasons"])}
+    return reasons, [h.decode() or None for h in z[f"{part}_sha256"]]
+
+
 def preflight(
-    train: pd.DataFrame, test: Optional[pd.DataFrame], size: int, threads: int = 0, on_bad: str = "skip"
+    train: pd.DataFrame,
+    test: Optional[pd.DataFrame],
+    size: int,
+    threads: int = 0,
+    on_bad: str = "skip",
+    *,
+    decode: bool = True,
+    check: Optional[Check] = None,
+    cache_folder: Optional[str] = None,
 ) -> CheckedInputs:
-    """Decode the training set (at `size` px) and check the test set; apply the `on_bad` policy.
+    """Check every training and test image; apply the `on_bad` policy.
+
+    `decode`: the training set is decoded (at `size` px) by the check itself, and the pixels kept for the
+    decoded cache (`data.cache` memory, disk, off); otherwise only checked (encoded, stream). `check`: how a
+    list of paths is checked (default: threads here; the Ray layer spreads it over the cluster's nodes).
+    `cache_folder`: keep the findings there (`CheckCache`) and reuse them.
 
     Raises:
         DataError: with `on_bad="error"`, when any image is unreadable (naming the first ones); with
             `skip`, when what is left cannot be trained on (one class) or no test image is readable.
     """
     t0 = time.time()
-    decoded = decode_checked(train["path"].tolist(), size, threads)
-    test_bad, test_content = check_images(test["path"].tolist(), threads) if test is not None else ({}, [])
-    bad = _bad_table(train, decoded.reasons, test, test_bad)
+    train_paths, test_paths = train["path"].tolist(), [] if test is None else test["path"].tolist()
+    cache = CheckCache(train_paths, test_paths, cache_folder) if cache_folder else None
+    found = cache.load() if cache else None
+    images, source = None, "checked"
+    if found is not None:
+        train_bad, train_content, test_bad, test_content = found
+        source = "found in the pre-flight cache for"
+    else:
+        if decode and check is None:  # one pass: the check that decodes is the decode the folds train on
+            decoded = decode_checked(train_paths, size, threads)
+            images, train_bad, train_content = decoded.images, decoded.reasons, decoded.sha256
+        else:
+            train_bad, train_content = (check or functools.partial(check_images, threads=threads))(train_paths)
+        test_bad, test_content = (
+            (check or functools.partial(check_images, threads=threads))(test_paths) if test is not None else ({}, [])
+        )
+        if cache:
+            cache.save((train_bad, train_content), (test_bad, test_content))
+    bad = _bad_table(train, train_bad, test, test_bad)
     n_test = 0 if test is None else len(test)
-    found = (
-        f"{len(bad)} unreadable ({len(decoded.reasons)} training, {len(test_bad)} test)" if len(bad) else "all readable"
-    )
+    summary = f"{len(bad)} unreadable ({len(train_bad)} training, {len(test_bad)} test)" if len(bad) else "all readable"
     log.info(
-        "pre-flight: checked %d training and %d test images in %.1fs: %s", len(train), n_test, time.time() - t0, found
+        "pre-flight: %s %d training and %d test images in %.1fs: %s",
+        source,
+        len(train),
+        n_test,
+        time.time() - t0,
+        summary,
     )
     if len(bad) and on_bad == "error":
         raise DataError(
@@ -80,10 +164,12 @@ def preflight(
             f"{_list_bad(bad)}\nFix or remove them, or set data.on_bad=skip to train without them "
             "(they are then listed in RUN_DIR/bad_inputs.csv)"
         )
-    usable = train[decoded.usable].reset_index(drop=True)
-    content = [h for h in decoded.sha256 if h is not None]
-    if decoded.reasons:
-        check_two_classes(usable, f"the training set without its {len(decoded.reasons)} unreadable images")
+    usable_rows = np.ones(len(train), dtype=bool)
+    usable_rows[list(train_bad)] = False
+    usable = train[usable_rows].reset_index(drop=True)
+    content = [h for h in train_content if h is not None]
+    if train_bad:
+        check_two_classes(usable, f"the training set without its {len(train_bad)} unreadable images")
     if test is not None and len(test_bad) == len(test):
         raise DataError(
             f"none of the {len(test)} test images can be read:\n  {_list_bad(bad[bad['set'] == 'test'])}"
@@ -101,7 +187,7 @@ def preflight(
     duplicates = find_duplicates(usable, content, test, test_content)
     _warn_duplicates(duplicates)
     return CheckedInputs(
-        train=usable, images=decoded.images, content=content, test_bad=test_bad, bad=bad, duplicates=duplicates
+        train=usable, images=images, content=content, test_bad=test_bad, bad=bad, duplicates=duplicates
     )
 
 

@@ -14,14 +14,16 @@ import tempfile
 import numpy as np
 
 from raydf import signals
-from raydf.config import Config
+from raydf.config import Config, check_data_paths
+from raydf.distributed.data import local_images, plan_cache
+from raydf.distributed.preflight import preflight_check
 from raydf.distributed.session import checked_resources, ray_session
 from raydf.distributed.tune import make_tuner, num_trials, trial_folds, trial_records
 from raydf.errors import ConfigError, Interrupted
 from raydf.pipelines.faces import with_extracted_faces
 from raydf.pipelines.training import train
 from raydf.runs.resume import resume_config
-from raydf.runs.run_dir import create_run_dir, decode_table, empty_run_dir, read_fold_table, reopen_run_dir
+from raydf.runs.run_dir import create_run_dir, empty_run_dir, read_fold_table, read_tables, reopen_run_dir
 from raydf.runs.storage import RunStorage
 from raydf.runs.sweep_table import SweepFailed, write_report
 from raydf.training.start_weights import start_weights_by_backbone
@@ -86,15 +88,24 @@ def _sweep_in_session(cfg: Config, starts: dict, scratch_dirs: list[str]) -> str
         )
         if cfg.resume:
             storage, table, _ = reopen_run_dir(cfg)
+            plan, decoded = plan_cache(table["path"].tolist(), cfg), None
             if storage.exists("checkpoints") or storage.exists("state"):
                 raise ConfigError(
                     f"resume={cfg.run_dir} is a training run, not a sweep: continue it with "
                     f"python -m raydf.train resume={cfg.run_dir}"
                 )
         else:
-            table, _ = read_fold_table(cfg)
+            check_data_paths(cfg)
+            tables = read_tables(cfg, with_test=False)
+            plan = plan_cache(tables[0]["path"].tolist(), cfg)
+            table, decoded = read_fold_table(
+                cfg,
+                tables,
+                decode=plan.mode in ("memory", "disk", "off"),
+                check=preflight_check(len(tables[0]), cfg.data.preflight_spread_min),
+            )
             storage = create_run_dir(cfg, table, default="runs/tune-%Y%m%d-%H%M%S")
-        images = decode_table(cfg, table)
+        images = local_images(table["path"].tolist(), cfg, plan, decoded)
         labels, folds = table["label"].to_numpy(np.int64), table["fold"].to_numpy(np.int64)
         log.info(
             "sweep in %s: %d trials of up to %d epochs on fold(s) %s, %g CPU and %g GPU each",

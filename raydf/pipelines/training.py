@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import time
+from dataclasses import dataclass
 from typing import Collection, Optional
 
 import numpy as np
@@ -18,13 +19,15 @@ import ray
 
 from raydf import signals
 from raydf.config import Config, check_data_paths, to_dict
+from raydf.data.cache_policy import CachePlan
 from raydf.data.catalog import read_test
 from raydf.data.face_store import is_face_manifest, read_manifest
 from raydf.data.preflight import check_test_set
 from raydf.distributed.cluster import check_readable_on_every_node
-from raydf.distributed.data import share_images
+from raydf.distributed.data import plan_cache, share_images
 from raydf.distributed.folds import run_folds
 from raydf.distributed.inference import soft_vote_predict
+from raydf.distributed.preflight import preflight_check
 from raydf.distributed.session import RaySession, fold_resources, ray_session
 from raydf.errors import DataError, Interrupted, find_user_error
 from raydf.pipelines.faces import with_extracted_faces
@@ -36,6 +39,7 @@ from raydf.runs.run_dir import (
     data_specs,
     empty_run_dir,
     read_csv,
+    read_tables,
     reopen_run_dir,
     write_csv,
 )
@@ -89,23 +93,45 @@ class RunInterrupted(Interrupted):
         )
 
 
-def _start_run(cfg: Config) -> tuple[RunStorage, pd.DataFrame, Optional[pd.DataFrame], dict, Optional[np.ndarray]]:
+@dataclass
+class _Inputs:
+    """A run's checked inputs: the fold table, the test table and its unreadable rows, the training images."""
+
+    storage: RunStorage
+    table: pd.DataFrame
+    test_df: Optional[pd.DataFrame]
+    test_bad: dict
+    images: Optional[np.ndarray]  # decoded by the pre-flight (a new run with a decoded cache), else None
+    plan: CachePlan  # how the training images are held (data.cache)
+
+
+def _start_run(cfg: Config) -> _Inputs:
     """A new run: check every input, assign folds, write the run directory's first files.
 
-    Returns the fold table, the test table, the unreadable test rows and the decoded training images.
+    How the images will be held is decided first (data.cache=auto weighs the set against the nodes): a decoded
+    cache is filled by the pre-flight's own decode; otherwise the pre-flight only checks, on the cluster's nodes
+    when the set is large.
     """
     empty_run_dir(cfg, "runs/%Y%m%d-%H%M%S")  # refuse a used run_dir before the (long) pre-flight
-    table, test_df, inputs = checked_table(cfg)
+    tables = read_tables(cfg)
+    plan = plan_cache(tables[0]["path"].tolist(), cfg)
+    n_files = len(tables[0]) + (0 if tables[1] is None else len(tables[1]))
+    table, test_df, inputs = checked_table(
+        cfg,
+        tables=tables,
+        decode=plan.mode in ("memory", "disk", "off"),
+        check=preflight_check(n_files, cfg.data.preflight_spread_min),
+    )
     storage = create_run_dir(cfg, table, inputs=inputs)
-    return storage, table, test_df, inputs.test_bad, inputs.images
+    return _Inputs(storage, table, test_df, inputs.test_bad, inputs.images, plan)
 
 
-def _reopen_run(cfg: Config) -> tuple[RunStorage, pd.DataFrame, Optional[pd.DataFrame], dict, None]:
+def _reopen_run(cfg: Config) -> _Inputs:
     """A resumed run: the saved fold table, the test set checked again (it is not stored in the run)."""
     storage, table, test_spec = reopen_run_dir(cfg)
     test_df = read_test(test_spec, cfg.data.test_root) if test_spec else None
     test_bad = check_test_set(test_df, cfg.data.decode_threads, cfg.data.on_bad) if test_df is not None else {}
-    return storage, table, test_df, test_bad, None
+    return _Inputs(storage, table, test_df, test_bad, None, plan_cache(table["path"].tolist(), cfg))
 
 
 def _finished_folds(storage: RunStorage, n_folds: int) -> dict[int, tuple[dict, dict]]:
@@ -131,29 +157,32 @@ def train(cfg: Config) -> str:
     if not cfg.resume:  # a resumed run's config already names the faces manifests it was trained on
         empty_run_dir(cfg, "runs/%Y%m%d-%H%M%S")  # refuse a used run_dir before the (long) extraction
         cfg = with_extracted_faces(cfg)
-    try:
-        storage, table, test_df, test_bad, images = _reopen_run(cfg) if cfg.resume else _start_run(cfg)
-    except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM (raydf.signals)
-        started = bool(cfg.resume) or bool(cfg.run_dir) and RunStorage(cfg.run_dir).exists("folds.csv")
-        raise RunInterrupted.during(stop, cfg.run_dir, started) from None
-    try:
-        return _run(cfg, storage, table, test_df, test_bad, images, start, t_start, timings)
-    except KeyboardInterrupt as stop:
-        raise RunInterrupted.during(stop, cfg.run_dir, started=True) from None
+    # One Ray session from here on: auto's choice of cache weighs the nodes, and the pre-flight of a large set runs
+    # on them.
+    with ray_session(cfg.ray.address) as session:
+        try:
+            inputs = _reopen_run(cfg) if cfg.resume else _start_run(cfg)
+        except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM (raydf.signals)
+            started = bool(cfg.resume) or bool(cfg.run_dir) and RunStorage(cfg.run_dir).exists("folds.csv")
+            raise RunInterrupted.during(stop, cfg.run_dir, started) from None
+        try:
+            return _run(cfg, inputs, session, start, t_start, timings)
+        except KeyboardInterrupt as stop:
+            raise RunInterrupted.during(stop, cfg.run_dir, started=True) from None
 
 
 def _run(
-    cfg: Config,
-    storage: RunStorage,
-    table: pd.DataFrame,
-    test_df: Optional[pd.DataFrame],
-    test_bad: dict,
-    images: Optional[np.ndarray],
-    start: Optional[StartWeights],
-    t_start: float,
-    timings: dict,
+    cfg: Config, inputs: _Inputs, session: RaySession, start: Optional[StartWeights], t_start: float, timings: dict
 ) -> str:
     """The run once its directory exists: folds, OOF, soft vote, summary and report."""
+    storage, table, test_df, test_bad, images = (
+        inputs.storage,
+        inputs.table,
+        inputs.test_df,
+        inputs.test_bad,
+        inputs.images,
+    )
+    inputs.images = None  # the folds' copy is in the object store or a cache file: this one goes with `images`
     timings["preflight_seconds"] = time.time() - t_start  # tables, every image decoded and checked, folds
     folds = table["fold"].to_numpy()
     finished = _finished_folds(storage, cfg.train.folds) if cfg.resume else {}
@@ -162,7 +191,7 @@ def _run(
     n_bad = {s: int((bad["set"] == s).sum()) for s in ("train", "test")}
     # RUN_DIR/raydf.log keeps the log and the traceback of whatever stops the run (off the console).
     logged = run_log(storage.local_path("raydf.log")) if storage.local else contextlib.nullcontext()
-    with logged, ray_session(cfg.ray.address) as session:
+    with logged:
         log.info(
             "run directory %s: %d training images in %d folds%s%s%s",
             cfg.run_dir,
@@ -178,7 +207,9 @@ def _run(
             check_readable_on_every_node([p for i, p in enumerate(test_df["path"]) if i not in test_bad], "data.test")
         if cfg.data.synthetic_fakes != "off" and storage.local and not storage.exists(SYNTHETIC_PLOT):
             _plot_synthetic_fakes(cfg, table, storage.local_path(SYNTHETIC_PLOT))
-        infos, weight_refs = _train_folds(cfg, session, storage, table, folds, todo, finished, images, start, timings)
+        infos, weight_refs = _train_folds(
+            cfg, session, storage, table, folds, todo, finished, images, inputs.plan, start, timings
+        )
         del images
         summary = _summarize(cfg, storage, table, folds, infos)
         if start is not None:
@@ -206,6 +237,7 @@ def _train_folds(
     todo: list[int],
     finished: dict[int, tuple[dict, dict]],
     images: Optional[np.ndarray],
+    plan: CachePlan,
     start: Optional[StartWeights],
     timings: dict,
 ) -> tuple[list[dict], list[ray.ObjectRef]]:
@@ -218,7 +250,8 @@ def _train_folds(
     if todo:
         resources = fold_resources(cfg, session)
         t0 = time.time()
-        images_ref = share_images(table["path"].tolist(), cfg, images)
+        images_ref = share_images(table["path"].tolist(), cfg, images, plan)
+        del images
         labels_ref = ray.put(table["label"].to_numpy(np.int64))
         timings["share_images_seconds"] = time.time() - t0
         start_ref = ray.put(start.as_numpy()) if start else None

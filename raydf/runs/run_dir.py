@@ -14,13 +14,11 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from raydf.config import Config, check_data_paths, to_yaml
-from raydf.data.cache import DecodedCache
+from raydf.config import Config, to_yaml
 from raydf.data.catalog import read_test, read_train
-from raydf.data.demo import ensure_demo
+from raydf.data.demo import default_cache_dir, ensure_demo
 from raydf.data.folds import assign_folds, check_splittable
-from raydf.data.images import decode_images
-from raydf.data.preflight import CheckedInputs, preflight
+from raydf.data.preflight import Check, CheckedInputs, preflight
 from raydf.errors import ConfigError, DataError
 from raydf.runs.storage import RunStorage
 
@@ -55,17 +53,45 @@ def _check_fold_sizes(folds: np.ndarray, batch_size: int) -> None:
             )
 
 
-def checked_table(cfg: Config, with_test: bool = True) -> tuple[pd.DataFrame, Optional[pd.DataFrame], CheckedInputs]:
-    """Every input checked (tables, then each image: the pre-flight) and folds assigned to the usable images.
-
-    Returns the fold table (the usable training rows with a `fold` column), the test table, and the pre-flight's
-    result (its decoded training images, the unreadable rows, the duplicates).
-    """
+def read_tables(cfg: Config, with_test: bool = True) -> tuple[pd.DataFrame, Optional[pd.DataFrame]]:
+    """The training and test tables as read, checked as tables (no image read yet)."""
     train_spec, test_spec = data_specs(cfg)
     table = read_train(train_spec, cfg.data.train_root, cfg.train.group_by)
     test_df = read_test(test_spec, cfg.data.test_root) if test_spec and with_test else None
     check_splittable(table, cfg.train.folds, cfg.train.split)  # table errors first: they cost no decoding
-    inputs = preflight(table, test_df, cfg.data.resize, cfg.data.decode_threads, cfg.data.on_bad)
+    return table, test_df
+
+
+def cache_folder(cfg: Config) -> Optional[str]:
+    """Where the decoded, encoded and pre-flight caches live; None with data.cache=off."""
+    return None if cfg.data.cache == "off" else str(cfg.data.cache_dir or default_cache_dir() / "decoded")
+
+
+def checked_table(
+    cfg: Config,
+    with_test: bool = True,
+    *,
+    tables: Optional[tuple[pd.DataFrame, Optional[pd.DataFrame]]] = None,
+    decode: bool = True,
+    check: Optional[Check] = None,
+) -> tuple[pd.DataFrame, Optional[pd.DataFrame], CheckedInputs]:
+    """Every input checked (tables, then each image: the pre-flight) and folds assigned to the usable images.
+
+    Returns the fold table (the usable training rows with a `fold` column), the test table, and the pre-flight's
+    result (its decoded training images when `decode`, the unreadable rows, the duplicates). `tables`: what
+    `read_tables` gave, when the caller read them already; `check`: see `raydf.data.preflight.preflight`.
+    """
+    table, test_df = tables or read_tables(cfg, with_test)
+    inputs = preflight(
+        table,
+        test_df,
+        cfg.data.resize,
+        cfg.data.decode_threads,
+        cfg.data.on_bad,
+        decode=decode,
+        check=check,
+        cache_folder=cache_folder(cfg),
+    )
     table = inputs.train.assign(
         fold=assign_folds(inputs.train, cfg.train.folds, cfg.train.seed, cfg.train.split, content=inputs.content)
     )
@@ -105,23 +131,17 @@ def empty_run_dir(cfg: Config, default: str) -> RunStorage:
     return storage
 
 
-def read_fold_table(cfg: Config) -> tuple[pd.DataFrame, Optional[str]]:
-    """The checked fold table and the test spec, for a sweep; the decoded images go to the cache (`decode_table`)."""
-    check_data_paths(cfg)
-    table, _, inputs = checked_table(cfg, with_test=False)
-    if cfg.data.cache != "off":
-        DecodedCache.for_images(table["path"].tolist(), cfg.data.resize, cfg.data.cache_dir).load(
-            cfg.data.decode_threads, inputs.images
-        )
-    return table, data_specs(cfg)[1]
-
-
-def decode_table(cfg: Config, table: pd.DataFrame) -> np.ndarray:
-    """The training images of `table`, (N, resize, resize, 3) uint8, from the decoded cache (decoded if missing)."""
-    if cfg.data.cache == "off":
-        return decode_images(table["path"].tolist(), cfg.data.resize, cfg.data.decode_threads)
-    cache = DecodedCache.for_images(table["path"].tolist(), cfg.data.resize, cfg.data.cache_dir)
-    return np.ascontiguousarray(cache.load(cfg.data.decode_threads))
+def read_fold_table(
+    cfg: Config,
+    tables: tuple[pd.DataFrame, Optional[pd.DataFrame]],
+    *,
+    decode: bool = True,
+    check: Optional[Check] = None,
+) -> tuple[pd.DataFrame, Optional[np.ndarray]]:
+    """The checked fold table of a sweep (`tables` as `read_tables` gave them, without a test set) and, when
+    `decode`, its training images as the pre-flight decoded them (None when found in the pre-flight's cache)."""
+    table, _, inputs = checked_table(cfg, with_test=False, tables=tables, decode=decode, check=check)
+    return table, inputs.images
 
 
 def reopen_run_dir(cfg: Config) -> tuple[RunStorage, pd.DataFrame, Optional[str]]:
