@@ -57,7 +57,9 @@ def test_cache_off_is_the_word_off_not_a_yaml_boolean(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("data:\n  cache: off\n")
     assert load_config(f).data.cache == "off"
-    with pytest.raises(ConfigError, match=r"data\.cache.*must be one of auto, memory, disk, encoded, stream, off \(got 'on'\)"):
+    with pytest.raises(
+        ConfigError, match=r"data\.cache.*must be one of auto, memory, disk, encoded, stream, off \(got 'on'\)"
+    ):
         load_config(None, ["data.cache='on'"])
 
 

@@ -187,6 +187,11 @@ def test_a_run_trains_on_encoded_or_streamed_images_and_its_folds_saw_the_files_
     cache_dir = tmp_path / "cache"
     cfg = _train_run(tmp_path / "run", tiny_demo, mode, cache_dir, "train.precision=fp32")
     _assert_folds_saw_the_decoded_pixels(tmp_path / "run", cfg)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    plan = summary["data_cache"]
+    assert plan["mode"] == mode and plan["in_object_store"] == (mode == "encoded")  # 64 small JPEGs fit the store
+    assert plan["reason"].startswith(f"data.cache={mode}")
+    assert all(f["peak_rss_mb"] > 100 for f in summary["folds"]) and summary["timings"]["driver_peak_rss_mb"] > 100
     assert not list(cache_dir.glob("decoded-*.npy"))  # nothing held decoded
     assert len(list(cache_dir.glob("encoded-*.bin"))) == (mode == "encoded")
     assert len(list(cache_dir.glob("preflight-*.npz"))) == 1

@@ -20,7 +20,7 @@ import ray
 
 from raydf.config import Config
 from raydf.data.cache import DecodedCache
-from raydf.data.cache_policy import CachePlan, NodeCapacity, choose_cache
+from raydf.data.cache_policy import OBJECT_STORE_SHARE, CachePlan, NodeCapacity, choose_cache
 from raydf.data.encoded_cache import EncodedCache
 from raydf.data.images import decode_images
 from raydf.data.sources import EncodedImages, StreamedImages
@@ -62,6 +62,17 @@ def _encoded_cache(paths: Sequence[str], cfg: Config) -> EncodedCache:
 def plan_cache(paths: Sequence[str], cfg: Config) -> CachePlan:
     """How the training images will be held: `data.cache` as set, or what `auto` picks (logged with why)."""
     mode = cfg.data.cache
+    if mode == "encoded":  # in the object store when the bytes fit there, as auto would place them
+        cache = _encoded_cache(paths, cfg)
+        estimate, store = cache.estimated_bytes(), min(n.object_store for n in node_capacities(cache.folder))
+        fits = estimate <= OBJECT_STORE_SHARE * store
+        where = "in the object store" if fits else "as a packed file per node"
+        return CachePlan(
+            mode,
+            fits,
+            f"data.cache=encoded: ~{estimate / 1e6:.1f} MB {'fit' if fits else 'do not fit'} in "
+            f"{OBJECT_STORE_SHARE:.0%} of the smallest node's object store ({store / 1e9:.1f} GB): held {where}",
+        )
     if mode != "auto":
         return CachePlan(mode, mode == "memory", f"data.cache={mode}")
     cache = _encoded_cache(paths, cfg)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import resource
 import signal
 import time
 from dataclasses import asdict
@@ -96,6 +97,8 @@ def _fold_task(
         pid=os.getpid(),
         gpu_ids=[str(g) for g in ray.get_gpu_ids()],
         attempts=attempt["attempts"],
+        # This worker's peak resident memory (MB), shared pages it touched included (object store, memory maps).
+        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     )
     return outcome.weights, info
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import resource
 import time
 from dataclasses import dataclass
 from typing import Collection, Optional
@@ -65,6 +66,7 @@ SUMMARY_FOLD_KEYS = (
     "pid",
     "attempts",
     "resumed_from_epoch",
+    "peak_rss_mb",
 )
 
 
@@ -103,6 +105,7 @@ class _Inputs:
     test_bad: dict
     images: Optional[np.ndarray]  # decoded by the pre-flight (a new run with a decoded cache), else None
     plan: CachePlan  # how the training images are held (data.cache)
+    check_seconds: Optional[float] = None  # the pre-flight check of a new run (None: a resumed run)
 
 
 def _start_run(cfg: Config) -> _Inputs:
@@ -116,6 +119,7 @@ def _start_run(cfg: Config) -> _Inputs:
     tables = read_tables(cfg)
     plan = plan_cache(tables[0]["path"].tolist(), cfg)
     n_files = len(tables[0]) + (0 if tables[1] is None else len(tables[1]))
+    t0 = time.time()
     table, test_df, inputs = checked_table(
         cfg,
         tables=tables,
@@ -123,7 +127,7 @@ def _start_run(cfg: Config) -> _Inputs:
         check=preflight_check(n_files, cfg.data.preflight_spread_min),
     )
     storage = create_run_dir(cfg, table, inputs=inputs)
-    return _Inputs(storage, table, test_df, inputs.test_bad, inputs.images, plan)
+    return _Inputs(storage, table, test_df, inputs.test_bad, inputs.images, plan, time.time() - t0)
 
 
 def _reopen_run(cfg: Config) -> _Inputs:
@@ -183,7 +187,9 @@ def _run(
         inputs.images,
     )
     inputs.images = None  # the folds' copy is in the object store or a cache file: this one goes with `images`
-    timings["preflight_seconds"] = time.time() - t_start  # tables, every image decoded and checked, folds
+    timings["preflight_seconds"] = time.time() - t_start  # tables, Ray's start, every image checked, folds
+    if inputs.check_seconds is not None:
+        timings["preflight_check_seconds"] = inputs.check_seconds  # every image checked (decoded), folds assigned
     folds = table["fold"].to_numpy()
     finished = _finished_folds(storage, cfg.train.folds) if cfg.resume else {}
     todo = [k for k in range(cfg.train.folds) if k not in finished]
@@ -218,6 +224,9 @@ def _run(
             prior = float(table["label"].mean())  # P(fake) of an unreadable test image
             summary.update(_predict_test(cfg, storage, test_df, weight_refs, test_bad, prior, timings))
     summary["bad_inputs"] = n_bad
+    timings["driver_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    plan = inputs.plan
+    summary["data_cache"] = {"mode": plan.mode, "in_object_store": plan.in_object_store, "reason": plan.reason}
     summary["timings"] = timings
     summary["wall_seconds"] = time.time() - t_start
     storage.write_text("summary.json", json.dumps(summary, indent=2))
@@ -303,7 +312,7 @@ def _summarize(cfg: Config, storage: RunStorage, table: pd.DataFrame, folds: np.
     write_csv(storage, "oof.csv", oof)
     write_csv(storage, "history.csv", pd.DataFrame([row for info in infos for row in info["history"]]))
     summary = {
-        "folds": [{k: info[k] for k in SUMMARY_FOLD_KEYS} for info in infos],
+        "folds": [{k: info.get(k) for k in SUMMARY_FOLD_KEYS} for info in infos],  # peak_rss_mb: None in old runs
         "cv": classification_metrics(oof["label"], oof["prob_fake"]),
     }
     train_spec = data_specs(cfg)[0]

@@ -210,8 +210,8 @@ def render(run: RunFiles, plot_files: dict[str, Path]) -> str:
     lines += ["## Timings", "", "| step | seconds |", "|---|---:|"]
     timings = s.get("timings", {})
     for key, label in (
-        ("preflight_seconds", "check the inputs (every image decoded once)"),
-        ("share_images_seconds", "share the decoded images with the folds"),
+        ("preflight_seconds", "check the inputs (every image decoded once, or found in the pre-flight cache)"),
+        ("share_images_seconds", "share the training images with the folds (data.cache)"),
         ("folds_seconds", f"train {len(folds)} folds (in parallel, wall clock)"),
         ("inference_seconds", f"soft vote over {n_test} test images"),
     ):
