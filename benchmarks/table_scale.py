@@ -2,12 +2,13 @@
 
     python -m benchmarks.table_scale [--rows 1000000] [--label after] [--profile]
 
-Builds a synthetic training table and test table of `--rows` rows each (paths as strings, labels, groups, content
-hashes with a few byte-identical copies; no image files: none of these stages opens an image), then times each
-table-level stage the training pipeline runs on them: reading the CSVs (`raydf.data.catalog`), fold assignment
-(`raydf.data.folds`, three ways), finding duplicates (`raydf.data.preflight.find_duplicates`), building and writing
-oof.csv and submission.csv, the per-video/photo aggregation (`raydf.runs.submission.aggregate_sources`), the
-metrics (`classification_metrics`, `bootstrap_metrics` with 1,000 resamples) and the report with its plots
+Builds a synthetic training table and test table of `--rows` rows each (paths as strings, labels, groups,
+content hashes with a few byte-identical copies; no image files: none of these stages opens an image), then
+times each table-level stage the training pipeline runs on them: reading the CSVs (`raydf.data.catalog`),
+fold assignment (`raydf.data.folds`, three ways), finding duplicates (`raydf.data.preflight.find_duplicates`),
+building and writing oof.csv and submission.csv, the per-video/photo aggregation
+(`raydf.runs.submission.aggregate_sources`: 20 faces per video, and one face per photo), the metrics
+(`classification_metrics`, `bootstrap_metrics` with 1,000 resamples) and the report with its plots
 (`raydf.runs.report.build_report` on a fake run directory whose oof.csv and submission.csv have `--rows` rows).
 
 Each run's seconds go under `--label` in results/table_scale.json (other labels are kept), so the file holds the
@@ -22,6 +23,7 @@ import argparse
 import cProfile
 import io
 import json
+import logging
 import pstats
 import tempfile
 import time
@@ -32,7 +34,7 @@ import pandas as pd
 
 from raydf.data.catalog import read_test, read_train
 from raydf.data.folds import assign_folds
-from raydf.data.preflight import find_duplicates
+from raydf.data.preflight import _warn_duplicates, find_duplicates
 from raydf.runs import plots
 from raydf.runs.report import build_report, read_run
 from raydf.runs.submission import aggregate_sources, build_submission
@@ -144,10 +146,15 @@ def main() -> None:
         t("folds kfold + copies", assign_folds, train.drop(columns="group"), FOLDS, 42, "kfold", data["train_hash"])
         t("folds stratified", assign_folds, train.drop(columns="group"), FOLDS, 42, "stratified")
         folds = t("folds group + copies", assign_folds, train, FOLDS, 42, "group", data["train_hash"])
-        t("find_duplicates", find_duplicates, train, data["train_hash"], test, data["test_hash"])
+        dup = t("find_duplicates", find_duplicates, train, data["train_hash"], test, data["test_hash"])
+        logging.disable(logging.WARNING)  # its message, not its time
+        t("warn_duplicates", _warn_duplicates, dup)
+        logging.disable(logging.NOTSET)
 
         def oof_csv() -> None:  # as raydf.pipelines.training._summarize builds and writes it
-            oof = pd.DataFrame({"path": train["path"], "label": train["label"], "fold": folds, "prob_fake": data["prob"]})
+            oof = pd.DataFrame(
+                {"path": train["path"], "label": train["label"], "fold": folds, "prob_fake": data["prob"]}
+            )
             oof.to_csv(index=False)
 
         t("oof.csv (build + write)", oof_csv)
@@ -158,15 +165,22 @@ def main() -> None:
         none = pd.DataFrame({"source": pd.Series([], dtype=str)})
         t("aggregate_sources mean", aggregate_sources, faces, none, "mean")
         t("aggregate_sources confident", aggregate_sources, faces, none, "confident")
+
+        def face_sources() -> None:  # as raydf.pipelines.training._summarize maps oof rows to their video/photo
+            source_of = dict(zip(train["path"], train["group"]))
+            [source_of.get(p) for p in train["path"]]
+
+        t("oof rows -> sources (training)", face_sources)
+        photos = pd.DataFrame({"source": train["path"], "prob_fake": data["prob"], "flag": ""})  # one face each
+        t("aggregate_sources mean, 1 face/src", aggregate_sources, photos, none, "mean")
         t("classification_metrics", classification_metrics, train["label"], data["prob"])
-        t10 = t("bootstrap_metrics (10)", lambda: bootstrap_metrics(train["label"], data["prob"], n=10) and None)
+        t("bootstrap_metrics (10)", bootstrap_metrics, train["label"], data["prob"], 10)
         if t.seconds["bootstrap_metrics (10)"] * 100 > 300:
             t.seconds["bootstrap_metrics (1000)"] = round(t.seconds["bootstrap_metrics (10)"] * 100, 1)
             notes["bootstrap_metrics (1000)"] = "extrapolated: 100 x the 10-resample time"
             print(f"{'bootstrap_metrics (1000)':<32} {t.seconds['bootstrap_metrics (1000)']:9.1f} s (extrapolated)")
         else:
             t("bootstrap_metrics (1000)", bootstrap_metrics, train["label"], data["prob"], 1000)
-        del t10
 
         run = folder / "run"
         fake_run_dir(run, train, folds, test, data)
