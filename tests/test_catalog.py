@@ -86,6 +86,33 @@ def test_train_image_root_for_relative_paths_only(tmp_path):
     assert df["path"].tolist() == [str(tmp_path / "images" / "a.jpg"), "/abs/b.jpg"]
 
 
+def test_csv_uris_are_kept_as_written(tmp_path):
+    tmp_path = tmp_path.resolve()
+    text = "path,label\ns3://bucket/x.jpg,0\n file:///a/b.png ,1\nimg/c.jpg,1\n"
+    spec = _csv(tmp_path / "t.csv", text)
+    expected = ["s3://bucket/x.jpg", "file:///a/b.png", str(tmp_path / "img" / "c.jpg")]
+    assert read_train(spec)["path"].tolist() == expected
+    assert read_train(spec, image_root=tmp_path / "elsewhere")["path"].tolist()[:2] == expected[:2]
+    test = read_test(spec)
+    assert test["path"].tolist() == expected
+    assert test["image"].tolist() == ["s3://bucket/x.jpg", " file:///a/b.png ", "img/c.jpg"]  # as written
+
+
+def test_csv_paths_resolve_symlinks_and_dot_dot(tmp_path):
+    tmp_path = tmp_path.resolve()
+    _touch(tmp_path / "real" / "a.jpg", tmp_path / "other" / "b.jpg")
+    (tmp_path / "link").symlink_to(tmp_path / "real")  # a linked folder
+    (tmp_path / "real" / "l.jpg").symlink_to(tmp_path / "other" / "b.jpg")  # a linked file
+    rows = ["link/a.jpg", "link/l.jpg", "link/../other/b.jpg", "./real//a.jpg", "missing/c.jpg"]
+    spec = _csv(tmp_path / "t.csv", "path,label\n" + "".join(f"{r},{i % 2}\n" for i, r in enumerate(rows)))
+    assert read_test(spec)["path"].tolist() == [str((tmp_path / r).resolve()) for r in rows]
+    assert read_test(spec)["path"].tolist()[:3] == [
+        str(tmp_path / "real" / "a.jpg"),
+        str(tmp_path / "other" / "b.jpg"),
+        str(tmp_path / "other" / "b.jpg"),
+    ]
+
+
 def test_train_csv_with_bom_blank_lines_and_header_spaces(tmp_path):
     spec = tmp_path / "t.csv"
     spec.write_bytes("\ufeffpath , label\na.jpg,0\n\nb.jpg,1\n\n".encode())

@@ -424,3 +424,12 @@ def test_per_video_aggregation_mean_median_confident_and_faceless_sources():
     assert confident_mean(video) == pytest.approx(0.95)
     assert confident_mean(np.array([0.95] * 11 + [0.3] * 21)) == pytest.approx(video[:11].sum() / 32 + 0.3 * 21 / 32)
     assert confident_mean(np.array([0.1] * 30 + [0.6] * 2)) == pytest.approx(0.1)  # > 90% confidently real
+    # aggregate_sources reduces every source at once: as confident_mean / np.median / np.mean one by one
+    rng = np.random.default_rng(0)
+    many = pd.DataFrame({"source": rng.integers(0, 40, 2000).astype(str), "prob_fake": rng.random(2000)})
+    many.loc[many["source"].isin(["1", "2", "3"]), "prob_fake"] = 0.9 + 0.1 * rng.random()  # confidently fake
+    many.loc[many["source"].isin(["4", "5"]), "prob_fake"] = 0.1 * rng.random()  # confidently real
+    for how, reduce in (("confident", confident_mean), ("median", np.median), ("mean", np.mean)):
+        got = aggregate_sources(many, no_faces.iloc[:0], how).set_index("image")["prob_fake"]
+        expected = pd.Series({k: float(reduce(p.to_numpy())) for k, p in many.groupby("source")["prob_fake"]})
+        np.testing.assert_allclose(got.loc[expected.index].to_numpy(), expected.to_numpy(), rtol=0, atol=1e-12)

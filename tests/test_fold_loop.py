@@ -121,6 +121,29 @@ def test_equal_error_rate_where_false_positives_and_negatives_balance():
     assert abs(chance["eer"] - 0.5) < 0.03 and abs(chance["auc"] - 0.5) < 0.03
 
 
+@pytest.mark.parametrize("scores", ["distinct", "ties", "clipped ends"])
+def test_bootstrap_resamples_score_as_classification_metrics_would(scores):
+    """bootstrap_metrics scores each resample from its draw counts (`_Resampled`), not by calling
+    classification_metrics on it: the two agree to rounding, ties and one-class resamples included."""
+    from raydf.training.metrics import _Resampled, bootstrap_metrics
+
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 60)
+    prob = {
+        "distinct": np.clip(0.3 * labels + rng.normal(0.35, 0.25, 60), 0, 1),
+        "ties": np.round(rng.random(60), 1),
+        "clipped ends": rng.choice([0.0, 1e-9, 0.5, 1 - 1e-9, 1.0], 60),  # clipping to [1e-7, 1 - 1e-7] ties them
+    }[scores]
+    scorer = _Resampled(labels, prob)
+    for idx in [rng.integers(0, 60, 60) for _ in range(30)] + [np.flatnonzero(labels == 1)[[0] * 60]]:
+        expected, got = classification_metrics(labels[idx], prob[idx]), scorer.metrics(idx)
+        for k, v in expected.items():
+            assert got[k] == (None if v is None else pytest.approx(v, abs=1e-12)), k
+    ci = bootstrap_metrics(labels, prob, n=50, seed=3)
+    assert ci["auc"]["value"] == classification_metrics(labels, prob)["auc"]
+    assert ci["auc"]["ci95"][0] <= ci["auc"]["value"] <= ci["auc"]["ci95"][1]
+
+
 def test_flip_tta_averages_each_model_over_the_image_and_its_mirror():
     from raydf.training.engine import fold_prob_fake
 

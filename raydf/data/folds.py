@@ -87,11 +87,10 @@ def assign_folds(
 
 def _keep_copies_together(fold: np.ndarray, content: Sequence[str]) -> np.ndarray:
     """Move every copy of a file to the fold of its first occurrence."""
-    first: dict[str, int] = {}
-    out = fold.copy()
-    for i, key in enumerate(content):
-        out[i] = out[first.setdefault(key, i)]
-    return out
+    codes, uniques = pd.factorize(pd.Series(content, dtype=object), use_na_sentinel=False)
+    first = np.full(len(uniques), len(codes), dtype=np.int64)
+    np.minimum.at(first, codes, np.arange(len(codes)))  # each file's first row
+    return fold[first[codes]]
 
 
 def _merge_groups(groups: pd.Series, content: Sequence[str]) -> np.ndarray:
@@ -105,7 +104,11 @@ def _merge_groups(groups: pd.Series, content: Sequence[str]) -> np.ndarray:
             g = parent[g]
         return g
 
+    # Only files listed in two rows or more can join groups, and a (group, file) pair seen before joins nothing
+    # new: the loop runs over those pairs alone, in row order, and so merges exactly as one over every row would.
+    pairs = pd.DataFrame({"group": codes, "key": pd.Series(content, dtype=object).to_numpy()})
+    pairs = pairs[pairs["key"].duplicated(keep=False)].drop_duplicates()
     owner: dict[str, int] = {}
-    for g, key in zip(codes.tolist(), content):
+    for g, key in zip(pairs["group"].tolist(), pairs["key"].tolist()):
         parent[root(g)] = root(owner.setdefault(key, g))
-    return np.array([root(g) for g in codes.tolist()])
+    return np.array([root(g) for g in range(len(parent))])[codes]

@@ -258,8 +258,11 @@ def find_duplicates(
             )
         )
     rows = pd.concat(frames, ignore_index=True).dropna(subset=["sha256"])
-    has_train = rows[rows["set"] == "train"]["sha256"]
-    rows = rows[rows["sha256"].duplicated(keep=False) & rows["sha256"].isin(has_train)].copy()
+    # Which files have a training copy, by factorized code: `isin` on strings loops in Python per value.
+    codes, _ = pd.factorize(rows["sha256"])
+    has_train = np.zeros(codes.max() + 1 if len(codes) else 0, dtype=bool)
+    has_train[codes[(rows["set"] == "train").to_numpy()]] = True
+    rows = rows[rows["sha256"].duplicated(keep=False).to_numpy() & has_train[codes]].copy()
     rows.insert(0, "copy_group", pd.factorize(rows["sha256"])[0])
     return rows.sort_values(["copy_group", "set", "row"], kind="stable")[DUPLICATE_COLUMNS].reset_index(drop=True)
 

@@ -33,6 +33,10 @@ def classification_metrics(labels: np.ndarray, prob_fake: np.ndarray) -> dict[st
 
 def equal_error_rate(labels: np.ndarray, scores: np.ndarray) -> float:
     fpr, tpr, _ = roc_curve(labels, scores)
+    return _eer_on_curve(fpr, tpr)
+
+
+def _eer_on_curve(fpr: np.ndarray, tpr: np.ndarray) -> float:
     fnr = 1 - tpr
     i = int(np.nonzero(fnr <= fpr)[0][0])  # the first threshold where the two curves cross
     if i == 0:
@@ -49,15 +53,18 @@ def bootstrap_metrics(
     """`classification_metrics` with 95% bootstrap confidence intervals: {metric: {"value", "ci95": [lo, hi]}}.
 
     Rows are resampled with replacement `n` times (seeded); a metric undefined in a resample (one class only) is
-    left out of that resample's distribution.
+    left out of that resample's distribution. A resample is scored as `classification_metrics` would score it
+    (equal to rounding), but from how often it draws each row (`_Resampled`): the rows are sorted once, not
+    once per resample, so 1,000 resamples of a million rows take seconds, not hours.
     """
     labels, prob_fake = np.asarray(labels).astype(int), np.asarray(prob_fake, dtype=np.float64)
     point = classification_metrics(labels, prob_fake)
     rng = np.random.default_rng(seed)
     draws: dict[str, list[float]] = {k: [] for k in point}
+    scorer = _Resampled(labels, prob_fake)
     for _ in range(n):
         idx = rng.integers(0, len(labels), len(labels))
-        for k, v in classification_metrics(labels[idx], prob_fake[idx]).items():
+        for k, v in scorer.metrics(idx).items():
             if v is not None:
                 draws[k].append(v)
     return {
@@ -69,3 +76,62 @@ def bootstrap_metrics(
         }
         for k, d in draws.items()
     }
+
+
+class _Resampled:
+    """`classification_metrics` of resamples `labels[idx], prob_fake[idx]`, computed from the draw counts.
+
+    The rows are sorted by P(fake) once; a resample is then a count per row (`np.bincount`), and the ROC and
+    precision-recall curves are cumulative sums of those counts over the runs of equal scores, as scikit-learn
+    builds them. The ROC is kept at every distinct score (scikit-learn drops collinear points, which changes
+    neither the area nor where the curve crosses the EER line), so the values agree up to rounding.
+    """
+
+    def __init__(self, labels: np.ndarray, prob_fake: np.ndarray) -> None:
+        p = np.clip(prob_fake, 1e-7, 1 - 1e-7)  # as classification_metrics: clipping can make ties
+        order = np.argsort(-p, kind="mergesort")  # highest P(fake) first
+        self.n = len(p)
+        self.rank = np.empty(self.n, dtype=np.int64)
+        self.rank[order] = np.arange(self.n)
+        y, p = labels[order], p[order]
+        self.y = y.astype(np.float64)
+        self.correct = ((p > 0.5).astype(int) == y).astype(np.float64)
+        self.loss = -np.where(y == 1, np.log(p), np.log1p(-p))
+        last = np.r_[np.flatnonzero(np.diff(p)), self.n - 1]  # last row of each run of equal scores
+        self.last = last if len(last) < self.n else None  # None: every score distinct
+
+    def metrics(self, idx: np.ndarray) -> dict[str, Optional[float]]:
+        # How often each (sorted) row was drawn; float64 counts are exact below 2**53.
+        w = np.bincount(self.rank[idx], minlength=self.n).astype(np.float64)
+        out: dict[str, Optional[float]] = {
+            "accuracy": float(_dot(w, self.correct) / self.n),
+            "auc": None,
+            "log_loss": float(_dot(w, self.loss) / self.n),
+            "ap": None,
+            "eer": None,
+        }
+        hits = w * self.y  # fakes drawn, per row
+        tps, drawn = np.cumsum(hits), np.cumsum(w)  # fakes and rows at or above each score
+        if self.last is None:  # every score distinct: a row is a point of the curves
+            new_tp, new_fp = hits, w - hits
+        else:  # a run of equal scores is one point
+            tps, drawn = tps[self.last], drawn[self.last]
+            new_tp, new_fp = np.diff(tps, prepend=0.0), np.diff(drawn - tps, prepend=0.0)
+        fps = drawn - tps
+        pos, neg = tps[-1], fps[-1]
+        if pos == 0 or neg == 0:
+            return out
+        # ROC AUC: trapezoids under (fps, tps); AP: precision at each new true positive, weighted by it.
+        out["auc"] = float(_dot(new_fp, 2 * tps - new_tp) / (2 * pos * neg))
+        precision = np.divide(tps, drawn, out=np.zeros(len(tps)), where=drawn > 0)
+        out["ap"] = float(_dot(new_tp, precision) / pos)
+        fpr, tpr = fps / neg, tps / pos
+        i = int(np.argmax(1 - tpr <= fpr))  # the first point past the EER line (the last point, (1, 1), is)
+        before = (0.0, 0.0) if i == 0 else (fpr[i - 1], tpr[i - 1])  # the curve starts at (0, 0)
+        out["eer"] = _eer_on_curve(np.array([before[0], fpr[i]]), np.array([before[1], tpr[i]]))
+        return out
+
+
+def _dot(a: np.ndarray, b: np.ndarray) -> float:
+    """Sum of a * b (einsum: several times faster than np.dot's BLAS call on a busy machine)."""
+    return float(np.einsum("i,i->", a, b))
