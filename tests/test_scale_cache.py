@@ -221,6 +221,19 @@ def test_the_preflight_cache_keeps_bad_files_and_a_touched_file_is_checked_again
     assert preflight(train, None, 64, decode=False, cache_folder=str(tmp_path / "c")).bad.empty
 
 
+def test_disk_mode_decodes_into_a_scratch_file_not_memory_and_leaves_nothing_behind(tmp_path):
+    import pandas as pd
+
+    from raydf.data.preflight import preflight
+
+    paths, labels = _faces(tmp_path, n=8)
+    train = pd.DataFrame({"path": paths, "label": labels})
+    inputs = preflight(train, None, 64, cache_folder=str(tmp_path / "c"), decode_to_disk=True)
+    assert isinstance(inputs.images, np.memmap)  # file-backed pages, not the process's heap
+    np.testing.assert_array_equal(inputs.images, decode_images(paths, 64))
+    assert not list((tmp_path / "c").glob(".decoding-*"))  # unlinked at once: nothing left, however it ends
+
+
 SPREAD_SCRIPT = """
 import json, sys
 import ray

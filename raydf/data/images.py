@@ -11,6 +11,7 @@ import functools
 import hashlib
 import io
 import os
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, TypeVar
@@ -248,9 +249,13 @@ class DecodedSet:
     sha256: list[Optional[str]]  # (n,) content hash of every input path (None if unreadable)
 
 
-def decode_checked(paths: Sequence[str], size: int, threads: int = 0) -> DecodedSet:
-    """Decode every path once into one array, in parallel, keeping going past unreadable files."""
-    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+def decode_checked(paths: Sequence[str], size: int, threads: int = 0, out: Optional[np.ndarray] = None) -> DecodedSet:
+    """Decode every path once into one array, in parallel, keeping going past unreadable files.
+
+    `out`: the (N, size, size, 3) uint8 array to fill, e.g. a memory-mapped scratch file (`scratch_array`) so that a
+    set larger than memory is never held in it.
+    """
+    out = np.empty((len(paths), size, size, 3), dtype=np.uint8) if out is None else out
 
     def work(i: int) -> str:
         rgb, digest = read_image(paths[i])
@@ -271,6 +276,19 @@ def decode_checked(paths: Sequence[str], size: int, threads: int = 0) -> Decoded
         reasons={i: r.reason for i, r in enumerate(results) if isinstance(r, BadImage)},
         sha256=[None if isinstance(r, BadImage) else r for r in results],
     )
+
+
+def scratch_array(folder: str, shape: tuple[int, ...]) -> np.ndarray:
+    """A uint8 array backed by a file in `folder` that is already unlinked: its pages go to the page cache (and to
+    disk under memory pressure) instead of the process's memory, and nothing is left behind when it is dropped,
+    whatever ends the process."""
+    os.makedirs(folder, exist_ok=True)
+    fd, path = tempfile.mkstemp(prefix=".decoding-", suffix=".npy", dir=folder)
+    os.close(fd)
+    try:
+        return np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+    finally:
+        os.unlink(path)
 
 
 def check_images(paths: Sequence[str], threads: int = 0) -> tuple[dict[int, str], list[Optional[str]]]:

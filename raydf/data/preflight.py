@@ -28,7 +28,7 @@ import pandas as pd
 
 from raydf.data.cache import cache_key
 from raydf.data.catalog import check_two_classes
-from raydf.data.images import check_images, decode_checked
+from raydf.data.images import check_images, decode_checked, scratch_array
 from raydf.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -116,13 +116,15 @@ def preflight(
     decode: bool = True,
     check: Optional[Check] = None,
     cache_folder: Optional[str] = None,
+    decode_to_disk: bool = False,
 ) -> CheckedInputs:
     """Check every training and test image; apply the `on_bad` policy.
 
     `decode`: the training set is decoded (at `size` px) by the check itself, and the pixels kept for the
     decoded cache (`data.cache` memory, disk, off); otherwise only checked (encoded, stream). `check`: how a
     list of paths is checked (default: threads here; the Ray layer spreads it over the cluster's nodes).
-    `cache_folder`: keep the findings there (`CheckCache`) and reuse them.
+    `cache_folder`: keep the findings there (`CheckCache`) and reuse them. `decode_to_disk`: decode into a
+    memory-mapped scratch file in `cache_folder` (data.cache=disk: a set that is not meant to sit in memory).
 
     Raises:
         DataError: with `on_bad="error"`, when any image is unreadable (naming the first ones); with
@@ -138,7 +140,8 @@ def preflight(
         source = "found in the pre-flight cache for"
     else:
         if decode and check is None:  # one pass: the check that decodes is the decode the folds train on
-            decoded = decode_checked(train_paths, size, threads)
+            out = scratch_array(cache_folder, (len(train_paths), size, size, 3)) if decode_to_disk else None
+            decoded = decode_checked(train_paths, size, threads, out)
             images, train_bad, train_content = decoded.images, decoded.reasons, decoded.sha256
         else:
             train_bad, train_content = (check or functools.partial(check_images, threads=threads))(train_paths)
@@ -268,33 +271,40 @@ def find_duplicates(
 
 
 def _warn_duplicates(dup: pd.DataFrame) -> None:
-    """Leakage is not an error (copies are common in scraped sets) but must be visible."""
+    """Leakage is not an error (copies are common in scraped sets) but must be visible.
+
+    Counted per copy group with group reductions, not a frame per group: millions of rows hold many groups.
+    """
     if dup.empty:
         return
-    groups = list(dup.groupby("copy_group"))
+    is_train = dup["set"] == "train"
+    n_train = is_train.groupby(dup["copy_group"]).sum()
+    n_test = (~is_train).groupby(dup["copy_group"]).sum()
+    labels = dup[is_train].groupby("copy_group")["label"].nunique()
 
-    def example(frame: pd.DataFrame) -> str:
+    def example(group: int) -> str:
+        frame = dup[dup["copy_group"] == group]
         return " = ".join(f"{s} {p}" for s, p in zip(frame["set"], frame["path"]))
 
-    in_train = [g for _, g in groups if (g["set"] == "train").sum() > 1]
-    if in_train:
-        conflicting = [g for g in in_train if g[g["set"] == "train"]["label"].nunique() > 1]
+    in_train = n_train[n_train > 1]
+    if len(in_train):
+        conflicting = labels.reindex(in_train.index)
+        conflicting = conflicting[conflicting > 1]
         log.warning(
             "%d training files have byte-identical copies under other names (%d group(s), e.g. %s); each "
             "group is kept in one fold (listed in duplicates.csv)%s",
-            sum(int((g["set"] == "train").sum()) for g in in_train),
+            int(in_train.sum()),
             len(in_train),
-            example(in_train[0]),
-            f"; {len(conflicting)} group(s) carry both labels, check them (e.g. {example(conflicting[0])})"
-            if conflicting
+            example(in_train.index[0]),
+            f"; {len(conflicting)} group(s) carry both labels, check them (e.g. {example(conflicting.index[0])})"
+            if len(conflicting)
             else "",
         )
-    crossing = [g for _, g in groups if (g["set"] == "test").any()]
-    if crossing:
-        n = sum(int((g["set"] == "test").sum()) for g in crossing)
+    crossing = n_test[n_test > 0]
+    if len(crossing):
         log.warning(
             "%d test images are byte-identical to training images (e.g. %s): test scores on them are not "
             "a fair estimate (listed in duplicates.csv)",
-            n,
-            example(crossing[0]),
+            int(crossing.sum()),
+            example(crossing.index[0]),
         )

@@ -124,6 +124,7 @@ def _start_run(cfg: Config) -> _Inputs:
         cfg,
         tables=tables,
         decode=plan.mode in ("memory", "disk", "off"),
+        disk=plan.mode == "disk",
         check=preflight_check(n_files, cfg.data.preflight_spread_min),
     )
     storage = create_run_dir(cfg, table, inputs=inputs)
@@ -136,6 +137,13 @@ def _reopen_run(cfg: Config) -> _Inputs:
     test_df = read_test(test_spec, cfg.data.test_root) if test_spec else None
     test_bad = check_test_set(test_df, cfg.data.decode_threads, cfg.data.on_bad) if test_df is not None else {}
     return _Inputs(storage, table, test_df, test_bad, None, plan_cache(table["path"].tolist(), cfg))
+
+
+def _readable(test_df: pd.DataFrame, test_bad: dict) -> list[str]:
+    """The test paths the pre-flight could read, in order (one vectorised mask: test sets of millions of rows)."""
+    keep = np.ones(len(test_df), dtype=bool)
+    keep[list(test_bad)] = False
+    return test_df["path"].to_numpy()[keep].tolist()
 
 
 def _finished_folds(storage: RunStorage, n_folds: int) -> dict[int, tuple[dict, dict]]:
@@ -210,7 +218,7 @@ def _run(
             f"; resuming, folds {sorted(finished)} already finished" if cfg.resume else "",
         )
         if test_df is not None:  # decoded by Ray Data on any node: fail now, not after the training
-            check_readable_on_every_node([p for i, p in enumerate(test_df["path"]) if i not in test_bad], "data.test")
+            check_readable_on_every_node(_readable(test_df, test_bad), "data.test")
         if cfg.data.synthetic_fakes != "off" and storage.local and not storage.exists(SYNTHETIC_PLOT):
             _plot_synthetic_fakes(cfg, table, storage.local_path(SYNTHETIC_PLOT))
         infos, weight_refs = _train_folds(
@@ -319,7 +327,7 @@ def _summarize(cfg: Config, storage: RunStorage, table: pd.DataFrame, folds: np.
     if is_face_manifest(train_spec):  # faces of videos/photos: also scored per video/photo
         manifest, _ = read_manifest(train_spec)
         source_of = dict(zip(manifest["path"], manifest["source"]))
-        per_face = oof.assign(source=[source_of.get(p) for p in oof["path"]], flag="")
+        per_face = oof.assign(source=oof["path"].map(source_of), flag="")
         per_source = aggregate_sources(per_face, manifest.iloc[:0], cfg.predict.aggregate)
         per_source["label"] = per_face.groupby("source", sort=False)["label"].first().to_numpy()
         per_source["fold"] = per_face.groupby("source", sort=False)["fold"].first().to_numpy()
@@ -355,7 +363,7 @@ def _predict_test(
     else:
         t0 = time.time()
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 and cfg.resources.gpus_per_fold != 0 else 0.0
-        readable = [p for i, p in enumerate(test_df["path"]) if i not in test_bad]
+        readable = _readable(test_df, test_bad)
         try:
             pred = predict_paths(cfg, readable, weight_refs, gpus)
         except Exception as e:  # a test file changed since the pre-flight: say so, and how to go on

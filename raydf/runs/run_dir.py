@@ -73,13 +73,15 @@ def checked_table(
     *,
     tables: Optional[tuple[pd.DataFrame, Optional[pd.DataFrame]]] = None,
     decode: bool = True,
+    disk: bool = False,
     check: Optional[Check] = None,
 ) -> tuple[pd.DataFrame, Optional[pd.DataFrame], CheckedInputs]:
     """Every input checked (tables, then each image: the pre-flight) and folds assigned to the usable images.
 
     Returns the fold table (the usable training rows with a `fold` column), the test table, and the pre-flight's
     result (its decoded training images when `decode`, the unreadable rows, the duplicates). `tables`: what
-    `read_tables` gave, when the caller read them already; `check`: see `raydf.data.preflight.preflight`.
+    `read_tables` gave, when the caller read them already; `disk`: decode into a memory-mapped scratch file, not
+    memory (data.cache=disk); `check`: see `raydf.data.preflight.preflight`.
     """
     table, test_df = tables or read_tables(cfg, with_test)
     inputs = preflight(
@@ -91,6 +93,7 @@ def checked_table(
         decode=decode,
         check=check,
         cache_folder=cache_folder(cfg),
+        decode_to_disk=decode and disk,
     )
     table = inputs.train.assign(
         fold=assign_folds(inputs.train, cfg.train.folds, cfg.train.seed, cfg.train.split, content=inputs.content)
