@@ -13,6 +13,7 @@ import time
 from typing import Optional, Sequence
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from raydf.data.images import check_images
 
@@ -27,8 +28,13 @@ def _check_chunk(paths: list[str]) -> tuple[dict[int, str], list[Optional[str]],
     return reasons, hashes, ray.get_runtime_context().get_node_id()
 
 
+def node_ids() -> list[str]:
+    """The alive nodes with CPUs."""
+    return [n["NodeID"] for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0]
+
+
 def cluster_nodes() -> int:
-    return sum(1 for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0)
+    return len(node_ids())
 
 
 class SpreadCheck:
@@ -41,7 +47,17 @@ class SpreadCheck:
     def __call__(self, paths: Sequence[str]) -> tuple[dict[int, str], list[Optional[str]]]:
         t0, n = time.time(), len(paths)
         starts = list(range(0, n, self.chunk))
-        refs = {_check_chunk.remote(list(paths[s : s + self.chunk])): s for s in starts}
+        # Chunks dealt to the nodes in turn (soft affinity: a node gone runs its chunks elsewhere). Ray's SPREAD
+        # strategy alone left every chunk on one node of a loaded test cluster, where the others' workers were cold.
+        nodes = node_ids() or [None]
+        refs = {
+            _check_chunk.options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(nodes[i % len(nodes)], soft=True)
+                if nodes[0]
+                else "SPREAD"
+            ).remote(list(paths[s : s + self.chunk])): s
+            for i, s in enumerate(starts)
+        }
         reasons: dict[int, str] = {}
         hashes: list[Optional[str]] = [None] * n
         try:
