@@ -189,11 +189,6 @@ def _path_column(table: pd.DataFrame, src: Path) -> str:
     return col
 
 
-def is_uri(path: str) -> bool:
-    """`s3://bucket/x.jpg`, `file:///a/b.png`: a URI, not a local path (as `raydf.runs.storage.is_uri`)."""
-    return "://" in str(path)
-
-
 def _paths(table: pd.DataFrame, src: Path, image_root: str | os.PathLike | None) -> pd.DataFrame:
     """Resolve the path column against image_root (or the CSV's folder); absolute paths and URIs stay as they are."""
     col = _path_column(table, src)
@@ -207,7 +202,7 @@ def _paths(table: pd.DataFrame, src: Path, image_root: str | os.PathLike | None)
 
 
 def resolve_paths(values: list[str], root: Path) -> list[str]:
-    """`str((root / Path(v).expanduser()).resolve())` of every value, URIs (`is_uri`) left as they are.
+    """`str((root / Path(v).expanduser()).resolve())` of every value, URIs (`s3://...`, `file://...`) left as they are.
 
     The same answer without a `resolve()` (one `lstat` per path component) per row: each distinct folder is
     resolved once and listed once for symlinks; only a file that is itself a symlink is resolved on its own.
