@@ -1,5 +1,8 @@
 """The plain PyTorch fold loop on tiny inputs (no Ray)."""
 
+import os
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -8,6 +11,7 @@ from raydf.config import load_config
 from raydf.data.dataset import ImageArrayDataset, make_loader
 from raydf.data.transforms import eval_transform
 from raydf.models.factory import build_model
+from raydf.training import heap
 from raydf.training.engine import Precision, evaluate
 from raydf.training.fold_loop import make_optimizer, train_fold
 from raydf.training.metrics import classification_metrics, soft_vote
@@ -263,3 +267,31 @@ def test_a_stop_request_ends_the_fold_between_batches_keeping_the_last_epoch(tmp
         train_fold(images, labels, np.arange(16, 48), np.arange(16), _cfg(), 0, state=store, should_stop=stop_at_4)
     assert len(asked) == 4  # it stopped at the first batch it was told to, not at the end of the epoch
     assert store.load()["epoch"] == 1
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
+def test_freed_heap_memory_goes_back_to_the_os_and_the_loops_trim_it(monkeypatch):
+    # 100 KB blocks sit in glibc's heap (below its 128 KB mmap threshold); freeing all but the last leaves ~40 MB
+    # free that the heap cannot shrink past by itself (the live block pins its top).
+    blocks = [np.ones(100_000, np.uint8) for _ in range(400)]
+    del blocks[:-1]
+    before = _rss_mb()
+    assert heap.release_free_memory()
+    assert before - _rss_mb() > 20  # MB given back
+
+    # Both loops trim every EVERY_BATCHES batches.
+    trims = []
+    monkeypatch.setattr(heap, "release_free_memory", lambda: trims.append(1) or True)
+    images = np.zeros((2 * heap.EVERY_BATCHES, 40, 40, 3), np.uint8)
+    loader = make_loader(
+        ImageArrayDataset(images, np.arange(len(images)), np.zeros(len(images), int), eval_transform(32)),
+        1,
+        train=False,
+    )
+    evaluate(build_model(0.0, "test_efficientnet"), loader, torch.device("cpu"))
+    assert len(trims) == 2

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from raydf.training import heap
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -100,7 +102,8 @@ def train_one_epoch(
     model.train()
     scaler = scaler or precision.scaler(device)
     loss_sum, correct, n = 0.0, 0, 0
-    for images, labels in loader:
+    for batch, (images, labels) in enumerate(loader):
+        heap.every(batch)
         if should_stop is not None and should_stop():
             raise StopRequested()
         x, y = to_input(images, device), labels.to(device, non_blocking=True)
@@ -130,7 +133,8 @@ def predict_logits(
     """Logits (N, 2) in float32 on the CPU and the loader's labels (N,), in loader order."""
     model.eval()
     logits, labels = [], []
-    for images, y in loader:
+    for batch, (images, y) in enumerate(loader):
+        heap.every(batch)
         if should_stop is not None and should_stop():
             raise StopRequested()
         with precision.autocast(device):
