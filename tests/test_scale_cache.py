@@ -235,6 +235,41 @@ def test_disk_mode_decodes_into_a_scratch_file_not_memory_and_leaves_nothing_beh
     assert not list((tmp_path / "c").glob(".decoding-*"))  # unlinked at once: nothing left, however it ends
 
 
+def test_the_decoded_cache_file_is_the_scratch_file_named_not_a_second_copy(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from raydf.data.cache import DecodedCache
+    from raydf.data.preflight import preflight
+
+    paths, labels = _faces(tmp_path, n=8)
+    folder = str(tmp_path / "c")
+    inputs = preflight(
+        pd.DataFrame({"path": paths, "label": labels}), None, 64, cache_folder=folder, decode_to_disk=True
+    )
+    saved = []
+    monkeypatch.setattr(np, "save", lambda *a, **k: saved.append(a))  # a copy would go through np.save
+    cached = DecodedCache.for_images(paths, 64, folder).load(decoded=inputs.images)
+    assert not saved
+    np.testing.assert_array_equal(cached, decode_images(paths, 64))
+    assert [p.name for p in (tmp_path / "c").glob("decoded-*.npy")] == [
+        DecodedCache.for_images(paths, 64, folder).file.name
+    ]
+    inputs.images[0] = 0  # the pre-flight's array is that file now: its writes land there
+    del inputs
+    assert not np.load(DecodedCache.for_images(paths, 64, folder).file).any(axis=(1, 2, 3))[0]
+
+    # With a bad row the pre-flight compacts its array (a slice): that is copied, and the copy is right.
+    (tmp_path / "img2.jpg").write_bytes(b"not an image")
+    monkeypatch.undo()
+    again = preflight(
+        pd.DataFrame({"path": paths, "label": labels}), None, 64, cache_folder=folder, decode_to_disk=True
+    )
+    good = [p for i, p in enumerate(paths) if i != 2]
+    np.testing.assert_array_equal(
+        DecodedCache.for_images(good, 64, folder).load(decoded=again.images), decode_images(good, 64)
+    )
+
+
 SPREAD_SCRIPT = """
 import json, sys
 import ray

@@ -21,7 +21,7 @@ from filelock import FileLock
 
 from raydf import signals
 from raydf.data.demo import default_cache_dir
-from raydf.data.images import decode_images, file_stamp
+from raydf.data.images import decode_images, file_stamp, keep_scratch
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +68,13 @@ class DecodedCache:
                 t0 = time.time()
                 images = decoded if decoded is not None else decode_images(self.paths, self.size, threads)
                 tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-                try:  # np.save to a temp file, then rename: never half a cache file, even when interrupted
-                    with signals.partial_file(str(tmp)), open(tmp, "wb") as f:
-                        np.save(f, images)
-                        f.flush()
-                        os.fsync(f.fileno())
+                try:  # a complete temp file, then a rename: never half a cache file, even when interrupted
+                    with signals.partial_file(str(tmp)):
+                        if not keep_scratch(images, str(tmp)):  # the pre-flight's scratch file named, or a copy
+                            with open(tmp, "wb") as f:
+                                np.save(f, images)
+                                f.flush()
+                                os.fsync(f.fileno())
                         os.replace(tmp, path)
                 finally:
                     tmp.unlink(missing_ok=True)

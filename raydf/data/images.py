@@ -12,6 +12,7 @@ import hashlib
 import io
 import os
 import tempfile
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, TypeVar
@@ -279,16 +280,55 @@ def decode_checked(paths: Sequence[str], size: int, threads: int = 0, out: Optio
 
 
 def scratch_array(folder: str, shape: tuple[int, ...]) -> np.ndarray:
-    """A uint8 array backed by a file in `folder` that is already unlinked: its pages go to the page cache (and to
+    """A uint8 `.npy` array backed by a file in `folder` that has no name: its pages go to the page cache (and to
     disk under memory pressure) instead of the process's memory, and nothing is left behind when it is dropped,
-    whatever ends the process."""
+    whatever ends the process. `keep_scratch` can give it a name later (the decoded cache file), so the decoded
+    set is written once, not decoded here and copied there.
+
+    The file is an O_TMPFILE where the file system has them (Linux: ext4, xfs, btrfs, tmpfs); elsewhere a temp
+    file unlinked at once, which `keep_scratch` cannot name (the caller copies instead).
+    """
     os.makedirs(folder, exist_ok=True)
-    fd, path = tempfile.mkstemp(prefix=".decoding-", suffix=".npy", dir=folder)
-    os.close(fd)
     try:
-        return np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
-    finally:
-        os.unlink(path)
+        fd = os.open(folder, os.O_TMPFILE | os.O_RDWR, 0o644)
+    except (AttributeError, OSError):  # no O_TMPFILE on this system or file system
+        fd = None
+    if fd is None:
+        tmp_fd, path = tempfile.mkstemp(prefix=".decoding-", suffix=".npy", dir=folder)
+        os.close(tmp_fd)
+        try:
+            return np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+        finally:
+            os.unlink(path)
+    with os.fdopen(os.dup(fd), "w+b") as f:  # the .npy header, then the pixels as a memory map after it
+        np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False, "shape": tuple(shape)})
+        offset = f.tell()
+        f.truncate(offset + int(np.prod(shape)))
+        array = np.memmap(f, dtype=np.uint8, mode="r+", offset=offset, shape=tuple(shape))
+    array.scratch_fd = fd  # attributes do not pass to slices: a compacted (sliced) scratch array is copied instead
+    weakref.finalize(array, os.close, fd)
+    return array
+
+
+def keep_scratch(array: np.ndarray, path: str) -> bool:
+    """Give `scratch_array`'s nameless file the name `path` (complete and synced first); False where it cannot
+    (not such an array, or a slice of one, or a file system without linkat): then write `array` out instead."""
+    fd = getattr(array, "scratch_fd", None)
+    if fd is None or not isinstance(array, np.memmap):
+        return False
+    try:
+        array.flush()
+        os.fsync(fd)
+        # linkat(AT_SYMLINK_FOLLOW) through /proc names the open file itself; os.link calls it only when given a
+        # directory fd (without one, CPython calls link(), which would link the /proc symlink: EXDEV).
+        folder = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.link(f"/proc/self/fd/{fd}", os.path.basename(path), dst_dir_fd=folder, follow_symlinks=True)
+        finally:
+            os.close(folder)
+    except OSError:
+        return False
+    return True
 
 
 def check_images(paths: Sequence[str], threads: int = 0) -> tuple[dict[int, str], list[Optional[str]]]:
