@@ -70,7 +70,8 @@ class DecodedCache:
                 tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
                 try:  # a complete temp file, then a rename: never half a cache file, even when interrupted
                     with signals.partial_file(str(tmp)):
-                        if not keep_scratch(images, str(tmp)):  # the pre-flight's scratch file named, or a copy
+                        kept = keep_scratch(images, str(tmp))  # the pre-flight's decoded scratch file, named
+                        if not kept:
                             with open(tmp, "wb") as f:
                                 np.save(f, images)
                                 f.flush()
@@ -78,7 +79,8 @@ class DecodedCache:
                         os.replace(tmp, path)
                 finally:
                     tmp.unlink(missing_ok=True)
+                how = "the pre-flight's decoded file kept" if kept else "decoded" if decoded is None else "written"
                 log.info(
-                    "decoded %d images to %dpx in %.1fs; cached in %s", len(images), self.size, time.time() - t0, path
+                    "%d images at %dpx cached in %.1fs (%s): %s", len(images), self.size, time.time() - t0, how, path
                 )
         return np.load(path, mmap_mode="r")

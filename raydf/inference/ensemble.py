@@ -12,6 +12,7 @@ import torch
 from raydf.config import DEFAULT_MODEL, Config
 from raydf.data.images import center_crop
 from raydf.models.factory import build_model
+from raydf.training import heap
 from raydf.training.engine import Precision, default_device, fold_prob_fake, to_input
 
 
@@ -52,6 +53,7 @@ class FoldEnsemble:
         self.precision = Precision.resolve(settings.precision, self.device)
         self.models = [self._load(state) for state in states]
         self.lock = threading.Lock()
+        self._batches = 0  # predicted so far: freed heap memory is handed back every heap.EVERY_BATCHES
 
     def _load(self, state: Mapping[str, np.ndarray | torch.Tensor]) -> torch.nn.Module:
         net = build_model(self.settings.dropout, self.settings.model)
@@ -70,4 +72,6 @@ class FoldEnsemble:
         """P(fake) of uint8 images (B, resize, resize, 3) under each fold: (K, B); the soft vote is its mean over K."""
         with self.lock:
             probs = fold_prob_fake(self.models, self.inputs(images), self.device, self.precision, self.settings.tta)
+            heap.every(self._batches)
+            self._batches += 1
         return np.stack(probs)
