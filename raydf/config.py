@@ -75,6 +75,7 @@ class FacesConfig:
 
     frames_per_video: int = 32  # frames spread evenly over each video (DeepfakeBench: 32)
     frame_step: int = 0  # > 0: every frame_step-th frame instead, at most frames_per_video of them
+    keyframes: bool = False  # use the keyframe nearest each chosen frame (one decode per frame; fewer frames)
     detect_size: int = 640  # frames are scaled down to this longest side for detection; 0 = full size
     margin: float = 0.3  # crop side = (1 + margin) x the face box's longer side
     size: Optional[int] = None  # crops are size x size px; None = data.resize

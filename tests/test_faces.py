@@ -33,7 +33,7 @@ DETECT = 240  # detection size: below every frame's and photo's own, so boxes ar
 BROKEN = {  # source -> the words its no_faces.csv reason must contain
     "fake/corrupt.mp4": "cannot be opened as a video",
     "real/zero_bytes.mp4": "empty file",
-    "real/no_frames.mp4": "cannot be opened as a video",
+    "real/no_frames.mp4": "zero frames",
     "fake/no_face.mp4": "no face found in 6 frames",
     "real/not_a_photo.jpg": "text, not an image",
 }

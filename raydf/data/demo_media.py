@@ -7,8 +7,9 @@ every pasted face's box is returned, so a test can check that the crops land on 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Iterator, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -60,30 +61,64 @@ def write_video(
     face_px: int = 96,
     fps: float = 10.0,
     seed: int = 0,
+    gop: Optional[int] = None,
 ) -> list[Pasted]:
-    """An MP4 (mpeg4) of `n_frames` frames where each of `faces` drifts across a still background; no faces
-    gives a video without any. Returns every pasted face's box per frame."""
+    """A video of `n_frames` frames where each of `faces` drifts across a still background; no faces gives a
+    video without any. Returns every pasted face's box per frame.
+
+    `gop`: None writes MPEG-4 Part 2 with OpenCV (a keyframe every 12 frames); a number writes H.264 (libx264,
+    through PyAV) with a keyframe every `gop` frames, like the field's data (x264's default is 250).
+    """
     rng = np.random.default_rng(seed)
     scene = background(width, height, rng)
     starts = [(int(rng.integers(0, width - face_px)), int(rng.integers(0, height - face_px))) for _ in faces]
     if len(faces) == 2:  # two faces side by side, never overlapping
         starts = [(8, (height - face_px) // 2), (width - face_px - 8, (height - face_px) // 2)]
     speed = [(float(rng.uniform(-2, 2)), float(rng.uniform(-1.5, 1.5))) for _ in faces]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
-    if not writer.isOpened():
-        raise RuntimeError(f"OpenCV cannot write {path} (no mpeg4 encoder)")
-    pasted = []
-    try:
+    pasted: list[Pasted] = []
+
+    def frames() -> Iterator[np.ndarray]:  # (height, width, 3) RGB
         for t in range(n_frames):
             frame = scene.copy()
             for i, (face, (x0, y0), (vx, vy)) in enumerate(zip(faces, starts, speed)):
                 x = int(np.clip(x0 + vx * t, 0, width - face_px))
                 y = int(np.clip(y0 + vy * t, 0, height - face_px))
                 pasted.append(Pasted(t, i, paste(frame, face, x, y, face_px)))
+            yield frame
+
+    if gop is None:
+        _write_mpeg4(path, frames(), fps, width, height)
+    else:
+        _write_h264(path, frames(), fps, gop)
+    return pasted
+
+
+def _write_mpeg4(path: Path, frames: Iterable[np.ndarray], fps: float, width: int, height: int) -> None:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    if not writer.isOpened():
+        raise RuntimeError(f"OpenCV cannot write {path} (no mpeg4 encoder)")
+    try:
+        for frame in frames:
             writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
     finally:
         writer.release()
-    return pasted
+
+
+def _write_h264(path: Path, frames: Iterable[np.ndarray], fps: float, gop: int) -> None:
+    import av  # only here: the demo's other media need OpenCV alone
+
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        stream.pix_fmt = "yuv420p"
+        # keyint: the most frames between keyframes; min-keyint and no scene-cut: exactly every `gop` frames.
+        stream.options = {"g": str(gop), "keyint_min": str(gop), "sc_threshold": "0", "preset": "veryfast"}
+        for i, frame in enumerate(frames):
+            if i == 0:
+                stream.width, stream.height = frame.shape[1], frame.shape[0]
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():  # flush the encoder's delayed frames
+            container.mux(packet)
 
 
 def write_photo(

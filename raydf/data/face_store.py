@@ -13,6 +13,7 @@ emptied first), so a resumed extraction never mixes two attempts' crops.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -60,7 +61,13 @@ class FaceStore:
         wanted = settings.to_dict()
         if path.is_file():
             held = json.loads(path.read_text())
-            changed = {k: (held.get(k), v) for k, v in wanted.items() if held.get(k) != v}
+            # A key missing on one side is at its default (FaceSettings.to_dict leaves those out).
+            defaults = {f.name: f.default for f in dataclasses.fields(FaceSettings)}
+            changed = {
+                k: (held.get(k, defaults.get(k)), wanted.get(k, defaults.get(k)))
+                for k in sorted({*held, *wanted})
+                if held.get(k, defaults.get(k)) != wanted.get(k, defaults.get(k))
+            }
             if changed:
                 diff = ", ".join(f"faces.{k}={new} (the folder's: {old})" for k, (old, new) in changed.items())
                 raise ConfigError(

@@ -41,6 +41,7 @@ class FaceSettings:
     keep: str
     min_face: int
     min_score: float
+    keyframes: bool = False  # added later: stored only when true, so folders made before it keep their key
 
     @classmethod
     def from_config(cls, faces: FacesConfig, resize: int) -> FaceSettings:
@@ -50,7 +51,11 @@ class FaceSettings:
         return cls(**values)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        values = dataclasses.asdict(self)
+        for f in dataclasses.fields(self):  # fields with a default: only when set (see `keyframes`)
+            if f.default is not dataclasses.MISSING and values[f.name] == f.default:
+                del values[f.name]
+        return values
 
 
 @dataclass
@@ -120,7 +125,7 @@ class FaceExtractor:
         try:
             note = None
             if is_video(path):
-                frames, stats = read_frames(path, s.frames_per_video, s.frame_step)
+                frames, stats = read_frames(path, s.frames_per_video, s.frame_step, s.keyframes)
                 grabbed = stats.grabbed
                 if stats.truncated_at is not None:
                     note = (

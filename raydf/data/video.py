@@ -1,31 +1,30 @@
-"""Video frames: which frames to use, and reading only those (OpenCV's bundled FFmpeg).
+"""Video frames: which frames to use, and decoding only what reaching them needs (PyAV, FFmpeg's libraries).
 
-Frames that are not used are *grabbed* (demuxed and decoded by FFmpeg, which inter-frame codecs require) but
-never *retrieved* (no conversion to an RGB array, no copy): only the frames used cost a full image. Far apart
-frames are reached by seeking instead, which jumps to the nearest keyframe.
+A video is first *indexed*: its packets are read without decoding (cheap: no pixel is computed), which gives
+every frame's timestamp and which frames are keyframes, the frames a decoder can start from. Each wanted
+frame is then reached the cheaper way: decoding on from where the decoder is, or seeking to the last
+keyframe at or before it and decoding from there. Only the wanted frames are converted to RGB arrays.
+With `keyframes`, the frames used are keyframes themselves, so each costs one decode.
+
+OpenCV's `VideoCapture` cannot tell where keyframes are: its frame seek goes back a fixed distance and decodes
+forward, and the frames that costs are invisible to the caller.
 """
 
 from __future__ import annotations
 
-import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Optional
 
-# FFmpeg prints a line per damaged file ("moov atom not found"); every such file is reported with its reason
-# instead. Read when FFmpeg is first used, so it is set before anything opens a video.
-os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
-
-from dataclasses import dataclass, field  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import cv2  # noqa: E402
+import av
 import numpy as np
 
 from raydf.errors import DataError
 
 VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 
-# Above this many frames between two wanted ones a seek (to a keyframe, then decode forward) is cheaper than
-# grabbing every frame in between; FFmpeg's usual keyframe interval is 12-250 frames.
-SEEK_GAP = 60
+# A seek costs about as much as decoding this many frames (the decoder is flushed and the container re-read).
+SEEK_COST = 1
 
 
 def is_video(path: str) -> bool:
@@ -56,105 +55,166 @@ def frame_indices(n_frames: int, frames_per_video: int, frame_step: int = 0) -> 
     return sorted({int(i) for i in (np.arange(frames_per_video) + 0.5) * n_frames / frames_per_video})
 
 
+def keyframe_indices(keyframes: np.ndarray, n_frames: int, frames_per_video: int, frame_step: int = 0) -> list[int]:
+    """The keyframes to use (frame indices; `keyframes` sorted): the nearest keyframe to each frame `frame_indices`
+    picks, each once, so fewer when keyframes are sparser than the frames asked for."""
+    if len(keyframes) == 0:
+        return []
+    targets = np.asarray(frame_indices(n_frames, frames_per_video, frame_step))
+    nearest = np.abs(keyframes[None, :] - targets[:, None]).argmin(1)  # (targets,) positions in `keyframes`
+    return sorted({int(keyframes[i]) for i in nearest})
+
+
+@dataclass
+class VideoIndex:
+    """Every frame of a video in presentation order: its timestamp and whether it is a keyframe."""
+
+    pts: np.ndarray  # (N,) int64, in the stream's time base
+    keyframe: np.ndarray  # (N,) bool
+    complete: bool = True  # False: reading the packets stopped at damage; the frames after it are not here
+
+    @property
+    def keyframes(self) -> np.ndarray:
+        return np.flatnonzero(self.keyframe)
+
+    def last_keyframe(self, index: int) -> int:
+        """The last keyframe at or before frame `index` (frame 0 when there is none: decoders start there)."""
+        before = self.keyframes[self.keyframes <= index]
+        return int(before[-1]) if len(before) else 0
+
+
 @dataclass
 class FrameStats:
-    """What reading one video cost: frames in it (as its header says), grabbed, retrieved (= used)."""
+    """What reading one video cost: frames in it (as its header says), decoded, retrieved (converted = used).
+
+    `grabbed` counts every frame the decoder produced, used or not (the name is OpenCV's word for a decoded
+    frame that is not converted; manifests store it as `frames_grabbed`).
+    """
 
     n_frames: int = 0
     grabbed: int = 0
     retrieved: int = 0
+    seeks: int = 0
+    keyframes: int = 0
     fps: float = 0.0
     size: tuple[int, int] = field(default=(0, 0))  # (width, height)
     truncated_at: int | None = None  # a damaged file: the frames it really holds (fewer than n_frames)
 
 
+def index_video(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> VideoIndex:
+    """Read the packets of `stream` (no decoding) into a `VideoIndex`; stops at damage, keeping what came before."""
+    pts, keys, complete = [], [], True
+    try:
+        for packet in container.demux(stream):
+            stamp = packet.pts if packet.pts is not None else packet.dts
+            if stamp is None or packet.size == 0:  # the demuxer's final empty packet
+                continue
+            pts.append(stamp)
+            keys.append(packet.is_keyframe)
+    except av.FFmpegError:
+        complete = False
+    order = np.argsort(np.asarray(pts, dtype=np.int64), kind="stable")  # decode order -> presentation order
+    return VideoIndex(np.asarray(pts, dtype=np.int64)[order], np.asarray(keys, dtype=bool)[order], complete)
+
+
 def read_frames(
-    path: str, frames_per_video: int, frame_step: int = 0
+    path: str, frames_per_video: int, frame_step: int = 0, keyframes: bool = False
 ) -> tuple[list[tuple[int, np.ndarray]], FrameStats]:
     """The chosen frames of one video as (frame index, (H, W, 3) uint8 RGB) pairs, in order.
 
-    A truncated video gives the frames before the damage (its header promised more; the stats tell).
+    `keyframes`: use keyframes only (the nearest to the frames that would be chosen otherwise), each decoded
+    alone. A truncated video gives frames from before the damage (its header promised more; the stats tell).
 
     Raises:
-        BadVideo: missing, not a video OpenCV can open, or no frame could be decoded.
+        BadVideo: missing, not a video FFmpeg can open, no video stream or no frame could be decoded.
     """
     if not Path(path).is_file():
         raise BadVideo(path, "file not found")
     if Path(path).stat().st_size == 0:
         raise BadVideo(path, "empty file (0 bytes)")
-    cap = cv2.VideoCapture(path)
     try:
-        if not cap.isOpened():
-            raise BadVideo(
-                path,
-                "cannot be opened as a video: corrupt, truncated (an MP4 cut short loses its index) or a format "
-                "FFmpeg does not read",
-            )
+        container = av.open(path)
+    except (av.FFmpegError, UnicodeDecodeError):
+        raise BadVideo(
+            path,
+            "cannot be opened as a video: corrupt, truncated (an MP4 cut short loses its index) or a format FFmpeg "
+            "does not read",
+        ) from None
+    try:
+        if not container.streams.video:
+            raise BadVideo(path, "zero frames: the file holds no video stream")
+        stream = container.streams.video[0]
         stats = FrameStats(
-            n_frames=int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0),
-            fps=float(cap.get(cv2.CAP_PROP_FPS) or 0.0),
-            size=(int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))),
+            n_frames=int(stream.frames or 0),
+            fps=float(stream.average_rate or 0.0),
+            size=(stream.codec_context.width, stream.codec_context.height),
         )
-        if stats.n_frames <= 0:
-            # Some containers do not record a frame count: read them through, keeping every frame_step-th.
-            wanted = None
+        index = index_video(container, stream)
+        n = len(index.pts)
+        stats.keyframes = int(index.keyframe.sum())
+        if n == 0:
+            raise BadVideo(path, "zero frames" if index.complete else "no frame could be read (damaged from the start)")
+        if stats.n_frames > n:
+            stats.truncated_at = n
+        stats.n_frames = stats.n_frames or n
+        if keyframes:
+            wanted = keyframe_indices(index.keyframes, n, frames_per_video, frame_step)
         else:
-            wanted = frame_indices(stats.n_frames, frames_per_video, frame_step)
-        frames, readable = _read_wanted(cap, wanted, frames_per_video, frame_step, stats)
-        if wanted is not None and readable is not None and len(frames) < len(wanted):
-            # Truncated: the header promised more frames than the file holds. Choose again among the
-            # `readable` frames before the damage (a second pass, for damaged files only).
-            stats.truncated_at = readable
-            cap.release()
-            cap = cv2.VideoCapture(path)
-            again = frame_indices(readable, frames_per_video, frame_step)
-            if again and cap.isOpened():
-                frames, _ = _read_wanted(cap, again, frames_per_video, frame_step, stats)
+            wanted = frame_indices(n, frames_per_video, frame_step)
+        frames = _decode_wanted(container, stream, index, wanted, stats)
     finally:
-        cap.release()
+        container.close()
     if not frames:
-        reason = "zero frames" if stats.n_frames <= 0 else f"no frame could be decoded (header: {stats.n_frames})"
-        raise BadVideo(path, reason)
+        raise BadVideo(path, f"no frame could be decoded (header: {stats.n_frames})")
     return frames, stats
 
 
-def _read_wanted(
-    cap: cv2.VideoCapture, wanted: list[int] | None, frames_per_video: int, frame_step: int, stats: FrameStats
-) -> tuple[list[tuple[int, np.ndarray]], int | None]:
-    """The `wanted` frames, and the number of frames the file really holds when it ended before the last
-    wanted one (None when it did not, or when a seek hides how far it reached)."""
+def _decode_wanted(
+    container: av.container.InputContainer,
+    stream: av.video.stream.VideoStream,
+    index: VideoIndex,
+    wanted: list[int],
+    stats: FrameStats,
+) -> list[tuple[int, np.ndarray]]:
+    """Decode the `wanted` frames (ascending indices into `index`), each reached from the decoder's position or
+    by a seek to its last keyframe, whichever decodes fewer frames."""
     frames: list[tuple[int, np.ndarray]] = []
-    seeked = False
-    pos = 0  # the index of the frame the next grab() reads
-    if wanted is None:  # unknown length: every frame_step-th frame (or every frame) up to frames_per_video
-        step = max(frame_step, 1)
-        while len(frames) < frames_per_video and cap.grab():
-            stats.grabbed += 1
-            if pos % step == 0:
-                frames.append((pos, _retrieve(cap, stats)))
-            pos += 1
-        return [(i, f) for i, f in frames if f is not None], None
-    for index in wanted:
-        if index - pos > SEEK_GAP and cap.set(cv2.CAP_PROP_POS_FRAMES, index):
-            pos, seeked = index, True
-        while pos < index:
-            if not cap.grab():
-                return frames, None if seeked else pos  # truncated: the frames before the damage
-            stats.grabbed += 1
-            pos += 1
-        if not cap.grab():
-            return frames, None if seeked else pos
-        stats.grabbed += 1
-        pos += 1
-        frame = _retrieve(cap, stats)
-        if frame is not None:
-            frames.append((index, frame))
-    return frames, None
+    position = {int(p): i for i, p in enumerate(index.pts)}
+    decoder: Optional[Iterator[av.VideoFrame]] = None
+    at = 0  # the index of the frame the decoder produces next
+    pending: Optional[tuple[int, av.VideoFrame]] = None  # decoded past a wanted frame missing from the stream
+    for want in wanted:
+        start = index.last_keyframe(want)
+        if decoder is None or at > want + 1 or (want - at) > (want - start) + SEEK_COST:
+            # After indexing, the container is at its end: the first frame needs a seek too (to frame 0 or a
+            # later keyframe); only seeks past frame 0 count as skipping.
+            container.seek(int(index.pts[start]), stream=stream, backward=True, any_frame=False)
+            stats.seeks += start > 0 or decoder is not None
+            decoder, at, pending = _frames(container, stream), start, None
+        while True:
+            if pending is None:
+                decoded = next(decoder, None)
+                if decoded is None:  # the stream ended (or broke) before `want`: later frames are unreachable too
+                    return frames
+                stats.grabbed += 1
+                # A seek may land on an earlier keyframe than asked: the timestamp says which frame this is.
+                got = position.get(decoded.pts, at) if decoded.pts is not None else at
+                at, pending = got + 1, (got, decoded)
+            got, decoded = pending
+            if got < want:
+                pending = None
+                continue
+            if got == want:
+                frames.append((want, decoded.to_ndarray(format="rgb24")))
+                stats.retrieved += 1
+                pending = None
+            break  # got > want: `want` is not in the stream; the frame may be a later wanted one
+    return frames
 
 
-def _retrieve(cap: cv2.VideoCapture, stats: FrameStats) -> np.ndarray | None:
-    ok, bgr = cap.retrieve()
-    if not ok or bgr is None:
-        return None
-    stats.retrieved += 1
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+def _frames(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> Iterator[av.VideoFrame]:
+    """Decoded frames from the container's position; a decoding error ends them (damage), it does not raise."""
+    try:
+        yield from container.decode(stream)
+    except av.FFmpegError:
+        return
