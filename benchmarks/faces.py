@@ -8,10 +8,14 @@
          batched (the same sampled frames, the same thread count)
   command  `python -m raydf.faces` end to end (Ray start, actor pool of one single-threaded actor per core)
   Also frames decoded per frame used: grabbed/used and retrieved (converted to RGB)/used.
+  reading: frames only (no detection), 32 of 300 frames of 1280x720 H.264 videos at 30 fps with a keyframe
+  every 30 frames (phones, streaming) and every 250 (x264's default): OpenCV decoding every frame, against
+  raydf's reader choosing frames spread evenly (faces.keyframes=false) and keyframes only (true).
 2 crops help: uncropped photos (a shared face at a random place on a 480x360 background), 2-fold CV of
   `python -m raydf.train` on the photos themselves (data.faces=off) against the same command with
   data.faces=on, at the same image size, epochs and folds.
-Prints a markdown table and writes `faces[-quick].json`. Ratios, not seconds, carry over to other machines.
+Prints a markdown table and writes `faces[-quick].json` (`--only SECTION ...` re-runs some, keeping the
+others). Ratios, not seconds, carry over to other machines.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import torch
 from raydf.config import FacesConfig
 from raydf.data.demo_media import load_faces, write_photo, write_video
 from raydf.data.faces import FaceExtractor, FaceSettings
-from raydf.data.video import frame_indices
+from raydf.data.video import frame_indices, read_frames
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "ffhq-stylegan-2200"
@@ -147,6 +151,42 @@ def extraction_section(data: Path, work: Path, quick: bool, env: dict) -> dict:
     }
 
 
+def reading_section(work: Path, quick: bool) -> dict:
+    """Seconds and frames decoded per frame used, reading 32 frames of 300 (no detection)."""
+    texture = load_faces(sorted((DEFAULT_DATA / "real").glob("*.jpg"))[:1])[0] if DEFAULT_DATA.exists() else None
+    n_videos, used = (2, 32) if quick else (6, 32)
+    out = {}
+    for gop in (30, 250):
+        folder = work / f"h264-gop{gop}"
+        folder.mkdir(parents=True)
+        paths = []
+        for i in range(n_videos):
+            paths.append(folder / f"video{i}.mp4")
+            faces = [texture] if texture is not None else []
+            write_video(paths[-1], faces, 300, width=1280, height=720, face_px=220, fps=30, seed=i, gop=gop)
+        row = {}
+        t0 = time.perf_counter()
+        decoded = 0
+        for path in paths:  # the naive way: every frame decoded and converted
+            cap = cv2.VideoCapture(str(path))
+            while cap.read()[0]:
+                decoded += 1
+            cap.release()
+        row["naive"] = {"seconds": time.perf_counter() - t0, "decoded": decoded, "used": n_videos * used}
+        for mode, keyframes in (("spread", False), ("keyframes", True)):
+            t0 = time.perf_counter()
+            decoded = got = seeks = 0
+            for path in paths:
+                frames, stats = read_frames(str(path), used, keyframes=keyframes)
+                decoded, got, seeks = decoded + stats.grabbed, got + len(frames), seeks + stats.seeks
+            row[mode] = {"seconds": time.perf_counter() - t0, "decoded": decoded, "used": got, "seeks": seeks}
+        for r in row.values():
+            r["decoded_per_used"] = r["decoded"] / r["used"]
+            r["ms_per_frame_used"] = 1000 * r["seconds"] / r["used"]
+        out[f"gop{gop}"] = row
+    return {"videos": n_videos, "frames": 300, "size": "1280x720", "fps": 30, "frames_asked": used, **out}
+
+
 def crops_section(data: Path, work: Path, quick: bool, env: dict) -> dict:
     n = 150 if quick else 400  # photos per class
     real = sorted((data / "real").glob("*.jpg"))[:n]
@@ -177,44 +217,74 @@ def crops_section(data: Path, work: Path, quick: bool, env: dict) -> dict:
     return out
 
 
+SECTIONS = ("extraction", "crops", "reading")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument(
+        "--only", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="these sections; the others are kept"
+    )
     args = parser.parse_args()
+    path = args.out / f"faces{'-quick' if args.quick else ''}.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
     env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    results["machine"] = {"python": platform.python_version(), "cpus": os.cpu_count(), "torch": torch.__version__}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        results = {
-            "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "torch": torch.__version__},
-            "date": time.strftime("%Y-%m-%d"),
-            "extraction": extraction_section(args.data, work, args.quick, env),
-            "crops": crops_section(args.data, work, args.quick, env),
-        }
+        for name in args.only:  # each section records its own date: a partial re-run keeps the others' dates
+            if name == "extraction":
+                section = extraction_section(args.data, work, args.quick, env)
+            elif name == "crops":
+                section = crops_section(args.data, work, args.quick, env)
+            else:
+                section = reading_section(work, args.quick)
+            results[name] = {"date": time.strftime("%Y-%m-%d"), **section}
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"faces{'-quick' if args.quick else ''}.json"
     path.write_text(json.dumps(results, indent=2) + "\n")
-    e, c = results["extraction"], results["crops"]
+    print_results(results)
+    print(f"wrote {path}")
+
+
+def print_results(results: dict) -> None:
     print("| measure | naive / whole photos | raydf | ratio |")
     print("|---|---|---|---|")
+    if "extraction" in results:
+        e = results["extraction"]
+        print(
+            f"| faces/s in process ({e['videos']} HD videos, 16 of {e['frames_per_video']} frames) "
+            f"| {e['faces_per_s']['naive']:.2f} | {e['faces_per_s']['raydf_in_process']:.2f} "
+            f"| {e['speedup_in_process']:.2f}x |"
+        )
+        print(
+            f"| faces/s, python -m raydf.faces end to end | {e['faces_per_s']['naive']:.2f} "
+            f"| {e['faces_per_s']['raydf_command']:.2f} | {e['speedup_command']:.2f}x |"
+        )
+        print(
+            f"| frames decoded per frame used | {e['naive_decoded_per_used']:.2f} "
+            f"| decoded {e['grabbed_per_used']:.2f}, converted {e['retrieved_per_used']:.2f} | |"
+        )
+    if "crops" in results:
+        off, on = results["crops"]["faces_off"]["cv"], results["crops"]["faces_on"]["cv"]
+        print(f"| CV accuracy, uncropped photos | {off['accuracy']:.4f} | {on['accuracy']:.4f} | |")
+        print(f"| CV ROC AUC, uncropped photos | {off['auc']:.4f} | {on['auc']:.4f} | |")
+    if "reading" in results:
+        print_reading(results["reading"])
+
+
+def print_reading(reading: dict) -> None:
     print(
-        f"| faces/s in process ({e['videos']} HD videos, 16 of {e['frames_per_video']} frames) "
-        f"| {e['faces_per_s']['naive']:.2f} | {e['faces_per_s']['raydf_in_process']:.2f} "
-        f"| {e['speedup_in_process']:.2f}x |"
+        f"\n| reading {reading['frames_asked']} of {reading['frames']} frames, {reading['size']} H.264 | decoded per "
+        "frame used | ms per frame used | frames used |"
     )
-    print(
-        f"| faces/s, python -m raydf.faces end to end | {e['faces_per_s']['naive']:.2f} "
-        f"| {e['faces_per_s']['raydf_command']:.2f} | {e['speedup_command']:.2f}x |"
-    )
-    print(
-        f"| frames decoded per frame used | {e['naive_decoded_per_used']:.2f} "
-        f"| grabbed {e['grabbed_per_used']:.2f}, converted {e['retrieved_per_used']:.2f} | |"
-    )
-    off, on = c["faces_off"]["cv"], c["faces_on"]["cv"]
-    print(f"| CV accuracy, uncropped photos | {off['accuracy']:.4f} | {on['accuracy']:.4f} | |")
-    print(f"| CV ROC AUC, uncropped photos | {off['auc']:.4f} | {on['auc']:.4f} | |")
-    print(f"wrote {path}")
+    print("|---|---|---|---|")
+    for gop in ("gop30", "gop250"):
+        for mode in ("naive", "spread", "keyframes"):
+            r = reading[gop][mode]
+            print(f"| {gop}, {mode} | {r['decoded_per_used']:.2f} | {r['ms_per_frame_used']:.1f} | {r['used']} |")
 
 
 if __name__ == "__main__":
