@@ -2,6 +2,7 @@ import subprocess
 import sys
 
 import pytest
+from omegaconf import OmegaConf
 
 from raydf.config import check_data_paths, load_config, valid_keys
 from raydf.errors import ConfigError
@@ -42,6 +43,26 @@ def test_seed_config_reproduces_the_seed():
     assert (cfg.optim.lr, tuple(cfg.optim.betas), cfg.optim.weight_decay) == (0.0015, (0.9, 0.999), 1e-4)
     assert (cfg.sched.t_max, cfg.data.resize, cfg.data.crop, cfg.model.dropout) == (50, 256, 156, 0.6)
     assert cfg.train.split == "kfold" and cfg.resources.gpus_per_fold == 1
+
+
+def test_budget_preset_is_the_seed_at_96_px_with_one_cosine_period_over_the_run():
+    """configs/budget.yaml changes the seed's sizes, epochs and schedule only (hardware is left to the machine),
+    and its schedule follows train.epochs when that is overridden."""
+    seed, budget = load_config("seed"), load_config("budget")
+    assert (budget.data.resize, budget.data.crop, budget.train.epochs, budget.sched.t_max) == (160, 96, 18, 18)
+    seed_node, budget_node = OmegaConf.structured(seed), OmegaConf.structured(budget)
+    changed = {key for key in valid_keys() if OmegaConf.select(seed_node, key) != OmegaConf.select(budget_node, key)}
+    assert changed == {
+        "data.resize",
+        "data.crop",
+        "train.epochs",
+        "sched.t_max",
+        "resources.gpus_per_fold",
+        "resources.cpus_per_fold",
+        "resources.loader_workers",
+    }
+    longer = load_config("budget", ["train.epochs=40"])
+    assert longer.sched.t_max == 40 and load_config("budget", ["sched.t_max=7"]).sched.t_max == 7
 
 
 def test_default_config_is_cpu_sized_and_overridable():
