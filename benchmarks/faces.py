@@ -4,10 +4,12 @@
 
 1 extraction speed, on HD videos made from the shared faces (1280x720, faces pasted at ~220 px and moving):
   naive  decode every frame (read: decode + RGB conversion), MTCNN at full resolution, one frame per call
-  raydf  FaceExtractor in this process: grab/retrieve only the sampled frames, MTCNN at faces.detect_size,
-         batched (the same sampled frames, the same thread count)
+  raydf  FaceExtractor in this process: decodes what reaching the sampled frames needs (PyAV, seeking to
+         keyframes where cheaper), converts only those, MTCNN at faces.detect_size, batched (the same sampled
+         frames, the same thread count)
   command  `python -m raydf.faces` end to end (Ray start, actor pool of one single-threaded actor per core)
-  Also frames decoded per frame used: grabbed/used and retrieved (converted to RGB)/used.
+  command_scale: the command on 10 and on 60 such videos; the difference is its rate once started
+  Also frames decoded per frame used (frames_grabbed/used) and converted to RGB per frame used.
   reading: frames only (no detection), 32 of 300 frames of 1280x720 H.264 videos at 30 fps with a keyframe
   every 30 frames (phones, streaming) and every 250 (x264's default): OpenCV decoding every frame, against
   raydf's reader choosing frames spread evenly (faces.keyframes=false) and keyframes only (true).
@@ -187,6 +189,27 @@ def reading_section(work: Path, quick: bool) -> dict:
     return {"videos": n_videos, "frames": 300, "size": "1280x720", "fps": 30, "frames_asked": used, **out}
 
 
+def command_scale_section(data: Path, work: Path, quick: bool, env: dict) -> dict:
+    """`python -m raydf.faces` on a small and a large set of the extraction section's videos: the difference of
+    the two runs is the rate once Ray's start and the actors' loading are paid (both runs pay them once)."""
+    sizes = (4, 12) if quick else (10, 60)
+    runs = {}
+    for n in sizes:
+        make_videos(data, work / f"scale{n}", n, 96)
+        args = [str(work / f"scale{n}"), str(work / f"scale{n}-faces"), "faces.frames_per_video=16", "faces.size=224"]
+        seconds = run_command(["raydf.faces", *args, "-q"], env)
+        stats = json.loads((work / f"scale{n}-faces" / "extraction.json").read_text())
+        runs[n] = {"videos": n, "seconds": seconds, "faces": stats["faces"]}
+    small, large = (runs[n] for n in sizes)
+    marginal = (large["faces"] - small["faces"]) / (large["seconds"] - small["seconds"])
+    return {
+        "runs": list(runs.values()),
+        "faces_per_s_end_to_end": {str(n): r["faces"] / r["seconds"] for n, r in runs.items()},
+        "faces_per_s_once_started": marginal,
+        "start_seconds": small["seconds"] - small["faces"] / marginal,
+    }
+
+
 def crops_section(data: Path, work: Path, quick: bool, env: dict) -> dict:
     n = 150 if quick else 400  # photos per class
     real = sorted((data / "real").glob("*.jpg"))[:n]
@@ -217,7 +240,7 @@ def crops_section(data: Path, work: Path, quick: bool, env: dict) -> dict:
     return out
 
 
-SECTIONS = ("extraction", "crops", "reading")
+SECTIONS = ("extraction", "command_scale", "crops", "reading")
 
 
 def main() -> None:
@@ -238,6 +261,8 @@ def main() -> None:
         for name in args.only:  # each section records its own date: a partial re-run keeps the others' dates
             if name == "extraction":
                 section = extraction_section(args.data, work, args.quick, env)
+            elif name == "command_scale":
+                section = command_scale_section(args.data, work, args.quick, env)
             elif name == "crops":
                 section = crops_section(args.data, work, args.quick, env)
             else:
@@ -267,6 +292,12 @@ def print_results(results: dict) -> None:
             f"| frames decoded per frame used | {e['naive_decoded_per_used']:.2f} "
             f"| decoded {e['grabbed_per_used']:.2f}, converted {e['retrieved_per_used']:.2f} | |"
         )
+    if "command_scale" in results:
+        c = results["command_scale"]
+        rates = ", ".join(f"{r:.2f} at {n} videos" for n, r in c["faces_per_s_end_to_end"].items())
+        print(f"| faces/s, python -m raydf.faces end to end | | {rates} | |")
+        print(f"| faces/s once started (difference of the two) | | {c['faces_per_s_once_started']:.2f} | |")
+        print(f"| seconds to start (Ray, actors, MTCNN) | | {c['start_seconds']:.1f} | |")
     if "crops" in results:
         off, on = results["crops"]["faces_off"]["cv"], results["crops"]["faces_on"]["cv"]
         print(f"| CV accuracy, uncropped photos | {off['accuracy']:.4f} | {on['accuracy']:.4f} | |")
