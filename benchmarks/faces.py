@@ -153,9 +153,9 @@ def extraction_section(data: Path, work: Path, quick: bool, env: dict) -> dict:
     }
 
 
-def reading_section(work: Path, quick: bool) -> dict:
+def reading_section(data: Path, work: Path, quick: bool) -> dict:
     """Seconds and frames decoded per frame used, reading 32 frames of 300 (no detection)."""
-    texture = load_faces(sorted((DEFAULT_DATA / "real").glob("*.jpg"))[:1])[0] if DEFAULT_DATA.exists() else None
+    face = load_faces(sorted((data / "real").glob("*.jpg"))[:1])[0]
     n_videos, used = (2, 32) if quick else (6, 32)
     out = {}
     for gop in (30, 250):
@@ -164,8 +164,7 @@ def reading_section(work: Path, quick: bool) -> dict:
         paths = []
         for i in range(n_videos):
             paths.append(folder / f"video{i}.mp4")
-            faces = [texture] if texture is not None else []
-            write_video(paths[-1], faces, 300, width=1280, height=720, face_px=220, fps=30, seed=i, gop=gop)
+            write_video(paths[-1], [face], 300, width=1280, height=720, face_px=220, fps=30, seed=i, gop=gop)
         row = {}
         t0 = time.perf_counter()
         decoded = 0
@@ -266,7 +265,7 @@ def main() -> None:
             elif name == "crops":
                 section = crops_section(args.data, work, args.quick, env)
             else:
-                section = reading_section(work, args.quick)
+                section = reading_section(args.data, work, args.quick)
             results[name] = {"date": time.strftime("%Y-%m-%d"), **section}
     args.out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2) + "\n")

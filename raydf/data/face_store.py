@@ -60,14 +60,13 @@ class FaceStore:
         path = self.root / "settings.json"
         wanted = settings.to_dict()
         if path.is_file():
-            held = json.loads(path.read_text())
             # A key missing on one side is at its default (FaceSettings.to_dict leaves those out).
-            defaults = {f.name: f.default for f in dataclasses.fields(FaceSettings)}
-            changed = {
-                k: (held.get(k, defaults.get(k)), wanted.get(k, defaults.get(k)))
-                for k in sorted({*held, *wanted})
-                if held.get(k, defaults.get(k)) != wanted.get(k, defaults.get(k))
+            defaults = {
+                f.name: f.default for f in dataclasses.fields(FaceSettings) if f.default is not dataclasses.MISSING
             }
+            held = {**defaults, **json.loads(path.read_text())}
+            full = {**defaults, **wanted}
+            changed = {k: (held.get(k), full.get(k)) for k in sorted({*held, *full}) if held.get(k) != full.get(k)}
             if changed:
                 diff = ", ".join(f"faces.{k}={new} (the folder's: {old})" for k, (old, new) in changed.items())
                 raise ConfigError(

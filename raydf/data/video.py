@@ -73,14 +73,13 @@ class VideoIndex:
     keyframe: np.ndarray  # (N,) bool
     complete: bool = True  # False: reading the packets stopped at damage; the frames after it are not here
 
-    @property
-    def keyframes(self) -> np.ndarray:
-        return np.flatnonzero(self.keyframe)
+    def __post_init__(self) -> None:
+        self.keyframes = np.flatnonzero(self.keyframe)  # (K,) ascending frame indices
 
     def last_keyframe(self, index: int) -> int:
         """The last keyframe at or before frame `index` (frame 0 when there is none: decoders start there)."""
-        before = self.keyframes[self.keyframes <= index]
-        return int(before[-1]) if len(before) else 0
+        at = np.searchsorted(self.keyframes, index, side="right")
+        return int(self.keyframes[at - 1]) if at else 0
 
 
 @dataclass
