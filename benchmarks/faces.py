@@ -8,7 +8,8 @@
          keyframes where cheaper), converts only those, MTCNN at faces.detect_size, batched (the same sampled
          frames, the same thread count)
   command  `python -m raydf.faces` end to end (Ray start, actor pool of one single-threaded actor per core)
-  command_scale: the command on 10 and on 60 such videos; the difference is its rate once started
+  command_scale: the command on 10, 60 and 250 such videos (--scale-videos); the difference of the smallest and
+         the largest run is its rate once started
   Also frames decoded per frame used (frames_grabbed/used) and converted to RGB per frame used.
   reading: frames only (no detection), 32 of 300 frames of 1280x720 H.264 videos at 30 fps with a keyframe
   every 30 frames (phones, streaming) and every 250 (x264's default): OpenCV decoding every frame, against
@@ -188,10 +189,11 @@ def reading_section(data: Path, work: Path, quick: bool) -> dict:
     return {"videos": n_videos, "frames": 300, "size": "1280x720", "fps": 30, "frames_asked": used, **out}
 
 
-def command_scale_section(data: Path, work: Path, quick: bool, env: dict) -> dict:
-    """`python -m raydf.faces` on a small and a large set of the extraction section's videos: the difference of
-    the two runs is the rate once Ray's start and the actors' loading are paid (both runs pay them once)."""
-    sizes = (4, 12) if quick else (10, 60)
+def command_scale_section(data: Path, work: Path, quick: bool, env: dict, sizes: list[int]) -> dict:
+    """`python -m raydf.faces` on sets of the extraction section's videos of growing size: the difference of the
+    smallest and the largest run is the rate once Ray's start and the actors' loading are paid (each run pays
+    them once)."""
+    sizes = [4, 12] if quick else sorted(sizes)
     runs = {}
     for n in sizes:
         make_videos(data, work / f"scale{n}", n, 96)
@@ -199,10 +201,15 @@ def command_scale_section(data: Path, work: Path, quick: bool, env: dict) -> dic
         seconds = run_command(["raydf.faces", *args, "-q"], env)
         stats = json.loads((work / f"scale{n}-faces" / "extraction.json").read_text())
         runs[n] = {"videos": n, "seconds": seconds, "faces": stats["faces"]}
-    small, large = (runs[n] for n in sizes)
+    small, large = runs[sizes[0]], runs[sizes[-1]]
     marginal = (large["faces"] - small["faces"]) / (large["seconds"] - small["seconds"])
+    steps = zip(sizes, sizes[1:])  # the rate between consecutive sizes: does it hold as the set grows?
     return {
         "runs": list(runs.values()),
+        "faces_per_s_between": {
+            f"{a}-{b}": (runs[b]["faces"] - runs[a]["faces"]) / (runs[b]["seconds"] - runs[a]["seconds"])
+            for a, b in steps
+        },
         "faces_per_s_end_to_end": {str(n): r["faces"] / r["seconds"] for n, r in runs.items()},
         "faces_per_s_once_started": marginal,
         "start_seconds": small["seconds"] - small["faces"] / marginal,
@@ -250,6 +257,9 @@ def main() -> None:
     parser.add_argument(
         "--only", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="these sections; the others are kept"
     )
+    parser.add_argument(
+        "--scale-videos", nargs="+", type=int, default=[10, 60, 250], help="set sizes of the command_scale section"
+    )
     args = parser.parse_args()
     path = args.out / f"faces{'-quick' if args.quick else ''}.json"
     results = json.loads(path.read_text()) if path.exists() else {}
@@ -261,7 +271,7 @@ def main() -> None:
             if name == "extraction":
                 section = extraction_section(args.data, work, args.quick, env)
             elif name == "command_scale":
-                section = command_scale_section(args.data, work, args.quick, env)
+                section = command_scale_section(args.data, work, args.quick, env, args.scale_videos)
             elif name == "crops":
                 section = crops_section(args.data, work, args.quick, env)
             else:
@@ -295,7 +305,9 @@ def print_results(results: dict) -> None:
         c = results["command_scale"]
         rates = ", ".join(f"{r:.2f} at {n} videos" for n, r in c["faces_per_s_end_to_end"].items())
         print(f"| faces/s, python -m raydf.faces end to end | | {rates} | |")
-        print(f"| faces/s once started (difference of the two) | | {c['faces_per_s_once_started']:.2f} | |")
+        print(f"| faces/s once started (smallest to largest run) | | {c['faces_per_s_once_started']:.2f} | |")
+        for span, rate in c.get("faces_per_s_between", {}).items():
+            print(f"| faces/s between the runs on {span} videos | | {rate:.2f} | |")
         print(f"| seconds to start (Ray, actors, MTCNN) | | {c['start_seconds']:.1f} | |")
     if "crops" in results:
         off, on = results["crops"]["faces_off"]["cv"], results["crops"]["faces_on"]["cv"]
