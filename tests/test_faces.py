@@ -363,16 +363,19 @@ def _serve_photos(run_dir: Path, test_src: Path, sub: pd.DataFrame, per_face: pd
 
 
 @pytest.mark.slow
-def test_extraction_spreads_its_sources_over_the_nodes_of_a_cluster(media, tmp_path):
-    """`python -m raydf.faces ... ray.address=` against a 3-node `ray.cluster_utils.Cluster` (one CPU each): one
-    actor per CPU, so every node extracts some of the sources; the manifest is the same as on one machine."""
+@pytest.mark.parametrize("gpu_nodes", [False, True], ids=["cpu-nodes", "gpu-nodes"])
+def test_extraction_spreads_its_sources_over_the_nodes_of_a_cluster(media, tmp_path, gpu_nodes):
+    """`python -m raydf.faces ... ray.address=` against a 3-node `ray.cluster_utils.Cluster` (one CPU each).
+    CPU nodes: one actor per CPU, so every node extracts some of the sources. Two worker nodes with one (logical)
+    GPU each: one actor per GPU, so those two nodes extract everything and the GPU-less head nothing; no CUDA here,
+    so the actors run MTCNN on their CPU and the run says so. The manifest is the same as on one machine."""
     from ray_processes import Driver, HelperCluster, child_env
 
     src, truth = media
     cluster = HelperCluster()
     try:
         address = cluster.start_head(num_cpus=1)
-        nodes = {cluster.add_node(num_cpus=1) for _ in range(2)}
+        nodes = {cluster.add_node(num_cpus=1, num_gpus=int(gpu_nodes)) for _ in range(2)}
         out = tmp_path / "out"
         args = [
             "-m",
@@ -393,9 +396,18 @@ def test_extraction_spreads_its_sources_over_the_nodes_of_a_cluster(media, tmp_p
         cluster.shutdown()
     assert code == 0, driver.output[-4000:]
     stats = json.loads((out / "extraction.json").read_text())
-    per_node = stats["sources_per_node"]
-    assert len(per_node) == 3 and nodes <= set(per_node), per_node
-    assert sum(per_node.values()) == len(truth) + len(BROKEN)
+    per_node, per_device = stats["sources_per_node"], stats["sources_per_device"]
+    total = len(truth) + len(BROKEN)
+    assert sum(per_node.values()) == total
+    if gpu_nodes:
+        assert set(per_node) == nodes, per_node
+        assert "on 2 actor(s) with 1 GPU each" in driver.output, driver.output[-4000:]
+        assert per_device == {"cpu (granted GPU 0)": total}, per_device
+        assert "ran on the CPU of actors that Ray granted a GPU" in driver.output
+    else:
+        assert len(per_node) == 3 and nodes <= set(per_node), per_node
+        assert per_device == {"cpu": total}, per_device
+        assert "granted a GPU" not in driver.output
     assert set(pd.read_csv(out / "faces.csv")["source"]) == set(truth)
 
 

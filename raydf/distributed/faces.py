@@ -23,7 +23,7 @@ from raydf.distributed.cluster import alive_nodes
 
 log = logging.getLogger(__name__)
 
-PART_FIELDS = ("key", "n_faces", "reason", "frames_used", "frames_grabbed", "seconds", "node")
+PART_FIELDS = ("key", "n_faces", "reason", "frames_used", "frames_grabbed", "seconds", "node", "device")
 
 
 class FaceExtractActor:
@@ -34,6 +34,12 @@ class FaceExtractActor:
         self.store = FaceStore(faces_dir)
         self.extractor = FaceExtractor(FaceSettings(**settings), batch_size=batch_size)
         self.node = ray.get_runtime_context().get_node_id()
+        # Where MTCNN runs: "cuda" when torch sees the GPU Ray granted, "cpu (granted GPU ...)" when it does not
+        # (no CUDA build or driver there): the driver warns about the latter.
+        gpus = ray.get_gpu_ids()
+        self.device = self.extractor.device
+        if gpus and self.device == "cpu":
+            self.device = f"cpu (granted GPU {','.join(map(str, gpus))})"
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out: dict[str, list] = {f: [] for f in PART_FIELDS}
@@ -49,6 +55,7 @@ class FaceExtractActor:
             out["frames_grabbed"].append(part["frames_grabbed"])
             out["seconds"].append(part["seconds"])
             out["node"].append(self.node)
+            out["device"].append(self.device)
         return {k: np.asarray(v) for k, v in out.items()}
 
 

@@ -177,8 +177,17 @@ def extract_faces(cfg: Config, src: str, faces_dir: str, root: Optional[str] = N
         "faces_per_second_now": round(int(done["n_faces"].sum()) / max(wall, 1e-9), 2) if len(done) else 0.0,
         "notes": {p["source"]: p["note"] for p in parts if p.get("note")},
         "sources_per_node": {str(k): int(v) for k, v in done["node"].value_counts().items()} if len(done) else {},
+        "sources_per_device": {str(k): int(v) for k, v in done["device"].value_counts().items()} if len(done) else {},
         "settings": settings.to_dict(),
     }
+    unused = sum(n for device, n in stats["sources_per_device"].items() if "granted GPU" in device)
+    if unused:
+        log.warning(
+            "%d source(s) ran on the CPU of actors that Ray granted a GPU: torch sees no CUDA device there "
+            "(a CPU-only torch build, or no NVIDIA driver). Install a CUDA build of torch on the GPU nodes, or set "
+            "faces.gpus_per_actor=0 to extract on the CPUs",
+            unused,
+        )
     for source, note in list(stats["notes"].items())[:5]:
         log.warning("%s: %s (its readable frames were used)", source, note)
     atomic_write(store.root / "extraction.json", (json.dumps(stats, indent=2) + "\n").encode())
