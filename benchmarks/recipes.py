@@ -1,12 +1,13 @@
 """The seed's recipe against a preset, on the same data, split and folds, at (about) equal wall time on 2 cores.
 
     python -m benchmarks.recipes --seed-epochs 6 --preset CONFIG --preset-epochs 9 [--preset-extra k=v ...]
-        [--name LABEL] [--preset-only] [--data ...] [--out ...]
+        [--both-extra k=v ...] [--name LABEL] [--preset-only] [--data ...] [--out ...]
 
 Both run `python -m raydf.train` on the shared FFHQ/StyleGAN set split 80/20 (1,760 training images in 2 folds,
 440 test images), one fold per core. The seed's recipe is `configs/seed.yaml` with CPU hardware and 2 folds; only
 its epoch count is cut to fit the budget (its schedule, sizes and early stopping stay the seed's). Epoch counts are
-chosen so both take about the same wall time; the wall times are reported beside the scores. Writes recipes.json.
+chosen so both take about the same wall time; the wall times are reported beside the scores. `--both-extra` sets keys
+for both runs (another fold split and initialisation: train.seed=N). Writes recipes-LABEL.json.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ def main() -> None:
     parser.add_argument("--name", default="candidate", help="the candidate's label in the table")
     parser.add_argument("--preset-epochs", type=int, required=True)
     parser.add_argument("--preset-extra", nargs="*", default=[], help="key=value overrides for the preset only")
+    parser.add_argument("--both-extra", nargs="*", default=[], help="key=value overrides for both runs")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--preset-only", action="store_true", help="exploring: skip the seed's run")
     args = parser.parse_args()
@@ -79,8 +81,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="raydf-recipes-") as tmp:
         work = Path(tmp)
         train_csv, test_csv = split_data(args.data, work, n=2200)
-        rows = [] if args.preset_only else [run("seed", "seed", args.seed_epochs, train_csv, test_csv, work, [])]
-        rows.append(run(args.name, args.preset, args.preset_epochs, train_csv, test_csv, work, args.preset_extra))
+        rows = []
+        if not args.preset_only:
+            rows.append(run("seed", "seed", args.seed_epochs, train_csv, test_csv, work, args.both_extra))
+        extra = [*args.both_extra, *args.preset_extra]
+        rows.append(run(args.name, args.preset, args.preset_epochs, train_csv, test_csv, work, extra))
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.preset_only:
         (args.out / f"recipes-{args.name}.json").write_text(json.dumps(rows, indent=2))

@@ -45,11 +45,12 @@ def test_seed_config_reproduces_the_seed():
     assert cfg.train.split == "kfold" and cfg.resources.gpus_per_fold == 1
 
 
-def test_budget_preset_is_the_seed_at_96_px_with_one_cosine_period_over_the_run():
-    """configs/budget.yaml changes the seed's sizes, epochs and schedule only (hardware is left to the machine),
-    and its schedule follows train.epochs when that is overridden."""
+def test_budget_preset_is_the_seed_at_96_px_with_one_cosine_period_and_its_swept_lr_and_dropout():
+    """configs/budget.yaml changes the seed's sizes, epochs, schedule, learning rate and dropout only (hardware is
+    left to the machine), and its schedule follows train.epochs when that is overridden."""
     seed, budget = load_config("seed"), load_config("budget")
     assert (budget.data.resize, budget.data.crop, budget.train.epochs, budget.sched.t_max) == (160, 96, 18, 18)
+    assert (budget.optim.lr, budget.model.dropout) == (0.004, 0.2)
     seed_node, budget_node = OmegaConf.structured(seed), OmegaConf.structured(budget)
     changed = {key for key in valid_keys() if OmegaConf.select(seed_node, key) != OmegaConf.select(budget_node, key)}
     assert changed == {
@@ -57,6 +58,8 @@ def test_budget_preset_is_the_seed_at_96_px_with_one_cosine_period_over_the_run(
         "data.crop",
         "train.epochs",
         "sched.t_max",
+        "optim.lr",
+        "model.dropout",
         "resources.gpus_per_fold",
         "resources.cpus_per_fold",
         "resources.loader_workers",
