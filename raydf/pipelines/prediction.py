@@ -156,11 +156,17 @@ def run_face_settings(cfg: Config) -> Optional[dict]:
 
 
 def _with_recorded_backbone(cfg: Config, metas: list[dict], run_dir: str) -> Config:
-    """`cfg` with model.name as the fold checkpoints record it (checkpoints from before raydf recorded it hold
-    InceptionResnetV1 weights); checkpoints of two backbones are an error naming them."""
+    """`cfg` with model.name and the input normalisation (model.mean, model.std) as the fold checkpoints record
+    them (checkpoints from before raydf recorded them hold InceptionResnetV1 weights, trained on ImageNet-normalised
+    inputs); checkpoints of two backbones or two normalisations are an error naming them."""
+    from raydf.models.normalization import Normalization
+
     names = sorted({meta.get("model", DEFAULT_MODEL) for meta in metas})
     if len(names) > 1:
         raise ConfigError(f"{run_dir}: its fold checkpoints hold different backbones ({', '.join(names)})")
-    if names[0] == cfg.model.name:
-        return cfg
-    return with_values(cfg, {"model.name": names[0]}, source=f"the checkpoints of {run_dir}")
+    norms = {Normalization.from_meta(meta) for meta in metas}
+    if len(norms) > 1:
+        raise ConfigError(f"{run_dir}: its fold checkpoints record different input normalisations ({norms})")
+    norm = norms.pop()
+    values = {"model.name": names[0], "model.mean": list(norm.mean), "model.std": list(norm.std)}
+    return with_values(cfg, values, source=f"the checkpoints of {run_dir}")

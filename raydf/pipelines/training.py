@@ -31,6 +31,7 @@ from raydf.distributed.inference import soft_vote_predict
 from raydf.distributed.preflight import preflight_check
 from raydf.distributed.session import RaySession, fold_resources, ray_session
 from raydf.errors import DataError, Interrupted, find_user_error
+from raydf.models.normalization import input_normalization
 from raydf.pipelines.faces import with_extracted_faces
 from raydf.runs.console import CountProgress, FoldProgress
 from raydf.runs.report import TEST_LABELS, build_report
@@ -279,6 +280,7 @@ def _train_folds(
                 val_index=info["val_index"].tolist(),
                 val_prob_fake=info["val_prob_fake"].tolist(),
                 model=cfg.model.name,  # the backbone that rebuilds these weights
+                input_norm=input_normalization(cfg.model).to_dict(),  # what predict, serve and Grad-CAM feed it
                 start_weights=start.source if start else None,
                 config=to_dict(cfg),
             )
@@ -410,6 +412,7 @@ def predict_paths(
             crop=cfg.data.crop,
             dropout=cfg.model.dropout,
             model=cfg.model.name,
+            norm=input_normalization(cfg.model),
             batch_size=cfg.predict.batch_size,
             actors=cfg.predict.actors,
             gpus_per_actor=gpus_per_actor,

@@ -20,6 +20,7 @@ from raydf.data.self_blend import BlendSettings
 from raydf.data.transforms import FastTrainTransform, eval_transform, train_transform
 from raydf.errors import DataError
 from raydf.models.factory import build_model
+from raydf.models.normalization import input_normalization
 from raydf.models.weights import apply_start_weights
 from raydf.training.engine import Precision, default_device, evaluate, train_one_epoch
 from raydf.training.fold_state import FoldStateStore
@@ -160,7 +161,8 @@ def train_fold(
         select = np.concatenate([labels[val_idx] == 0, np.ones(n_blended, bool)])
         val_labels = np.concatenate([labels[val_idx], np.ones(n_blended, int)])
 
-    model = build_model(cfg.model.dropout, cfg.model.name)
+    model = build_model(cfg.model.dropout, cfg.model.name, cfg.model.head_init)
+    norm = input_normalization(cfg.model)  # what the start weights expect (ImageNet's from scratch)
     if start_weights is not None:  # np.array: a writable copy of the object store's read-only view
         apply_start_weights(model, {k: torch.from_numpy(np.array(v)) for k, v in start_weights.items()})
     model = model.to(device, memory_format=torch.channels_last)
@@ -192,8 +194,8 @@ def train_fold(
         train_loader.sampler.generator.manual_seed(sample_seed(seed, epoch, 1))  # order
         train_set.set_epoch(epoch)  # augmentation
         lr = optimizer.param_groups[0]["lr"]
-        train_m = train_one_epoch(net, train_loader, optimizer, device, precision, scaler, should_stop)
-        val_m, val_probs = evaluate(net, val_loader, device, precision, should_stop)
+        train_m = train_one_epoch(net, train_loader, optimizer, device, precision, scaler, should_stop, norm)
+        val_m, val_probs = evaluate(net, val_loader, device, precision, should_stop, norm)
         if select is not None:
             val_m = selection_metrics(val_probs, val_labels, select)
         scheduler.step()  # once per epoch, as the seed did
