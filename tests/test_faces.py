@@ -469,6 +469,9 @@ def test_auto_framing_rule_small_or_off_centre_faces_in_most_photos():
     assert "no face kept in 1" in line and line.endswith("extracting faces; data.faces=off to train on whole photos")
     line = FramingSurvey([crop] * 8).describe()
     assert line.startswith("faces fill 40% of the frame") and "already face crops" in line and "data.faces=on" in line
+    assert (
+        FramingSurvey([crop] * 8).describe(training=False).endswith("already face crops: predicting them as they are")
+    )
     # The sample: spread evenly, both ends, every photo of a small set.
     assert spread_sample(2200, 8) == [0, 314, 628, 942, 1257, 1571, 1885, 2199]
     assert spread_sample(5, 8) == [0, 1, 2, 3, 4]
@@ -556,8 +559,13 @@ def test_auto_extracts_faces_from_uncropped_photos_in_training_and_prediction(ra
     # raydf.predict with a run trained with auto on face crops.
     crops = _crops(tmp_path / "crops", shared_data, 500, 2)
     crops_run = _auto_config(tmp_path, crops)
-    assert faces_of(crops_run, str(scenes), None) == run_cfg.data.train
-    assert faces_of(crops_run, str(crops), None) == str(crops)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="raydf.pipelines.faces"):
+        assert faces_of(crops_run, str(scenes), None) == run_cfg.data.train
+        assert faces_of(crops_run, str(crops), None) == str(crops)
+    scene_line, crops_line = [r.getMessage() for r in caplog.records if "sampled photos" in r.getMessage()]
+    assert scene_line.endswith("small or off centre, 0 face-filling): extracting faces")
+    assert crops_line.endswith("already face crops: predicting them as they are")
 
 
 def test_auto_extracts_the_test_set_of_a_run_trained_on_faces(shared_data, tmp_path, monkeypatch, caplog):

@@ -90,8 +90,8 @@ class FramingSurvey:
         """Whether the set holds photos with faces in a scene (to extract), not face crops."""
         return self.readable > 0 and self.uncropped >= UNCROPPED_SHARE * self.readable
 
-    def describe(self) -> str:
-        """What was seen and decided, in one line."""
+    def describe(self, training: bool = True) -> str:
+        """What was seen and decided, in one line; for a training set with the key that decides otherwise."""
         n = self.readable
         counts = f"{self.uncropped} small or off centre, {self.with_face - self.uncropped} face-filling"
         if self.with_face < n:
@@ -100,11 +100,9 @@ class FramingSurvey:
             counts += f"; {self.unreadable} unreadable"
         photos = f"{n} sampled photo{'s' if n != 1 else ''} ({counts})"
         if self.extract:
-            return (
-                f"faces cover {self.mean_area:.0%} of the frame on average in {photos}: extracting faces; "
-                f"data.faces=off to train on whole photos"
-            )
-        keep = "training on them as they are; data.faces=on to extract"
+            decided = "extracting faces" + ("; data.faces=off to train on whole photos" if training else "")
+            return f"faces cover {self.mean_area:.0%} of the frame on average in {photos}: {decided}"
+        keep = "training on them as they are; data.faces=on to extract" if training else "predicting them as they are"
         if self.with_face * 2 >= n > 0:
             return f"faces fill {self.mean_area:.0%} of the frame on average in {photos}: already face crops: {keep}"
         return f"MTCNN keeps a face in {self.with_face} of {photos}: not photos of faces to crop: {keep}"

@@ -108,10 +108,13 @@ def with_extracted_faces(cfg: Config, sample: int = AUTO_SAMPLE) -> Config:
     return cfg
 
 
-def wants_faces(cfg: Config, spec: str, root: Optional[str], name: str, sample: int = AUTO_SAMPLE) -> bool:
+def wants_faces(
+    cfg: Config, spec: str, root: Optional[str], name: str, sample: int = AUTO_SAMPLE, training: bool = True
+) -> bool:
     """`data.faces=auto` on one set (folder or CSV; relative CSV paths against `root`): a set holding a video is
     extracted (no photo is looked at); a set of photos when `sample` of them, spread evenly over it, show faces
-    small in the frame or off centre (`raydf.data.faces.FramingSurvey`). Logs what it saw and decided, as `name`."""
+    small in the frame or off centre (`raydf.data.faces.FramingSurvey`). Logs what it saw and decided, as `name`
+    (`training`: a set to train on, else new inputs of a finished run)."""
     try:
         sources = list_sources(spec, root)
     except DataError:  # not a readable set: the normal path reports it, with its own message
@@ -122,7 +125,7 @@ def wants_faces(cfg: Config, spec: str, root: Optional[str], name: str, sample: 
         return True
     paths = sources["path"].iloc[spread_sample(len(sources), sample)].tolist()
     survey = _survey(cfg, paths)
-    log.info("data.faces=auto: %s: %s", name, survey.describe())
+    log.info("data.faces=auto: %s: %s", name, survey.describe(training))
     return survey.extract
 
 

@@ -131,7 +131,7 @@ def faces_of(cfg: Config, images: str, image_root: Optional[str]) -> str:
     if trained_on_faces:
         cfg = with_run_faces(cfg)
     elif cfg.data.faces == "auto":
-        if not wants_faces(cfg, images, image_root, str(images)):
+        if not wants_faces(cfg, images, image_root, str(images), training=False):
             return images
     elif not has_videos(images, image_root):
         return images
