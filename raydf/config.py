@@ -58,8 +58,8 @@ class DataConfig:
     # on (when the cluster has several nodes); below it, or with -1, on the driver's threads.
     preflight_spread_min: int = 20000
     on_bad: str = "skip"  # unreadable image: skip (leave it out, list it in bad_inputs.csv) | error (stop)
-    # Extract faces (faces.*) from data.train/data.test first and train on the crops: auto (when the set holds
-    # videos) | on (also uncropped photos) | off. Crops are kept under data.cache_dir, keyed by set and settings.
+    # Extract faces (faces.*) from data.train/data.test first and train on the crops: auto (sets holding videos, or
+    # photos MTCNN finds uncropped in a sample) | on (every set) | off. Crops kept in data.cache_dir by set, settings.
     faces: str = "auto"
     # Self-blended fakes made on the fly from the training set's real faces (synth.*): off (the seed's way) | add
     # (one more fake per real image, besides the labelled set) | only (the reals alone: each epoch synth.share of

@@ -119,18 +119,22 @@ def faces_file(out: str) -> str:
 
 def faces_of(cfg: Config, images: str, image_root: Optional[str]) -> str:
     """The faces manifest to predict: `images` itself when it is one; else its faces, extracted (or found done in
-    the cache) with the settings the run's training faces were made with, when the run was trained on faces or
-    `images` holds videos; else `images` unchanged."""
+    the cache) when the run was trained on faces (with the settings its training faces were made with), when
+    `images` holds videos, or, for a run trained with data.faces=auto on photos as they were, when its photos show
+    faces small in the frame or off centre (`raydf.pipelines.faces.wants_faces`); else `images` unchanged."""
     from raydf.data.face_store import is_face_manifest
-    from raydf.pipelines.faces import extract_faces, faces_cache_dir, has_videos
+    from raydf.pipelines.faces import extract_faces, faces_cache_dir, has_videos, wants_faces
 
     if is_face_manifest(images):
         return images
     trained_on_faces = is_face_manifest(cfg.data.train)
-    if not trained_on_faces and not has_videos(images, image_root):
-        return images
     if trained_on_faces:
         cfg = with_run_faces(cfg)
+    elif cfg.data.faces == "auto":
+        if not wants_faces(cfg, images, image_root, str(images), training=False):
+            return images
+    elif not has_videos(images, image_root):
+        return images
     folder = faces_cache_dir(cfg, images)
     log.info("faces of %s: extracted into %s", images, folder)
     return str(extract_faces(cfg, images, str(folder), image_root).manifest)

@@ -34,6 +34,7 @@ from raydf.errors import DataError, Interrupted, find_user_error
 from raydf.models.normalization import input_normalization
 from raydf.pipelines.faces import with_extracted_faces
 from raydf.runs.console import CountProgress, FoldProgress
+from raydf.runs.presets import log_preset_hint
 from raydf.runs.report import TEST_LABELS, build_report
 from raydf.runs.run_dir import (
     checked_table,
@@ -164,6 +165,7 @@ def train(cfg: Config) -> str:
     t_start = time.time()
     timings: dict[str, float] = {}
     check_data_paths(cfg)
+    log_preset_hint(cfg)  # on the user's own labelled set: the preset that measured best, when this run differs
     # Read or downloaded once, here, before the long pre-flight: a file that does not fit, or no network for
     # model.pretrained, stops the run before anything is decoded or trained. The folds share this one copy.
     start = start_weights_for(cfg)
