@@ -72,8 +72,9 @@ class SynthConfig:
     """Self-blended fakes (`data.synthetic_fakes`): how they are made. Tunable in `raydf.tune`."""
 
     share: float = 0.5  # with `only`: the share of real images turned into fakes in each epoch
-    mask_scale: float = 1.0  # the face mask's size relative to an ellipse of 64% x 80% of the image
+    mask_scale: float = 1.0  # the face mask's size: relative to the landmark hull, or to an ellipse of 64% x 80%
     edge: float = 0.06  # the mask's soft edge: blur sigma as a fraction of the image side
+    mask: str = "auto"  # auto (the face's landmarks where known, else an ellipse) | ellipse | landmarks
 
 
 @dataclass
@@ -569,6 +570,8 @@ def _validate_values(cfg: Config) -> None:
     _require(0 < cfg.synth.share < 1, "synth.share", f"must be in (0, 1) (got {cfg.synth.share})")
     _require(cfg.synth.mask_scale > 0, "synth.mask_scale", f"must be positive (got {cfg.synth.mask_scale})")
     _require(cfg.synth.edge >= 0, "synth.edge", f"must be >= 0 (got {cfg.synth.edge})")
+    masks = ("auto", "ellipse", "landmarks")
+    _require(cfg.synth.mask in masks, "synth.mask", f"must be {', '.join(masks)} (got '{cfg.synth.mask}')")
     _validate_serve(cfg.serve)
     _require(cfg.ray.max_retries >= -1, "ray.max_retries", "must be >= 0, or -1 for unlimited")
     _require(cfg.ray.scale_up_timeout_s >= 0, "ray.scale_up_timeout_s", "must be >= 0 (seconds; 0 = do not wait)")

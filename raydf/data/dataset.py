@@ -24,12 +24,15 @@ class SyntheticFakes:
 
     `share`: each real row among the dataset's own becomes a fake with this probability in each epoch (`only`).
     `extra_rows`: real rows appended to the dataset as fakes, one item each (`add`, and `only`'s validation).
+    `landmarks`: (N, 5, 2) float32 per row of the image array, in its pixels (eyes, nose, mouth corners): the masks
+    follow them; a row with NaN, or None for all, gets the ellipse (`synth.mask`, `raydf.data.self_blend`).
     """
 
     settings: BlendSettings = BlendSettings()
     share: float = 0.0
     extra_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     seed: int = 0
+    landmarks: Optional[np.ndarray] = None
 
     def draw(self, kind: int, epoch: int, row: int) -> np.random.Generator:
         return np.random.default_rng(sample_seed(self.seed, epoch, row, 1_000_003 + kind))
@@ -73,7 +76,8 @@ class ImageArrayDataset(Dataset):
             # An appended item is always a fake; one of the dataset's own real rows is one with probability `share`.
             fake = i >= n or (label == 0 and s.share > 0 and s.draw(0, epoch, row).random() < s.share)
             if fake:
-                image, label = self_blend(image, s.draw(1 if i < n else 2, epoch, row), s.settings)[0], 1
+                landmarks = None if s.landmarks is None else s.landmarks[row]
+                image, label = self_blend(image, s.draw(1 if i < n else 2, epoch, row), s.settings, landmarks)[0], 1
         if self.seed is not None:
             seed_transform(self.transform, sample_seed(self.seed, epoch, row, *([] if i < n else [2])))
         img = self.transform(image=image)["image"]

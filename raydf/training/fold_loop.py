@@ -16,7 +16,7 @@ import torch
 
 from raydf.config import Config
 from raydf.data.dataset import ImageArrayDataset, SyntheticFakes, make_loader, sample_seed
-from raydf.data.self_blend import BlendSettings
+from raydf.data.self_blend import BlendSettings, mask_landmarks
 from raydf.data.transforms import FastTrainTransform, eval_transform, train_transform
 from raydf.errors import DataError
 from raydf.models.factory import build_model
@@ -67,6 +67,7 @@ def fold_datasets(
     cfg: Config,
     train_tf,
     seed: int,
+    landmarks: Optional[np.ndarray] = None,
 ) -> tuple[ImageArrayDataset, ImageArrayDataset]:
     """The fold's training and validation sets, with self-blended fakes as `data.synthetic_fakes` says:
 
@@ -74,6 +75,9 @@ def fold_datasets(
     - add: the training rows plus one self-blended fake of each training real (drawn anew every epoch);
     - only: the training reals alone, `synth.share` of them turned into fakes each epoch; the validation rows
       (all of them, for the out-of-fold table) plus one fixed self-blended fake of each validation real.
+
+    `landmarks` (N, 5, 2), per row of `images` in its pixels (NaN: none): the fakes' masks follow them as
+    `synth.mask` says.
     """
     val_tf = eval_transform(cfg.data.crop)
     mode = cfg.data.synthetic_fakes
@@ -83,6 +87,7 @@ def fold_datasets(
             ImageArrayDataset(images, val_idx, labels, val_tf),
         )
     blend = BlendSettings(mask_scale=cfg.synth.mask_scale, edge=cfg.synth.edge)
+    landmarks = mask_landmarks(cfg.synth.mask, landmarks)
     train_reals, val_reals = train_idx[labels[train_idx] == 0], val_idx[labels[val_idx] == 0]
     if len(train_reals) == 0:
         raise DataError(f"data.synthetic_fakes={mode}: this fold's training rows hold no real image to blend")
@@ -92,15 +97,15 @@ def fold_datasets(
             f"than train.batch_size={cfg.train.batch_size}; lower train.batch_size or add real images"
         )
     if mode == "add":
-        synthetic = SyntheticFakes(blend, extra_rows=train_reals, seed=seed)
+        synthetic = SyntheticFakes(blend, extra_rows=train_reals, seed=seed, landmarks=landmarks)
         return (
             ImageArrayDataset(images, train_idx, labels, train_tf, seed=seed, synthetic=synthetic),
             ImageArrayDataset(images, val_idx, labels, val_tf),
         )
-    train_set = ImageArrayDataset(
-        images, train_reals, labels, train_tf, seed=seed, synthetic=SyntheticFakes(blend, cfg.synth.share, seed=seed)
-    )
-    val_synthetic = SyntheticFakes(blend, extra_rows=val_reals, seed=seed)  # epoch 0 always: the same every epoch
+    only = SyntheticFakes(blend, cfg.synth.share, seed=seed, landmarks=landmarks)
+    train_set = ImageArrayDataset(images, train_reals, labels, train_tf, seed=seed, synthetic=only)
+    # Epoch 0 always: the same every epoch.
+    val_synthetic = SyntheticFakes(blend, extra_rows=val_reals, seed=seed, landmarks=landmarks)
     return train_set, ImageArrayDataset(images, val_idx, labels, val_tf, synthetic=val_synthetic)
 
 
@@ -125,6 +130,7 @@ def train_fold(
     state: Optional[FoldStateStore] = None,
     start_weights: Optional[dict[str, np.ndarray]] = None,
     should_stop: Optional[Callable[[], bool]] = None,
+    landmarks: Optional[np.ndarray] = None,
 ) -> FoldOutcome:
     """Train on `images[train_idx]`, select the epoch with the lowest validation loss on `images[val_idx]`.
 
@@ -135,7 +141,7 @@ def train_fold(
     what an uninterrupted one would have done. `start_weights` (tensors that fit the network, see
     `raydf.training.start_weights`) replace the random initial weights of a fold that starts from scratch.
     `should_stop()` is asked before every batch; True raises `StopRequested` (the saved state stays the last
-    completed epoch's).
+    completed epoch's). `landmarks` (N, 5, 2): see `fold_datasets`.
     """
     device = device or default_device()
     seed = cfg.train.seed + fold
@@ -149,7 +155,7 @@ def train_fold(
         train_tf = eval_transform(cfg.data.crop)
     else:
         train_tf = FastTrainTransform(cfg.data.crop) if cfg.train.fast_augment else train_transform(cfg.data.crop)
-    train_set, val_set = fold_datasets(images, labels, train_idx, val_idx, cfg, train_tf, seed)
+    train_set, val_set = fold_datasets(images, labels, train_idx, val_idx, cfg, train_tf, seed, landmarks)
     train_loader = make_loader(train_set, cfg.train.batch_size, train=True, workers=workers, seed=seed, pin_memory=pin)
     val_loader = make_loader(val_set, cfg.train.eval_batch_size, train=False, workers=workers, pin_memory=pin)
     # The epoch chosen on: with `only`, the validation reals and their self-blended fakes (labelled fakes are scored
