@@ -139,3 +139,99 @@ def test_self_blend_passes_the_landmarks_to_its_mask():
     fake, mask = self_blend(image, np.random.default_rng(2), BlendSettings(), OFF_CENTRE)
     assert _at(mask, OFF_CENTRE).min() > 0.2  # times a blend ratio of at least 0.25
     assert mask[~_around(OFF_CENTRE, 128)].max() < 0.25
+
+
+# -- a faces manifest's landmarks, on their way to the fakes ---------------------------------------------------------
+
+
+def _faces_folder(root, side: int = 160, settings: bool = True):
+    """A faces folder as raydf.faces writes it: `side` px crops whose faces sit in different places, four reals (the
+    last without landmarks) and two fakes. Returns faces.csv and each row's landmarks in crop pixels."""
+    import json
+
+    import pandas as pd
+
+    from raydf.data.faces import BOX_COLUMNS, LANDMARK_COLUMNS, MANIFEST_COLUMNS
+
+    (root / "crops").mkdir(parents=True)
+    places = [(0, 0), (80, 10), (40, 85), (0, 0), (20, 20), (60, 60)]
+    points = np.stack([(OFF_CENTRE + p) * side / 128 for p in places]).astype(np.float64)
+    points[3] = np.nan
+    rows = []
+    for i, lm in enumerate(points):
+        cv2.imwrite(str(root / "crops" / f"f{i}.png"), _texture(side, i))
+        label = 0 if i < 4 else 1
+        rows.append([f"crops/f{i}.png", label, f"v{i}", f"v{i}.mp4", 0, 0, 0, 0, side, side, 0.99, *lm.reshape(-1)])
+    pd.DataFrame(rows, columns=MANIFEST_COLUMNS).to_csv(root / "faces.csv", index=False)
+    assert MANIFEST_COLUMNS[-10:] == LANDMARK_COLUMNS and len(BOX_COLUMNS) == 4
+    if settings:
+        (root / "settings.json").write_text(json.dumps({"size": side, "margin": 0.3}))
+    return root / "faces.csv", points
+
+
+@pytest.mark.parametrize("settings", [True, False])
+def test_a_manifests_landmarks_are_matched_by_path_and_scaled_to_data_resize(tmp_path, settings):
+    from raydf.data.catalog import read_train
+    from raydf.data.face_store import manifest_landmarks
+
+    spec, points = _faces_folder(tmp_path, settings=settings)  # no settings.json: the first crop's side
+    paths = read_train(spec)["path"].tolist()
+    order = [5, 0, 3, 2]
+    got = manifest_landmarks(spec, [paths[i] for i in order] + [str(tmp_path / "other.png")], 80)
+    assert got.shape == (5, 5, 2) and got.dtype == np.float32
+    np.testing.assert_allclose(got[:4], points[order] * 80 / 160, rtol=1e-5)  # NaN where the manifest has none
+    assert np.isnan(got[4]).all()  # a path the manifest does not list
+    (tmp_path / "plain.csv").write_text("path,label\ncrops/f0.png,0\ncrops/f4.png,1\n")
+    assert manifest_landmarks(tmp_path / "plain.csv", paths[:2], 80) is None
+
+
+def test_a_run_on_a_faces_manifest_blends_around_its_landmarks_and_plots_them(tmp_path, monkeypatch):
+    """The driver's side of the run: the fold table's landmarks (what the fold tasks get) and the synthetic_fakes.png
+    picture, whose masks lie around each face; synth.mask=landmarks on a set without them stops before decoding."""
+    from raydf.data.catalog import read_train
+    from raydf.pipelines import training
+    from raydf.runs import plots
+    from raydf.runs.run_dir import read_tables, table_landmarks
+
+    spec, points = _faces_folder(tmp_path / "faces")
+    keys = [f"data.train={spec}", "data.synthetic_fakes=only", "data.resize=80", "data.crop=76", "train.folds=2"]
+    cfg = load_config(None, keys)
+    table = read_train(spec).iloc[::-1].reset_index(drop=True)  # any order: matched by path
+    landmarks = table_landmarks(cfg, table)
+    np.testing.assert_allclose(landmarks, points[::-1] / 2, rtol=1e-5)
+    assert table_landmarks(load_config(None, [*keys, "synth.mask=ellipse"]), table) is None
+    assert table_landmarks(load_config(None, keys[1:]), table) is None  # not a faces manifest: the ellipse
+
+    shown = {}
+    monkeypatch.setattr(plots, "synthetic_fakes", lambda *args, **kw: shown.update(args=args, **kw))
+    training._plot_synthetic_fakes(cfg, table, tmp_path / "plot.png", landmarks)
+    sources, fakes, masks, _ = shown["args"]
+    assert len(masks) == 4 and sum(lm is not None and np.isfinite(lm).all() for lm in shown["landmarks"]) == 3
+    for mask, lm in zip(masks, shown["landmarks"]):
+        if np.isfinite(lm).all():  # 0.25 x a mask at least 0.69 at every landmark; little outside the face
+            assert _at(mask, lm).min() > 0.15 and mask[~_around(lm, 80)].sum() < 0.03 * mask.sum()
+    monkeypatch.undo()
+    training._plot_synthetic_fakes(cfg, table, tmp_path / "plot.png", landmarks)
+    assert (tmp_path / "plot.png").stat().st_size > 0
+
+    plain = tmp_path / "plain.csv"
+    plain.write_text("path,label\n" + "".join(f"faces/crops/f{i}.png,{int(i >= 4)}\n" for i in range(6)))
+    with pytest.raises(ConfigError, match=r"synth\.mask=landmarks"):
+        read_tables(load_config(None, [f"data.train={plain}", "data.synthetic_fakes=add", "synth.mask=landmarks"]))
+
+
+def test_the_fold_tasks_get_the_landmarks_through_the_object_store(ray_local):
+    """synth.mask=landmarks: a fold task without landmarks stops at the mask check; with them (put once, like the
+    labels) it gets past it to the next check, this fold's 6 reals against train.batch_size (no training run)."""
+    from raydf.distributed.folds import FoldFailed, run_folds
+
+    images, labels = np.zeros((20, 80, 80, 3), np.uint8), np.arange(20) % 2
+    keys = ["data.synthetic_fakes=only", "synth.mask=landmarks", "data.resize=80", "data.crop=76"]
+    cfg = load_config(None, [*keys, "train.batch_size=32", "resources.cpus_per_fold=1"])
+    args = (ray_local.put(images), ray_local.put(labels), {0: (np.arange(8, 20), np.arange(8))}, cfg)
+    resources = {"num_cpus": 1, "num_gpus": 0}
+    with pytest.raises(FoldFailed, match=r"synth\.mask=landmarks"):
+        run_folds(*args, resources)
+    landmarks = ray_local.put(np.repeat(OFF_CENTRE[None] / 2, 20, axis=0))
+    with pytest.raises(FoldFailed, match="this fold has 6, fewer than train.batch_size=32"):
+        run_folds(*args, resources, landmarks_ref=landmarks)

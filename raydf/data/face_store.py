@@ -23,10 +23,12 @@ from pathlib import Path
 from typing import Optional
 
 import cv2
+import numpy as np
 import pandas as pd
 
 from raydf import signals
-from raydf.data.faces import MANIFEST_COLUMNS, NO_FACE_COLUMNS, FaceSettings, SourceFaces
+from raydf.data.faces import LANDMARK_COLUMNS, MANIFEST_COLUMNS, NO_FACE_COLUMNS, FaceSettings, SourceFaces
+from raydf.data.images import BadImage, read_image
 from raydf.errors import ConfigError
 
 MANIFEST = "faces.csv"
@@ -165,3 +167,34 @@ def read_manifest(spec: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
     beside = path.parent / NO_FACES
     no_faces = pd.read_csv(beside, dtype={"source": str}) if beside.is_file() else pd.DataFrame(columns=NO_FACE_COLUMNS)
     return faces, no_faces
+
+
+def lists_landmarks(spec: Optional[str | os.PathLike]) -> bool:
+    """Whether `spec` is a faces manifest with the five landmarks' columns (lm0_x..lm4_y)."""
+    if not is_face_manifest(spec):
+        return False
+    return set(LANDMARK_COLUMNS) <= set(pd.read_csv(Path(spec).expanduser(), nrows=0).columns)
+
+
+def manifest_landmarks(spec: str | os.PathLike, paths: list[str], size: int) -> Optional[np.ndarray]:
+    """The five landmarks (len(paths), 5, 2) float32 of the crops `paths` (absolute, as the catalog gives them)
+    listed in the faces manifest `spec`, in the pixels of a crop decoded at `size` x `size` (data.resize): the
+    manifest's crop pixels x size / the crops' side (faces.size, in settings.json beside it; else the first crop's).
+    NaN for a path the manifest does not list or whose landmarks are missing. None when `spec` has no landmarks.
+    """
+    if not lists_landmarks(spec):
+        return None
+    faces, _ = read_manifest(spec)
+    points = faces[LANDMARK_COLUMNS].to_numpy(np.float64).reshape(-1, 5, 2)
+    side = (FaceStore(Path(spec).expanduser().resolve().parent).settings() or {}).get("size")
+    if side is None and len(faces):  # a manifest without its settings.json: its crops are square, of one size
+        try:
+            side = read_image(faces["path"].iloc[0])[0].shape[0]
+        except BadImage:
+            side = None
+    row_of = {path: i for i, path in enumerate(faces["path"])}
+    at = np.array([row_of.get(p, -1) for p in paths], np.int64)
+    out = np.full((len(paths), 5, 2), np.nan, np.float32)
+    if side:
+        out[at >= 0] = points[at[at >= 0]] * (size / float(side))
+    return out

@@ -41,6 +41,7 @@ def _fold_task(
     progress: Optional[ray.actor.ActorHandle] = None,
     start_weights: Optional[dict[str, np.ndarray]] = None,
     stop_flag: Optional[ray.actor.ActorHandle] = None,
+    landmarks: Optional[np.ndarray] = None,
 ) -> tuple[dict[str, np.ndarray], dict]:
     # `images` arrives as a zero-copy, read-only view of the object store, or names the node's memory-mapped
     # cache file: either way every fold on a node shares one copy.
@@ -83,6 +84,7 @@ def _fold_task(
             state=state,
             start_weights=start_weights,
             should_stop=StopPoller(stop_flag),
+            landmarks=landmarks,
         )
     finally:
         events.flush()  # the driver sees every epoch before it sees the fold finish
@@ -130,6 +132,7 @@ def run_folds(
     on_events: Optional[Callable[[list[dict]], None]] = None,
     poll_seconds: float = 0.5,
     start_weights_ref: Optional[ray.ObjectRef] = None,
+    landmarks_ref: Optional[ray.ObjectRef] = None,
 ) -> dict[int, tuple[ray.ObjectRef, dict]]:
     """Train the folds `splits` ({fold: (train rows, val rows)}) at once; returns {fold: (best-weights ref, info)}.
 
@@ -138,7 +141,8 @@ def run_folds(
     `on_events(events)` runs on the driver every `poll_seconds` with the progress events that arrived
     (possibly none, so a display can tick): `start` and `epoch` events from the fold tasks, then a `done`
     event per fold after its `on_done`. `start_weights_ref`: the fitted start weights, put once (every fold's
-    worker maps the same copy).
+    worker maps the same copy); `landmarks_ref`, the rows' face landmarks (N, 5, 2) for the self-blended fakes'
+    masks, likewise.
     """
     # SPREAD: Ray's default policy prefers the node that holds a task's arguments (the driver's, where the
     # decoded images are) until that node is half busy; on a 3-node ray.cluster_utils.Cluster it put two
@@ -153,7 +157,17 @@ def run_folds(
     submitted = {}
     for k, (train_idx, val_idx) in splits.items():
         weights_ref, info_ref = task.remote(
-            images_ref, labels_ref, k, train_idx, val_idx, cfg, storage, progress, start_weights_ref, stop_flag
+            images_ref,
+            labels_ref,
+            k,
+            train_idx,
+            val_idx,
+            cfg,
+            storage,
+            progress,
+            start_weights_ref,
+            stop_flag,
+            landmarks=landmarks_ref,
         )
         submitted[info_ref] = (k, weights_ref)
     log.info("submitted %d fold tasks (%g CPU, %g GPU each)", len(splits), resources["num_cpus"], resources["num_gpus"])

@@ -44,6 +44,7 @@ from raydf.runs.run_dir import (
     read_csv,
     read_tables,
     reopen_run_dir,
+    table_landmarks,
     write_csv,
 )
 from raydf.runs.runlog import run_log
@@ -222,10 +223,11 @@ def _run(
         )
         if test_df is not None:  # decoded by Ray Data on any node: fail now, not after the training
             check_readable_on_every_node(_readable(test_df, test_bad), "data.test")
+        landmarks = table_landmarks(cfg, table)  # what the self-blended fakes' masks follow (synth.mask)
         if cfg.data.synthetic_fakes != "off" and storage.local and not storage.exists(SYNTHETIC_PLOT):
-            _plot_synthetic_fakes(cfg, table, storage.local_path(SYNTHETIC_PLOT))
+            _plot_synthetic_fakes(cfg, table, storage.local_path(SYNTHETIC_PLOT), landmarks)
         infos, weight_refs = _train_folds(
-            cfg, session, storage, table, folds, todo, finished, images, inputs.plan, start, timings
+            cfg, session, storage, table, folds, todo, finished, images, inputs.plan, start, timings, landmarks
         )
         del images
         summary = _summarize(cfg, storage, table, folds, infos)
@@ -260,10 +262,12 @@ def _train_folds(
     plan: CachePlan,
     start: Optional[StartWeights],
     timings: dict,
+    landmarks: Optional[np.ndarray] = None,
 ) -> tuple[list[dict], list[ray.ObjectRef]]:
     """Train the folds in `todo` in parallel; returns every fold's info and best-weights ref, in fold order.
 
     `images`: the training set the pre-flight decoded (None on resume: then it comes from the cache).
+    `landmarks`: the rows' face landmarks for the self-blended fakes' masks (`table_landmarks`), or None.
     """
     infos = {k: info for k, (_, info) in finished.items()}
     refs = {k: ray.put(weights) for k, (weights, _) in finished.items()}
@@ -273,6 +277,7 @@ def _train_folds(
         images_ref = share_images(table["path"].tolist(), cfg, images, plan)
         del images
         labels_ref = ray.put(table["label"].to_numpy(np.int64))
+        landmarks_ref = ray.put(landmarks) if landmarks is not None else None
         timings["share_images_seconds"] = time.time() - t0
         start_ref = ray.put(start.as_numpy()) if start else None
 
@@ -306,7 +311,16 @@ def _train_folds(
                 tensorboard(events)
 
             results = run_folds(
-                images_ref, labels_ref, splits, cfg, resources, storage, on_done, on_events, start_weights_ref=start_ref
+                images_ref,
+                labels_ref,
+                splits,
+                cfg,
+                resources,
+                storage,
+                on_done,
+                on_events,
+                start_weights_ref=start_ref,
+                landmarks_ref=landmarks_ref,
             )
         timings["folds_seconds"] = time.time() - t0
         for k, (ref, info) in results.items():
@@ -461,8 +475,11 @@ def explain_paths(
     )
 
 
-def _plot_synthetic_fakes(cfg: Config, table: pd.DataFrame, path, n: int = 6) -> None:
-    """A picture of what the network is taught: `n` real training faces, their self-blended fakes and masks."""
+def _plot_synthetic_fakes(
+    cfg: Config, table: pd.DataFrame, path, landmarks: Optional[np.ndarray] = None, n: int = 6
+) -> None:
+    """A picture of what the network is taught: `n` real training faces, their self-blended fakes and masks (around
+    the faces' `landmarks` (N, 5, 2), per row of `table`, where given; see `table_landmarks`)."""
     from raydf.data.images import decode_image
     from raydf.data.self_blend import BlendSettings, self_blend
     from raydf.runs.plots import synthetic_fakes
@@ -471,5 +488,9 @@ def _plot_synthetic_fakes(cfg: Config, table: pd.DataFrame, path, n: int = 6) ->
     rows = reals.sample(min(n, len(reals)), random_state=cfg.train.seed)
     settings = BlendSettings(mask_scale=cfg.synth.mask_scale, edge=cfg.synth.edge)
     sources = np.stack([decode_image(str(p), cfg.data.resize) for p in rows["path"]])
-    blends = [self_blend(img, np.random.default_rng([cfg.train.seed, i]), settings) for i, img in enumerate(sources)]
-    synthetic_fakes(sources, np.stack([b[0] for b in blends]), np.stack([b[1] for b in blends]), path)
+    points = landmarks[table.index.get_indexer(rows.index)] if landmarks is not None else [None] * len(rows)
+    blends = [
+        self_blend(img, np.random.default_rng([cfg.train.seed, i]), settings, lm)
+        for i, (img, lm) in enumerate(zip(sources, points))
+    ]
+    synthetic_fakes(sources, np.stack([b[0] for b in blends]), np.stack([b[1] for b in blends]), path, landmarks=points)

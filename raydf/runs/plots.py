@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -187,9 +187,12 @@ def probability_histogram(submission: pd.DataFrame, path: Path, labels: Optional
     return _save(fig, path)
 
 
-def synthetic_fakes(sources: np.ndarray, fakes: np.ndarray, masks: np.ndarray, path: Path) -> Path:
+def synthetic_fakes(
+    sources: np.ndarray, fakes: np.ndarray, masks: np.ndarray, path: Path, landmarks: Optional[Sequence] = None
+) -> Path:
     """What `data.synthetic_fakes` teaches: each real face (N, H, W, 3) beside its self-blended fake and the mask
-    it was blended through (N, H, W), one row per face."""
+    it was blended through (N, H, W), one row per face; the face `landmarks` the mask followed ((5, 2) per face,
+    None or NaN for none), as dots on the mask."""
     n = len(sources)
     fig = Figure(figsize=(6.6, 2.2 * n))
     for i in range(n):
@@ -198,6 +201,8 @@ def synthetic_fakes(sources: np.ndarray, fakes: np.ndarray, masks: np.ndarray, p
         ):
             ax = fig.add_subplot(n, 3, 3 * i + j + 1)
             ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1 if img.ndim == 2 else None)
+            if j == 2 and landmarks is not None and landmarks[i] is not None and np.isfinite(landmarks[i]).all():
+                ax.plot(*np.asarray(landmarks[i]).T, "o", color="tab:red", markersize=2.5)
             ax.set_axis_off()
             if i == 0:
                 ax.set_title(title, fontsize=10)

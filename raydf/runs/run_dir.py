@@ -17,8 +17,10 @@ import pandas as pd
 from raydf.config import Config, to_yaml
 from raydf.data.catalog import read_test, read_train
 from raydf.data.demo import default_cache_dir, ensure_demo
+from raydf.data.face_store import lists_landmarks, manifest_landmarks
 from raydf.data.folds import assign_folds, check_splittable
 from raydf.data.preflight import Check, CheckedInputs, preflight
+from raydf.data.self_blend import mask_landmarks, no_landmarks
 from raydf.errors import ConfigError, DataError
 from raydf.runs.storage import RunStorage
 
@@ -56,10 +58,32 @@ def _check_fold_sizes(folds: np.ndarray, batch_size: int) -> None:
 def read_tables(cfg: Config, with_test: bool = True) -> tuple[pd.DataFrame, Optional[pd.DataFrame]]:
     """The training and test tables as read, checked as tables (no image read yet)."""
     train_spec, test_spec = data_specs(cfg)
+    if cfg.data.synthetic_fakes != "off" and cfg.synth.mask == "landmarks" and not lists_landmarks(train_spec):
+        raise no_landmarks()  # before the pre-flight decodes the set
     table = read_train(train_spec, cfg.data.train_root, cfg.train.group_by)
     test_df = read_test(test_spec, cfg.data.test_root) if test_spec and with_test else None
     check_splittable(table, cfg.train.folds, cfg.train.split)  # table errors first: they cost no decoding
     return table, test_df
+
+
+def table_landmarks(cfg: Config, table: pd.DataFrame) -> Optional[np.ndarray]:
+    """The fold table's face landmarks (N, 5, 2) float32 in the decoded images' pixels (NaN: none), which the
+    self-blended fakes' masks follow (`synth.mask`); None when no mask follows landmarks (no synthetic fakes,
+    synth.mask=ellipse, or a training set that is not a faces manifest with landmarks, under auto)."""
+    if cfg.data.synthetic_fakes == "off" or cfg.synth.mask == "ellipse":
+        return None
+    landmarks = manifest_landmarks(data_specs(cfg)[0], table["path"].tolist(), cfg.data.resize)
+    landmarks = mask_landmarks(cfg.synth.mask, landmarks)
+    if landmarks is not None:
+        reals = table["label"].to_numpy() == 0
+        known = int(np.isfinite(landmarks[reals]).all(axis=(1, 2)).sum())
+        log.info(
+            "self-blended fakes: masks around the face landmarks of %d of %d real images%s",
+            known,
+            int(reals.sum()),
+            "" if known == reals.sum() else " (an ellipse for the others)",
+        )
+    return landmarks
 
 
 def cache_folder(cfg: Config) -> Optional[str]:
