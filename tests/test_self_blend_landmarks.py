@@ -235,3 +235,23 @@ def test_the_fold_tasks_get_the_landmarks_through_the_object_store(ray_local):
     landmarks = ray_local.put(np.repeat(OFF_CENTRE[None] / 2, 20, axis=0))
     with pytest.raises(FoldFailed, match="this fold has 6, fewer than train.batch_size=32"):
         run_folds(*args, resources, landmarks_ref=landmarks)
+
+
+def test_a_sweeps_folds_get_the_landmarks(tmp_path):
+    """raydf.tune's folds (lockstep_folds -> train_fold) likewise: stopped at the mask check without landmarks, past
+    it with them."""
+    from raydf.errors import DataError
+    from raydf.runs.storage import RunStorage
+    from raydf.training.fold_state import FoldStateStore
+    from raydf.training.lockstep import lockstep_folds
+
+    images, labels = np.zeros((20, 80, 80, 3), np.uint8), np.arange(20) % 2
+    keys = ["data.synthetic_fakes=only", "synth.mask=landmarks", "data.resize=80", "data.crop=76"]
+    cfg = load_config(None, [*keys, "train.batch_size=32"])
+    splits = {0: (np.arange(8, 20), np.arange(8))}
+    with pytest.raises(ConfigError, match=r"synth\.mask=landmarks"):
+        next(lockstep_folds(images, labels, splits, cfg, {0: FoldStateStore(RunStorage(tmp_path / "a"), 0)}))
+    landmarks = np.repeat(OFF_CENTRE[None] / 2, 20, axis=0)
+    stores = {0: FoldStateStore(RunStorage(tmp_path / "b"), 0)}
+    with pytest.raises(DataError, match="this fold has 6, fewer than train.batch_size=32"):
+        next(lockstep_folds(images, labels, splits, cfg, stores, landmarks=landmarks))

@@ -67,10 +67,12 @@ def _trial(
     cfg: Config,
     scratch: str,
     start_weights: dict[str, dict[str, np.ndarray]],
+    landmarks: Optional[np.ndarray] = None,
 ) -> None:
     """One trial: `params` applied to `cfg`, its folds trained in lockstep, one `tune.report` per epoch.
 
     `start_weights`: {backbone: fitted start weights} of the backbones the sweep tries (empty: from scratch).
+    `landmarks`: the rows' face landmarks (N, 5, 2) for the self-blended fakes' masks (each trial's synth.mask).
     """
     cfg = with_values(cfg, params)
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # a "Checkpoint successfully created" per epoch
@@ -86,7 +88,7 @@ def _trial(
         stores = {k: FoldStateStore(storage, k) for k in trial_folds(cfg)}
         splits = {k: (np.flatnonzero(folds != k), np.flatnonzero(folds == k)) for k in stores}
         with contextlib.closing(
-            lockstep_folds(images, labels, splits, cfg, stores, start_weights.get(cfg.model.name))
+            lockstep_folds(images, labels, splits, cfg, stores, start_weights.get(cfg.model.name), landmarks)
         ) as epochs:
             for metrics in epochs:
                 for store in stores.values():
@@ -125,13 +127,22 @@ def make_tuner(
     resources: dict[str, float],
     scratch: str,
     start_weights: Optional[dict[str, dict[str, np.ndarray]]] = None,
+    landmarks: Optional[np.ndarray] = None,
 ) -> tune.Tuner:
     """A new Tuner for the sweep of `cfg` into RUN_DIR/tune, or the interrupted one there, restored.
 
-    The images and `start_weights` ({backbone: state dict}) go to the object store once, for every trial.
+    The images, `start_weights` ({backbone: state dict}) and `landmarks` (N, 5, 2) go to the object store once, for
+    every trial.
     """
     trainable = tune.with_parameters(
-        _trial, images=images, labels=labels, folds=folds, cfg=cfg, scratch=scratch, start_weights=start_weights or {}
+        _trial,
+        images=images,
+        labels=labels,
+        folds=folds,
+        cfg=cfg,
+        scratch=scratch,
+        start_weights=start_weights or {},
+        landmarks=landmarks,
     )
     trainable = tune.with_resources(trainable, {"cpu": resources["num_cpus"], "gpu": resources["num_gpus"]})
     root = str(storage.local_path()) if storage.local else storage.root.rstrip("/")  # Tune takes paths or URIs

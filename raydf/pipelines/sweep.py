@@ -15,6 +15,7 @@ import numpy as np
 
 from raydf import signals
 from raydf.config import Config, check_data_paths
+from raydf.data.face_store import manifest_landmarks
 from raydf.distributed.data import local_images, plan_cache
 from raydf.distributed.preflight import preflight_check
 from raydf.distributed.session import checked_resources, ray_session
@@ -23,7 +24,14 @@ from raydf.errors import ConfigError, Interrupted
 from raydf.pipelines.faces import with_extracted_faces
 from raydf.pipelines.training import train
 from raydf.runs.resume import resume_config
-from raydf.runs.run_dir import create_run_dir, empty_run_dir, read_fold_table, read_tables, reopen_run_dir
+from raydf.runs.run_dir import (
+    create_run_dir,
+    data_specs,
+    empty_run_dir,
+    read_fold_table,
+    read_tables,
+    reopen_run_dir,
+)
 from raydf.runs.storage import RunStorage
 from raydf.runs.sweep_table import SweepFailed, write_report
 from raydf.training.start_weights import start_weights_by_backbone
@@ -107,6 +115,8 @@ def _sweep_in_session(cfg: Config, starts: dict, scratch_dirs: list[str]) -> str
             storage = create_run_dir(cfg, table, default="runs/tune-%Y%m%d-%H%M%S")
         images = local_images(table["path"].tolist(), cfg, plan, decoded)
         labels, folds = table["label"].to_numpy(np.int64), table["fold"].to_numpy(np.int64)
+        # Whatever a trial's data.synthetic_fakes and synth.mask: the training set's landmarks, if it has them.
+        landmarks = manifest_landmarks(data_specs(cfg)[0], table["path"].tolist(), cfg.data.resize)
         log.info(
             "sweep in %s: %d trials of up to %d epochs on fold(s) %s, %g CPU and %g GPU each",
             cfg.run_dir,
@@ -120,7 +130,7 @@ def _sweep_in_session(cfg: Config, starts: dict, scratch_dirs: list[str]) -> str
         scratch_dirs.append(scratch)
         shutil.rmtree(scratch, ignore_errors=True)  # what a killed driver of this sweep left
         try:
-            tuner = make_tuner(cfg, storage, images, labels, folds, resources, scratch, starts)
+            tuner = make_tuner(cfg, storage, images, labels, folds, resources, scratch, starts, landmarks)
             del images  # with_parameters put it in the object store
             with signals.sigterm_as_sigint():  # Tune stops gracefully on SIGINT: let SIGTERM do the same
                 results = tuner.fit()

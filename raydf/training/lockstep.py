@@ -81,6 +81,7 @@ def lockstep_folds(
     cfg: Config,
     stores: dict[int, FoldStateStore],
     start_weights: Optional[dict[str, np.ndarray]] = None,
+    landmarks: Optional[np.ndarray] = None,
 ) -> Iterator[dict]:
     """Train the folds of `splits` ({fold: (train rows, val rows)}) epoch by epoch; yield after every epoch.
 
@@ -88,12 +89,20 @@ def lockstep_folds(
     how many folds go on to another epoch; meanwhile every fold is paused with its state saved in its
     store. A fold that stopped early (patience) counts with its best epoch, the weights training would
     keep from it. With states in the stores, the folds continue after their last saved epoch. Close the
-    generator (or leave a `with contextlib.closing(...)`) to stop. `start_weights`: see `train_fold`.
+    generator (or leave a `with contextlib.closing(...)`) to stop. `start_weights`, `landmarks`: see `train_fold`.
     """
     steppers = {
         k: FoldStepper(
             lambda on_epoch, k=k: train_fold(
-                images, labels, *splits[k], cfg, k, on_epoch=on_epoch, state=stores[k], start_weights=start_weights
+                images,
+                labels,
+                *splits[k],
+                cfg,
+                k,
+                on_epoch=on_epoch,
+                state=stores[k],
+                start_weights=start_weights,
+                landmarks=landmarks,
             ),
             name=f"fold{k}",
         )
