@@ -255,3 +255,18 @@ def test_a_sweeps_folds_get_the_landmarks(tmp_path):
     stores = {0: FoldStateStore(RunStorage(tmp_path / "b"), 0)}
     with pytest.raises(DataError, match="this fold has 6, fewer than train.batch_size=32"):
         next(lockstep_folds(images, labels, splits, cfg, stores, landmarks=landmarks))
+
+
+def test_a_run_made_before_synth_mask_resumes_with_the_ellipse_it_trained_with(tmp_path):
+    from raydf.config import to_yaml
+    from raydf.runs.resume import resume_config
+
+    text = to_yaml(load_config(None, ["data.synthetic_fakes=only"]))
+    assert "mask: auto" in text
+    for name, saved, expected in (("old", text.replace("  mask: auto\n", ""), "ellipse"), ("new", text, "auto")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.yaml").write_text(saved)
+        (tmp_path / name / "folds.csv").write_text("path,label,fold\n")
+        assert resume_config(str(tmp_path / name)).synth.mask == expected
+    with pytest.raises(ConfigError, match=r"synth\.mask \('ellipse' -> 'auto'\)"):
+        resume_config(str(tmp_path / "old"), overrides=["synth.mask=auto"])

@@ -7,6 +7,8 @@ import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
+import yaml
+
 from raydf.config import Config, load_config
 from raydf.errors import ConfigError
 from raydf.runs.storage import RunStorage
@@ -23,6 +25,23 @@ RESUME_SAFE_PREFIXES = (
     "run_dir",
     "resume",
 )
+
+
+# Keys added after runs were made, with the value that reproduces a run whose config.yaml predates them.
+ADDED_LATER = {"synth.mask": "ellipse"}  # self-blended fakes' masks followed no landmarks before
+
+
+def _predated(saved_yaml: str) -> list[str]:
+    """Overrides `key=value` for the `ADDED_LATER` keys a saved config.yaml does not hold."""
+    saved = yaml.safe_load(saved_yaml) or {}
+    out = []
+    for key, value in ADDED_LATER.items():
+        node = saved
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is None:
+            out.append(f"{key}={value}")
+    return out
 
 
 def _flat(cfg: Config) -> dict[str, object]:
@@ -54,9 +73,11 @@ def resume_config(run_dir: str, config: Optional[str] = None, overrides: Sequenc
         )
     with tempfile.TemporaryDirectory() as tmp:
         saved_file = Path(tmp) / "config.yaml"
-        saved_file.write_text(storage.read_text("config.yaml"))
-        saved = load_config(saved_file)
-        new = load_config(config or saved_file, overrides)
+        text = storage.read_text("config.yaml")
+        saved_file.write_text(text)
+        predated = _predated(text)
+        saved = load_config(saved_file, predated)
+        new = load_config(config or saved_file, [*predated, *overrides])
     changes = config_changes(saved, new)
     if changes:
         listed = ", ".join(f"{k} ({a!r} -> {b!r})" for k, (a, b) in changes.items())
