@@ -23,6 +23,7 @@ from raydf.models.factory import build_model
 from raydf.models.weights import apply_start_weights
 from raydf.training.engine import Precision, default_device, evaluate, train_one_epoch
 from raydf.training.fold_state import FoldStateStore
+from raydf.training.recipe import BackboneFreeze, param_groups
 
 
 @dataclass
@@ -47,9 +48,12 @@ def seed_everything(seed: int) -> None:
 
 
 def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
-    """RAdam with decoupled weight decay: the update torch_optimizer.RAdam (the seed's) applies."""
+    """RAdam with decoupled weight decay: the update torch_optimizer.RAdam (the seed's) applies.
+
+    One parameter group, or [head, backbone] with `optim.backbone_lr_scale` (`raydf.training.recipe.param_groups`).
+    """
     return torch.optim.RAdam(
-        model.parameters(),
+        param_groups(model, cfg),
         lr=cfg.optim.lr,
         betas=tuple(cfg.optim.betas),
         eps=cfg.optim.eps,
@@ -169,6 +173,7 @@ def train_fold(
     optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.sched.t_max, eta_min=cfg.sched.eta_min)
     scaler = precision.scaler(device)
+    freeze = BackboneFreeze(model, cfg)
 
     best = {"loss": math.inf, "epoch": 0, "acc": 0.0, "weights": {}, "probs": torch.empty(0)}
     history: list[dict] = []
@@ -191,7 +196,9 @@ def train_fold(
         torch.manual_seed(sample_seed(seed, epoch))  # dropout
         train_loader.sampler.generator.manual_seed(sample_seed(seed, epoch, 1))  # order
         train_set.set_epoch(epoch)  # augmentation
-        lr = optimizer.param_groups[0]["lr"]
+        frozen = freeze.apply(epoch)
+        # The head's (or the only group's) learning rate, and the backbone's (0 if frozen).
+        lr, lr_backbone = optimizer.param_groups[0]["lr"], 0.0 if frozen else optimizer.param_groups[-1]["lr"]
         train_m = train_one_epoch(net, train_loader, optimizer, device, precision, scaler, should_stop)
         val_m, val_probs = evaluate(net, val_loader, device, precision, should_stop)
         if select is not None:
@@ -217,6 +224,7 @@ def train_fold(
             "val_loss": val_m["loss"],
             "val_acc": val_m["acc"],
             "lr": lr,
+            "lr_backbone": lr_backbone,
             "seconds": time.time() - t0,
             "best_epoch": best["epoch"],
         }

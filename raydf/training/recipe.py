@@ -1,0 +1,72 @@
+"""The fine-tuning recipe around a fold's optimizer, in plain PyTorch: what a pretrained start needs and a start from
+scratch does not.
+
+- `optim.backbone_lr_scale`: two RAdam groups, the classifier head at `optim.lr` and the backbone (everything else) at
+  `optim.lr x scale`; the schedule scales both.
+- `train.freeze_backbone_epochs`: the backbone gets no update in the first N epochs.
+
+With every key at its default the fold computes exactly what it did before these keys existed: one parameter group.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from raydf.config import Config
+from raydf.models.weights import head_keys
+
+
+def head_parameter_names(model: torch.nn.Module, name: str) -> set[str]:
+    """Names of the classifier head's parameters (timm: `get_classifier()`; InceptionResnetV1: `logits`)."""
+    keys = head_keys(model, name)
+    names = {n for n, _ in model.named_parameters() if n in keys}
+    if not names:
+        raise ValueError(f"{name}: found no classifier head among its parameters (looked for {sorted(keys)})")
+    return names
+
+
+def param_groups(model: torch.nn.Module, cfg: Config) -> list[dict[str, Any]]:
+    """The optimizer's parameter groups: [head, backbone] with their own learning rates when
+    `optim.backbone_lr_scale` != 1; else one group of every parameter, as before the key existed (so the optimizer
+    state of a run started then still loads)."""
+    scale = cfg.optim.backbone_lr_scale
+    if scale == 1.0:
+        return [{"params": list(model.parameters())}]
+    head = head_parameter_names(model, cfg.model.name)
+    named = list(model.named_parameters())
+    return [
+        {"name": "head", "params": [p for n, p in named if n in head], "lr": cfg.optim.lr},
+        {"name": "backbone", "params": [p for n, p in named if n not in head], "lr": cfg.optim.lr * scale},
+    ]
+
+
+class BackboneFreeze:
+    """`train.freeze_backbone_epochs`: the backbone's parameters are left out of the first N epochs' updates.
+
+    Frozen means `requires_grad=False`, not a learning rate of 0: no gradient is computed for the backbone (a
+    backward pass through the head alone, much cheaper), RAdam skips parameters without a gradient entirely (no
+    weight decay, no moments, no step count), so each backbone parameter's optimizer state begins at its first real
+    update, with RAdam's own rectified start; and the saved optimizer state holds nothing a resumed fold would not
+    rebuild, since every epoch sets the flags from its number alone. BatchNorm layers stay in training mode: batch
+    statistics normalise the features the head learns on, as they will once the backbone trains (unfreezing does
+    not change the features under the head), and the running statistics follow the new data, so validation sees
+    the same normalisation. The frozen backbone's weights are unchanged; its BatchNorm running statistics are not.
+    """
+
+    def __init__(self, model: torch.nn.Module, cfg: Config):
+        self.epochs = cfg.train.freeze_backbone_epochs
+        self.model = model
+        self.head = head_parameter_names(model, cfg.model.name) if self.epochs > 0 else set()
+
+    def frozen(self, epoch: int) -> bool:
+        return epoch <= self.epochs
+
+    def apply(self, epoch: int) -> bool:
+        """Set the backbone's `requires_grad` for this (1-based) epoch; whether it is frozen."""
+        frozen = self.frozen(epoch)
+        if self.epochs > 0:
+            for name, p in self.model.named_parameters():
+                p.requires_grad_(name in self.head or not frozen)
+        return frozen
