@@ -141,6 +141,9 @@ class OptimConfig:
 class SchedConfig:
     t_max: int = 50  # CosineAnnealingLR period in epochs, stepped once per epoch
     eta_min: float = 0.0
+    # Linear warm-up over the first N epochs (fractions allowed), per optimizer step, from lr / steps up to the cosine
+    # schedule's value; 0 = none (the cosine from the first step, as the seed).
+    warmup_epochs: float = 0.0
 
 
 @dataclass
@@ -551,7 +554,7 @@ def _validate_values(cfg: Config) -> None:
 
 
 def _validate_recipe(cfg: Config) -> None:
-    """The fine-tuning keys: backbone learning rate, frozen epochs."""
+    """The fine-tuning keys: backbone learning rate, frozen epochs, warm-up."""
     scale = cfg.optim.backbone_lr_scale
     _require(
         scale > 0,
@@ -562,6 +565,12 @@ def _validate_recipe(cfg: Config) -> None:
         cfg.train.freeze_backbone_epochs >= 0,
         "train.freeze_backbone_epochs",
         f"must be >= 0 (0 = train the backbone from the first epoch; got {cfg.train.freeze_backbone_epochs})",
+    )
+    w = cfg.sched.warmup_epochs
+    _require(
+        0 <= w <= cfg.train.epochs,
+        "sched.warmup_epochs",
+        f"must be in [0, train.epochs={cfg.train.epochs}] (got {w})",
     )
 
 

@@ -1,5 +1,5 @@
 """The fine-tuning recipe keys in the plain PyTorch fold loop (no Ray): optim.backbone_lr_scale,
-train.freeze_backbone_epochs."""
+train.freeze_backbone_epochs, sched.warmup_epochs."""
 
 import copy
 import math
@@ -7,12 +7,14 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import raydf.training.fold_loop as fold_loop
 from raydf.config import load_config
 from raydf.errors import ConfigError
 from raydf.models.factory import build_model
 from raydf.training.fold_loop import make_optimizer, train_fold
+from raydf.training.recipe import LrSchedule
 
 LR = 0.01
 
@@ -59,6 +61,17 @@ def built(monkeypatch):
     return models
 
 
+@pytest.fixture
+def step_lrs():
+    """The learning rate of every parameter group at every optimizer step, as the step sees it."""
+    seen = []
+    handle = register_optimizer_step_pre_hook(
+        lambda opt, args, kwargs: seen.append([g["lr"] for g in opt.param_groups])
+    )
+    yield seen
+    handle.remove()
+
+
 def _head_names(model):
     owner = next(prefix for prefix, m in model.named_modules() if m is model.get_classifier())
     return {f"{owner}.{k}" for k, _ in model.get_classifier().named_parameters()}
@@ -88,14 +101,14 @@ def test_backbone_lr_scale_holds_through_steps_and_the_cosine_scales_both_groups
     model = build_model(0.0, "test_efficientnet")
     cfg = _cfg(**{"optim.backbone_lr_scale": 0.25})
     optimizer = make_optimizer(model, cfg)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.sched.t_max)
+    schedule = LrSchedule(optimizer, cfg.sched, steps_per_epoch=1)
     x, y = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 0, 1])
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     torch.nn.functional.cross_entropy(model(x), y).backward()
     optimizer.step()
     assert [g["lr"] for g in optimizer.param_groups] == [LR, pytest.approx(LR * 0.25)]
     assert all(not torch.equal(p, before[n]) for n, p in model.named_parameters())  # both groups stepped
-    schedule.step()
+    schedule.after_epoch()
     cosine = (1 + math.cos(math.pi / cfg.sched.t_max)) / 2
     assert [g["lr"] for g in optimizer.param_groups] == [pytest.approx(LR * cosine), pytest.approx(LR * 0.25 * cosine)]
 
@@ -127,11 +140,44 @@ def test_a_frozen_backbone_is_unchanged_while_the_head_trains_then_it_trains_too
     assert [(h["lr"], h["lr_backbone"]) for h in out.history] == [(LR, 0.0), (pytest.approx(LR * 0.75),) * 2]
 
 
+def _cosine_step_lrs(cfg, steps_per_epoch):
+    """What the seed's schedule (CosineAnnealingLR stepped per epoch) gives every optimizer step."""
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.optim.lr)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.sched.t_max)
+    lrs = []
+    for _ in range(cfg.train.epochs):
+        lrs += [optimizer.param_groups[0]["lr"]] * steps_per_epoch
+        optimizer.step()
+        scheduler.step()
+    return lrs
+
+
+def test_warmup_rises_linearly_per_step_then_follows_the_cosine_and_zero_is_the_seeds_schedule(step_lrs):
+    images, labels, tr, va = _data()  # 32 training rows, batch 8: 4 steps an epoch
+    common = {"train.epochs": 3, "optim.backbone_lr_scale": 0.5}
+    train_fold(images, labels, tr, va, _cfg(**common), 0)
+    plain = [lrs[0] for lrs in step_lrs]
+    assert plain == _cosine_step_lrs(_cfg(**common), 4)  # exactly: no warm-up is the schedule of before
+    step_lrs.clear()
+
+    train_fold(images, labels, tr, va, _cfg(**common, **{"sched.warmup_epochs": 1.5}), 0)
+    head = [lrs[0] for lrs in step_lrs]
+    assert [lrs[1] for lrs in step_lrs] == [pytest.approx(lr * 0.5, rel=1e-12) for lr in head]  # both groups
+    warm = 6  # 1.5 epochs x 4 steps
+    # Epoch 1 (cosine factor 1): lr / 6, 2 lr / 6, ... rising by the same amount each step.
+    assert head[:4] == pytest.approx([LR * (s + 1) / warm for s in range(4)], rel=1e-12)
+    # Epoch 2's first two steps: the ramp times epoch 2's cosine value; then the cosine alone.
+    assert head[4:6] == pytest.approx([plain[4] * (s + 1) / warm for s in (4, 5)], rel=1e-12)
+    assert head[warm:] == pytest.approx(plain[warm:], rel=1e-12)
+    assert len(head) == 12
+
+
 @pytest.mark.parametrize(
     "key, value, message",
     [
         ("optim.backbone_lr_scale", 0, "must be positive"),
         ("train.freeze_backbone_epochs", -1, "must be >= 0"),
+        ("sched.warmup_epochs", 9, r"must be in \[0, train.epochs=2\]"),
         ("train.freeze_backbone_epochs", 1.5, ""),  # an integer
     ],
 )
@@ -142,10 +188,11 @@ def test_recipe_keys_are_validated_naming_the_key(key, value, message):
 
 def test_recipe_keys_can_be_tuned():
     space = {
+        "sched.warmup_epochs": "{type: uniform, low: 0, high: 1}",
         "optim.backbone_lr_scale": "{type: loguniform, low: 0.01, high: 1}",
         "train.freeze_backbone_epochs": "{type: choice, values: [0, 1]}",
     }
     cfg = _cfg(**{f"tune.space[{k}]": v for k, v in space.items()})
     assert set(space) <= set(cfg.tune.space)
-    with pytest.raises(ConfigError, match=r"optim.backbone_lr_scale.*not a valid value.*must be positive"):
-        _cfg(**{"tune.space[optim.backbone_lr_scale]": "{type: uniform, low: 0, high: 1}"})
+    with pytest.raises(ConfigError, match=r"sched.warmup_epochs.*not a valid value.*train.epochs=2"):
+        _cfg(**{"tune.space[sched.warmup_epochs]": "{type: uniform, low: 0, high: 5}"})

@@ -23,7 +23,7 @@ from raydf.models.factory import build_model
 from raydf.models.weights import apply_start_weights
 from raydf.training.engine import Precision, default_device, evaluate, train_one_epoch
 from raydf.training.fold_state import FoldStateStore
-from raydf.training.recipe import BackboneFreeze, param_groups
+from raydf.training.recipe import BackboneFreeze, LrSchedule, param_groups
 
 
 @dataclass
@@ -171,9 +171,12 @@ def train_fold(
     # The compiled module shares the parameters; state dicts are taken from `model` (no "_orig_mod." prefix).
     net = torch.compile(model) if cfg.train.compile else model
     optimizer = make_optimizer(model, cfg)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.sched.t_max, eta_min=cfg.sched.eta_min)
+    scheduler = LrSchedule(optimizer, cfg.sched, steps_per_epoch=len(train_loader))
     scaler = precision.scaler(device)
     freeze = BackboneFreeze(model, cfg)
+
+    def after_step() -> None:
+        scheduler.after_step()
 
     best = {"loss": math.inf, "epoch": 0, "acc": 0.0, "weights": {}, "probs": torch.empty(0)}
     history: list[dict] = []
@@ -197,13 +200,13 @@ def train_fold(
         train_loader.sampler.generator.manual_seed(sample_seed(seed, epoch, 1))  # order
         train_set.set_epoch(epoch)  # augmentation
         frozen = freeze.apply(epoch)
-        # The head's (or the only group's) learning rate, and the backbone's (0 if frozen).
+        # The head's (or the only group's) learning rate at the epoch's first step, and the backbone's (0 if frozen).
         lr, lr_backbone = optimizer.param_groups[0]["lr"], 0.0 if frozen else optimizer.param_groups[-1]["lr"]
-        train_m = train_one_epoch(net, train_loader, optimizer, device, precision, scaler, should_stop)
+        train_m = train_one_epoch(net, train_loader, optimizer, device, precision, scaler, should_stop, after_step)
         val_m, val_probs = evaluate(net, val_loader, device, precision, should_stop)
         if select is not None:
             val_m = selection_metrics(val_probs, val_labels, select)
-        scheduler.step()  # once per epoch, as the seed did
+        scheduler.after_epoch()  # the cosine steps once per epoch, as the seed's did
         if val_m["loss"] < best["loss"]:
             # A copy, not a reference: the seed kept the live model, so it predicted with last-epoch weights.
             best = {

@@ -4,17 +4,21 @@ scratch does not.
 - `optim.backbone_lr_scale`: two RAdam groups, the classifier head at `optim.lr` and the backbone (everything else) at
   `optim.lr x scale`; the schedule scales both.
 - `train.freeze_backbone_epochs`: the backbone gets no update in the first N epochs.
+- `sched.warmup_epochs`: a linear warm-up per optimizer step before (and on top of) the cosine schedule.
 
-With every key at its default the fold computes exactly what it did before these keys existed: one parameter group.
+With every key at its default the fold computes exactly what it did before these keys existed: one parameter group,
+CosineAnnealingLR stepped per epoch.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from raydf.config import Config
+from raydf.config import Config, SchedConfig
 from raydf.models.weights import head_keys
 
 
@@ -70,3 +74,64 @@ class BackboneFreeze:
             for name, p in self.model.named_parameters():
                 p.requires_grad_(name in self.head or not frozen)
         return frozen
+
+
+@dataclass
+class WarmupCosine:
+    """LambdaLR's factor for optimizer step `step` (0-based) of a group whose base learning rate is `base`.
+
+    CosineAnnealingLR's closed form at the step's epoch (`step // steps_per_epoch`: constant within an epoch, as the
+    per-epoch scheduler), times the linear warm-up `min(1, (step + 1) / warmup_steps)`.
+    """
+
+    base: float
+    eta_min: float
+    t_max: int
+    steps_per_epoch: int
+    warmup_steps: int
+
+    def __call__(self, step: int) -> float:
+        epoch = step // self.steps_per_epoch
+        floor = self.eta_min / self.base
+        cosine = floor + (1 - floor) * (1 + math.cos(math.pi * epoch / self.t_max)) / 2
+        return min(1.0, (step + 1) / self.warmup_steps) * cosine
+
+
+class LrSchedule:
+    """`sched.*`: the learning rate of every group.
+
+    Without warm-up: CosineAnnealingLR (T_max = sched.t_max, eta_min) stepped once per epoch, the seed's schedule.
+    With `sched.warmup_epochs` > 0: one LambdaLR stepped after every optimizer step, whose factor is the same cosine
+    held for each epoch times a linear ramp over the first `round(warmup_epochs x steps_per_epoch)` steps (from
+    1/steps of the scheduled value up to it). One torch scheduler either way, so its `state_dict` (saved with the
+    fold's state after every epoch) restores it exactly.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, sched: SchedConfig, steps_per_epoch: int):
+        self.per_step = sched.warmup_epochs > 0
+        self.scheduler: torch.optim.lr_scheduler.LRScheduler
+        if not self.per_step:
+            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+                optimizer, T_max=sched.t_max, eta_min=sched.eta_min
+            )
+            return
+        warmup_steps = max(1, round(sched.warmup_epochs * steps_per_epoch))
+        factors = [
+            WarmupCosine(g["lr"], sched.eta_min, sched.t_max, steps_per_epoch, warmup_steps)
+            for g in optimizer.param_groups
+        ]
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
+
+    def after_step(self) -> None:
+        if self.per_step:
+            self.scheduler.step()
+
+    def after_epoch(self) -> None:
+        if not self.per_step:
+            self.scheduler.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.scheduler.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.scheduler.load_state_dict(state)
