@@ -113,6 +113,12 @@ class TrainConfig:
     # Fine-tuning a pretrained start (raydf/training/recipe.py). The backbone (every parameter but the classifier
     # head's) gets no update in the first N epochs: the head learns on the start's features before they move.
     freeze_backbone_epochs: int = 0
+    # Decay of an exponential moving average of the weights, updated after every optimizer step (timm's ModelEmaV3);
+    # the average is what is validated, selected and saved. 0 = off; 0.999 for long runs.
+    ema: float = 0.0
+    # With train.ema: the decay ramps up as min(train.ema, 1 - (1 + step)^(-2/3)) (timm's warm-up), so a short run's
+    # average is not dominated by its start weights; false = train.ema from the second step on.
+    ema_warmup: bool = True
 
 
 @dataclass
@@ -554,7 +560,7 @@ def _validate_values(cfg: Config) -> None:
 
 
 def _validate_recipe(cfg: Config) -> None:
-    """The fine-tuning keys: backbone learning rate, frozen epochs, warm-up."""
+    """The fine-tuning keys: backbone learning rate, frozen epochs, warm-up, weight averaging."""
     scale = cfg.optim.backbone_lr_scale
     _require(
         scale > 0,
@@ -571,6 +577,11 @@ def _validate_recipe(cfg: Config) -> None:
         0 <= w <= cfg.train.epochs,
         "sched.warmup_epochs",
         f"must be in [0, train.epochs={cfg.train.epochs}] (got {w})",
+    )
+    _require(
+        0 <= cfg.train.ema < 1,
+        "train.ema",
+        f"must be in [0, 1): the moving average's decay, e.g. 0.999, or 0 for none (got {cfg.train.ema})",
     )
 
 

@@ -1,13 +1,14 @@
 """The fine-tuning recipe keys in the plain PyTorch fold loop (no Ray): optim.backbone_lr_scale,
-train.freeze_backbone_epochs, sched.warmup_epochs."""
+train.freeze_backbone_epochs, sched.warmup_epochs, train.ema."""
 
 import copy
+import functools
 import math
 
 import numpy as np
 import pytest
 import torch
-from torch.optim.optimizer import register_optimizer_step_pre_hook
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 import raydf.training.fold_loop as fold_loop
 from raydf.config import load_config
@@ -172,12 +173,69 @@ def test_warmup_rises_linearly_per_step_then_follows_the_cosine_and_zero_is_the_
     assert len(head) == 12
 
 
+def test_validated_and_saved_weights_are_the_moving_average(built):
+    """train.ema=0.5 without warm-up: the average after step k is 0.5 x the one before + 0.5 x the weights after step
+    k (the first step copies them). Computed here from the weights after every step, it is what the fold validates
+    (its out-of-fold probabilities) and hands back."""
+    images, labels, tr, va = _data()
+    after_step = []
+    handle = register_optimizer_step_post_hook(
+        lambda opt, args, kwargs: after_step.append(copy.deepcopy(built[0][0].state_dict()))
+    )
+    cfg = _cfg(**{"train.epochs": 1, "train.ema": 0.5, "train.ema_warmup": False})
+    try:
+        out = train_fold(images, labels, tr, va, cfg, 0)
+    finally:
+        handle.remove()
+    assert len(after_step) == 4
+    expected = dict(after_step[0])
+    for state in after_step[1:]:
+        expected = {k: 0.5 * v + 0.5 * state[k] if v.is_floating_point() else state[k] for k, v in expected.items()}
+    last = after_step[-1]
+    for k, v in expected.items():
+        np.testing.assert_allclose(out.weights[k], v.numpy(), rtol=1e-6, atol=1e-7, err_msg=k)
+    assert any(not np.allclose(out.weights[k], last[k].numpy()) for k in last)  # not the trained model's weights
+
+    model = build_model(0.0, "test_efficientnet").eval()
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in out.weights.items()})
+    from raydf.data.dataset import ImageArrayDataset, make_loader
+    from raydf.data.transforms import eval_transform
+    from raydf.training.engine import evaluate
+
+    loader = make_loader(ImageArrayDataset(images, va, labels, eval_transform(32)), 32, train=False)
+    metrics, probs = evaluate(model, loader, torch.device("cpu"))
+    np.testing.assert_allclose(out.val_prob_fake, probs[:, 1], rtol=1e-5, atol=1e-6)
+    assert out.history[0]["val_loss"] == pytest.approx(metrics["loss"], rel=1e-5)
+
+
+RECIPE = {
+    "optim.backbone_lr_scale": 0.1,
+    "train.freeze_backbone_epochs": 1,
+    "sched.warmup_epochs": 1.5,
+    "train.ema": 0.9,
+}
+
+
+def test_the_recipe_compiled_computes_what_it_does_uncompiled(monkeypatch):
+    """train.compile with all four keys: the training module recompiles when the backbone thaws (requires_grad
+    changes) and the average is compiled for validation; the numbers are the plain fold's."""
+    images, labels, tr, va = _data()
+    plain = train_fold(images, labels, tr, va, _cfg(**RECIPE), 0)
+    # Dynamo's eager backend, as tests/test_fold_loop.py's compile test: the wiring, without inductor's code generation.
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    compiled = train_fold(images, labels, tr, va, _cfg(**RECIPE, **{"train.compile": True}), 0)
+    assert [h["val_loss"] for h in compiled.history] == [h["val_loss"] for h in plain.history]
+    for k, v in plain.weights.items():
+        np.testing.assert_array_equal(compiled.weights[k], v)
+
+
 @pytest.mark.parametrize(
     "key, value, message",
     [
         ("optim.backbone_lr_scale", 0, "must be positive"),
         ("train.freeze_backbone_epochs", -1, "must be >= 0"),
         ("sched.warmup_epochs", 9, r"must be in \[0, train.epochs=2\]"),
+        ("train.ema", 1.0, r"must be in \[0, 1\)"),
         ("train.freeze_backbone_epochs", 1.5, ""),  # an integer
     ],
 )
@@ -191,6 +249,7 @@ def test_recipe_keys_can_be_tuned():
         "sched.warmup_epochs": "{type: uniform, low: 0, high: 1}",
         "optim.backbone_lr_scale": "{type: loguniform, low: 0.01, high: 1}",
         "train.freeze_backbone_epochs": "{type: choice, values: [0, 1]}",
+        "train.ema": "{type: choice, values: [0, 0.99]}",
     }
     cfg = _cfg(**{f"tune.space[{k}]": v for k, v in space.items()})
     assert set(space) <= set(cfg.tune.space)

@@ -23,7 +23,7 @@ from raydf.models.factory import build_model
 from raydf.models.weights import apply_start_weights
 from raydf.training.engine import Precision, default_device, evaluate, train_one_epoch
 from raydf.training.fold_state import FoldStateStore
-from raydf.training.recipe import BackboneFreeze, LrSchedule, param_groups
+from raydf.training.recipe import BackboneFreeze, LrSchedule, make_weight_average, param_groups
 
 
 @dataclass
@@ -174,9 +174,17 @@ def train_fold(
     scheduler = LrSchedule(optimizer, cfg.sched, steps_per_epoch=len(train_loader))
     scaler = precision.scaler(device)
     freeze = BackboneFreeze(model, cfg)
+    # With train.ema the average is what is validated, selected as best and handed back; else the model itself.
+    ema = make_weight_average(model, cfg.train)
+    evaluated, eval_net = model, net
+    if ema is not None:
+        evaluated = ema.module
+        eval_net = torch.compile(evaluated) if cfg.train.compile else evaluated
 
     def after_step() -> None:
         scheduler.after_step()
+        if ema is not None:
+            ema.update(model)
 
     best = {"loss": math.inf, "epoch": 0, "acc": 0.0, "weights": {}, "probs": torch.empty(0)}
     history: list[dict] = []
@@ -187,9 +195,12 @@ def train_fold(
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         scaler.load_state_dict(saved["scaler"])
+        if ema is not None:
+            ema.load_state_dict(saved["ema"])
         best, history, stale, done_epochs = saved["best"], saved["history"], saved["stale"], saved["epoch"]
-        if best["weights"] is None:  # saved in its best epoch: the best weights are the model's
-            best["weights"] = {k: v.clone() for k, v in saved["model"].items()}
+        if best["weights"] is None:  # saved in its best epoch: the best weights are the evaluated module's
+            weights = saved["model"] if ema is None else saved["ema"]["module"]
+            best["weights"] = {k: v.clone() for k, v in weights.items()}
         resumed_from = done_epochs
 
     for epoch in range(done_epochs + 1, cfg.train.epochs + 1):
@@ -203,7 +214,7 @@ def train_fold(
         # The head's (or the only group's) learning rate at the epoch's first step, and the backbone's (0 if frozen).
         lr, lr_backbone = optimizer.param_groups[0]["lr"], 0.0 if frozen else optimizer.param_groups[-1]["lr"]
         train_m = train_one_epoch(net, train_loader, optimizer, device, precision, scaler, should_stop, after_step)
-        val_m, val_probs = evaluate(net, val_loader, device, precision, should_stop)
+        val_m, val_probs = evaluate(eval_net, val_loader, device, precision, should_stop)
         if select is not None:
             val_m = selection_metrics(val_probs, val_labels, select)
         scheduler.after_epoch()  # the cosine steps once per epoch, as the seed's did
@@ -213,7 +224,7 @@ def train_fold(
                 "loss": val_m["loss"],
                 "epoch": epoch,
                 "acc": val_m["acc"],
-                "weights": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
+                "weights": {k: v.detach().to("cpu", copy=True) for k, v in evaluated.state_dict().items()},
                 "probs": torch.from_numpy(val_probs[:n_val, 1].copy()),  # the labelled rows: out-of-fold
             }
             stale = 0
@@ -233,7 +244,7 @@ def train_fold(
         }
         history.append(row)
         if state:
-            # In an improving epoch the best weights are the model's: not stored twice (94 MB at fp32).
+            # In an improving epoch the best weights are the evaluated module's: not stored twice (94 MB at fp32).
             best_saved = best | {"weights": None} if best["epoch"] == epoch else best
             state.save(
                 {
@@ -242,6 +253,7 @@ def train_fold(
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "scaler": scaler.state_dict(),
+                    "ema": None if ema is None else ema.state_dict(),
                     "best": best_saved,
                     "history": history,
                     "stale": stale,

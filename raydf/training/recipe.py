@@ -5,20 +5,21 @@ scratch does not.
   `optim.lr x scale`; the schedule scales both.
 - `train.freeze_backbone_epochs`: the backbone gets no update in the first N epochs.
 - `sched.warmup_epochs`: a linear warm-up per optimizer step before (and on top of) the cosine schedule.
+- `train.ema`: an exponential moving average of the weights (timm's ModelEmaV3), updated after every step.
 
 With every key at its default the fold computes exactly what it did before these keys existed: one parameter group,
-CosineAnnealingLR stepped per epoch.
+CosineAnnealingLR stepped per epoch, no average.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
-from raydf.config import Config, SchedConfig
+from raydf.config import Config, SchedConfig, TrainConfig
 from raydf.models.weights import head_keys
 
 
@@ -135,3 +136,38 @@ class LrSchedule:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.scheduler.load_state_dict(state)
+
+
+class WeightAverage:
+    """`train.ema`: timm's ModelEmaV3 of `model`, updated after every optimizer step with the step's number.
+
+    Parameters and floating-point buffers are averaged (BatchNorm's running mean and variance: the statistics of
+    the averaged network follow those of the trained one), integer buffers copied (`num_batches_tracked`). The
+    first update copies the model (timm: decay 0 at step 1); with `train.ema_warmup` the decay then ramps up as
+    min(train.ema, 1 - (1 + step)^(-2/3)). Kept in the model's dtype and device (fp32 weights under autocast).
+    """
+
+    def __init__(self, model: torch.nn.Module, train: TrainConfig):
+        from timm.utils import ModelEmaV3  # timm takes seconds to import: only when asked for
+
+        self.ema = ModelEmaV3(model, decay=train.ema, use_warmup=train.ema_warmup)
+        self.updates = 0
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.ema.module
+
+    def update(self, model: torch.nn.Module) -> None:
+        self.updates += 1
+        self.ema.update(model, step=self.updates)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"module": self.ema.module.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.ema.module.load_state_dict(state["module"])
+        self.updates = state["updates"]
+
+
+def make_weight_average(model: torch.nn.Module, train: TrainConfig) -> Optional[WeightAverage]:
+    return WeightAverage(model, train) if train.ema > 0 else None
