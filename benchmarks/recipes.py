@@ -1,13 +1,14 @@
 """The seed's recipe against a preset, on the same data, split and folds, at (about) equal wall time on 2 cores.
 
     python -m benchmarks.recipes --seed-epochs 6 --preset CONFIG --preset-epochs 9 [--preset-extra k=v ...]
-        [--both-extra k=v ...] [--name LABEL] [--preset-only] [--data ...] [--out ...]
+        [--both-extra k=v ...] [--name LABEL] [--preset-only] [--baseline CONFIG] [--data ...] [--out ...]
 
 Both run `python -m raydf.train` on the shared FFHQ/StyleGAN set split 80/20 (1,760 training images in 2 folds,
 440 test images), one fold per core. The seed's recipe is `configs/seed.yaml` with CPU hardware and 2 folds; only
 its epoch count is cut to fit the budget (its schedule, sizes and early stopping stay the seed's). Epoch counts are
 chosen so both take about the same wall time; the wall times are reported beside the scores. `--both-extra` sets keys
-for both runs (another fold split and initialisation: train.seed=N). Writes recipes-LABEL.json.
+for both runs (another fold split and initialisation: train.seed=N). `--baseline budget --seed-epochs 18` compares
+against another preset instead of the seed's recipe. Writes recipes-LABEL.json.
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ def run(name: str, config: str, epochs: int, train_csv: Path, test_csv: Path, wo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--seed-epochs", type=int, default=6)
+    parser.add_argument("--seed-epochs", type=int, default=6, help="the baseline's epochs")
+    parser.add_argument("--baseline", default="seed", help="the config to compare against (default: the seed's)")
     parser.add_argument("--preset", default="seed", help="the candidate's config (with --preset-extra overrides)")
     parser.add_argument("--name", default="candidate", help="the candidate's label in the table")
     parser.add_argument("--preset-epochs", type=int, required=True)
@@ -83,7 +85,7 @@ def main() -> None:
         train_csv, test_csv = split_data(args.data, work, n=2200)
         rows = []
         if not args.preset_only:
-            rows.append(run("seed", "seed", args.seed_epochs, train_csv, test_csv, work, args.both_extra))
+            rows.append(run(args.baseline, args.baseline, args.seed_epochs, train_csv, test_csv, work, args.both_extra))
         extra = [*args.both_extra, *args.preset_extra]
         rows.append(run(args.name, args.preset, args.preset_epochs, train_csv, test_csv, work, extra))
     args.out.mkdir(parents=True, exist_ok=True)

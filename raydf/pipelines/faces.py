@@ -21,7 +21,7 @@ from raydf.config import Config
 from raydf.data.catalog import IMAGE_EXTENSIONS, read_test, read_train
 from raydf.data.demo import default_cache_dir
 from raydf.data.face_store import MANIFEST, NO_FACES, FaceStore, atomic_write, is_face_manifest, source_key
-from raydf.data.faces import FaceSettings
+from raydf.data.faces import FaceExtractor, FaceSettings, FramingSurvey, spread_sample, survey_framing
 from raydf.data.video import VIDEO_EXTENSIONS, is_video
 from raydf.distributed.faces import extract_on_cluster
 from raydf.distributed.session import ray_session
@@ -31,6 +31,9 @@ from raydf.runs.console import CountProgress
 log = logging.getLogger(__name__)
 
 MEDIA_EXTENSIONS = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
+# data.faces=auto on a set of photos looks at this many of them, spread evenly over the set (MTCNN on the driver:
+# 20-50 ms a photo on one CPU core, plus a second or two to load it; raydf.data.faces.survey_framing).
+AUTO_SAMPLE = 40
 
 
 @dataclass
@@ -81,15 +84,22 @@ def _name(source: str, root: Path) -> str:
         return source
 
 
-def with_extracted_faces(cfg: Config) -> Config:
+def with_extracted_faces(cfg: Config, sample: int = AUTO_SAMPLE) -> Config:
     """`data.faces`: the config with data.train / data.test replaced by the faces manifests of their sets,
-    extracted first (or found done) under the cache folder, keyed by the set's path and the face settings."""
+    extracted first (or found done) under the cache folder, keyed by the set's path and the face settings.
+
+    `auto` decides once per set (`wants_faces`; `sample` photos are looked at); a test set is extracted whenever
+    the training set is faces, as `raydf.predict` does for a run trained on faces."""
     if cfg.data.faces == "off":
         return cfg
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data))
     for key in ("train", "test"):
         spec, root = getattr(cfg.data, key), getattr(cfg.data, f"{key}_root")
-        if spec is None or is_face_manifest(spec) or not _wants_faces(spec, cfg.data.faces, root):
+        if spec is None or is_face_manifest(spec):
+            continue
+        if key == "test" and is_face_manifest(cfg.data.train):
+            log.info("data.test=%s: faces extracted, as the training set's", spec)
+        elif cfg.data.faces == "auto" and not wants_faces(cfg, spec, root, f"data.{key}={spec}", sample):
             continue
         folder = faces_cache_dir(cfg, spec)
         log.info("data.faces=%s: data.%s=%s -> faces in %s", cfg.data.faces, key, spec, folder)
@@ -98,16 +108,58 @@ def with_extracted_faces(cfg: Config) -> Config:
     return cfg
 
 
+def wants_faces(
+    cfg: Config, spec: str, root: Optional[str], name: str, sample: int = AUTO_SAMPLE, training: bool = True
+) -> bool:
+    """`data.faces=auto` on one set (folder or CSV; relative CSV paths against `root`): a set holding a video is
+    extracted (no photo is looked at); a set of photos when `sample` of them, spread evenly over it, show faces
+    small in the frame or off centre (`raydf.data.faces.FramingSurvey`). Logs what it saw and decided, as `name`
+    (`training`: a set to train on, else new inputs of a finished run)."""
+    try:
+        sources = list_sources(spec, root)
+    except DataError:  # not a readable set: the normal path reports it, with its own message
+        return False
+    videos = int(sources["path"].map(is_video).sum())
+    if videos:
+        log.info("data.faces=auto: %s holds %d video(s): extracting faces", name, videos)
+        return True
+    paths = sources["path"].iloc[spread_sample(len(sources), sample)].tolist()
+    survey = _survey(cfg, paths)
+    log.info("data.faces=auto: %s: %s", name, survey.describe(training))
+    return survey.extract
+
+
+# Surveys already made in this process, by their photos (path, size, modification time) and settings: a set is
+# looked at once, though `raydf.evaluate` asks for its faces twice (its predictions, then its levels).
+_SURVEYS: dict[str, FramingSurvey] = {}
+
+
+def _survey(cfg: Config, paths: list[str]) -> FramingSurvey:
+    settings = face_settings(cfg)
+    stats = [(path, *_size_and_time(path)) for path in paths]
+    look = {k: v for k, v in settings.to_dict().items() if k in ("detect_size", "min_face", "min_score")}
+    key = hashlib.sha1(json.dumps([stats, look], sort_keys=True).encode()).hexdigest()
+    if key not in _SURVEYS:
+        start = time.perf_counter()
+        extractor = FaceExtractor(settings, batch_size=1)
+        _SURVEYS[key] = survey_framing(extractor, paths)
+        log.debug("framing survey of %d photo(s) in %.1fs", len(paths), time.perf_counter() - start)
+    return _SURVEYS[key]
+
+
+def _size_and_time(path: str) -> tuple[Optional[int], Optional[int]]:
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return None, None
+    return st.st_size, st.st_mtime_ns
+
+
 def faces_cache_dir(cfg: Config, spec: str) -> Path:
     src = str(Path(spec).expanduser().resolve())
     key = hashlib.sha1(json.dumps([src, face_settings(cfg).to_dict()], sort_keys=True).encode()).hexdigest()[:16]
     root = Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else default_cache_dir()
     return root / "faces" / f"{Path(src).stem[:40]}-{key}"
-
-
-def _wants_faces(spec: str, mode: str, root: Optional[str]) -> bool:
-    """on: every set that is not already a manifest; auto: sets holding at least one video."""
-    return mode == "on" or has_videos(spec, root)
 
 
 def has_videos(spec: str, root: Optional[str] = None) -> bool:

@@ -119,18 +119,22 @@ def faces_file(out: str) -> str:
 
 def faces_of(cfg: Config, images: str, image_root: Optional[str]) -> str:
     """The faces manifest to predict: `images` itself when it is one; else its faces, extracted (or found done in
-    the cache) with the settings the run's training faces were made with, when the run was trained on faces or
-    `images` holds videos; else `images` unchanged."""
+    the cache) when the run was trained on faces (with the settings its training faces were made with), when
+    `images` holds videos, or, for a run trained with data.faces=auto on photos as they were, when its photos show
+    faces small in the frame or off centre (`raydf.pipelines.faces.wants_faces`); else `images` unchanged."""
     from raydf.data.face_store import is_face_manifest
-    from raydf.pipelines.faces import extract_faces, faces_cache_dir, has_videos
+    from raydf.pipelines.faces import extract_faces, faces_cache_dir, has_videos, wants_faces
 
     if is_face_manifest(images):
         return images
     trained_on_faces = is_face_manifest(cfg.data.train)
-    if not trained_on_faces and not has_videos(images, image_root):
-        return images
     if trained_on_faces:
         cfg = with_run_faces(cfg)
+    elif cfg.data.faces == "auto":
+        if not wants_faces(cfg, images, image_root, str(images), training=False):
+            return images
+    elif not has_videos(images, image_root):
+        return images
     folder = faces_cache_dir(cfg, images)
     log.info("faces of %s: extracted into %s", images, folder)
     return str(extract_faces(cfg, images, str(folder), image_root).manifest)
@@ -156,11 +160,17 @@ def run_face_settings(cfg: Config) -> Optional[dict]:
 
 
 def _with_recorded_backbone(cfg: Config, metas: list[dict], run_dir: str) -> Config:
-    """`cfg` with model.name as the fold checkpoints record it (checkpoints from before raydf recorded it hold
-    InceptionResnetV1 weights); checkpoints of two backbones are an error naming them."""
+    """`cfg` with model.name and the input normalisation (model.mean, model.std) as the fold checkpoints record
+    them (checkpoints from before raydf recorded them hold InceptionResnetV1 weights, trained on ImageNet-normalised
+    inputs); checkpoints of two backbones or two normalisations are an error naming them."""
+    from raydf.models.normalization import Normalization
+
     names = sorted({meta.get("model", DEFAULT_MODEL) for meta in metas})
     if len(names) > 1:
         raise ConfigError(f"{run_dir}: its fold checkpoints hold different backbones ({', '.join(names)})")
-    if names[0] == cfg.model.name:
-        return cfg
-    return with_values(cfg, {"model.name": names[0]}, source=f"the checkpoints of {run_dir}")
+    norms = {Normalization.from_meta(meta) for meta in metas}
+    if len(norms) > 1:
+        raise ConfigError(f"{run_dir}: its fold checkpoints record different input normalisations ({norms})")
+    norm = norms.pop()
+    values = {"model.name": names[0], "model.mean": list(norm.mean), "model.std": list(norm.std)}
+    return with_values(cfg, values, source=f"the checkpoints of {run_dir}")

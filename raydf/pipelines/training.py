@@ -31,8 +31,10 @@ from raydf.distributed.inference import soft_vote_predict
 from raydf.distributed.preflight import preflight_check
 from raydf.distributed.session import RaySession, fold_resources, ray_session
 from raydf.errors import DataError, Interrupted, find_user_error
+from raydf.models.normalization import input_normalization
 from raydf.pipelines.faces import with_extracted_faces
 from raydf.runs.console import CountProgress, FoldProgress
+from raydf.runs.presets import log_preset_hint
 from raydf.runs.report import TEST_LABELS, build_report
 from raydf.runs.run_dir import (
     checked_table,
@@ -163,6 +165,7 @@ def train(cfg: Config) -> str:
     t_start = time.time()
     timings: dict[str, float] = {}
     check_data_paths(cfg)
+    log_preset_hint(cfg)  # on the user's own labelled set: the preset that measured best, when this run differs
     # Read or downloaded once, here, before the long pre-flight: a file that does not fit, or no network for
     # model.pretrained, stops the run before anything is decoded or trained. The folds share this one copy.
     start = start_weights_for(cfg)
@@ -279,6 +282,7 @@ def _train_folds(
                 val_index=info["val_index"].tolist(),
                 val_prob_fake=info["val_prob_fake"].tolist(),
                 model=cfg.model.name,  # the backbone that rebuilds these weights
+                input_norm=input_normalization(cfg.model).to_dict(),  # what predict, serve and Grad-CAM feed it
                 start_weights=start.source if start else None,
                 config=to_dict(cfg),
             )
@@ -410,6 +414,7 @@ def predict_paths(
             crop=cfg.data.crop,
             dropout=cfg.model.dropout,
             model=cfg.model.name,
+            norm=input_normalization(cfg.model),
             batch_size=cfg.predict.batch_size,
             actors=cfg.predict.actors,
             gpus_per_actor=gpus_per_actor,

@@ -10,10 +10,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from raydf.config import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401 (re-exported: tests and benchmarks use them)
+from raydf.models.normalization import IMAGENET, Normalization
 from raydf.training import heap
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def default_device() -> torch.device:
@@ -68,16 +67,17 @@ class Precision:
         return torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
 
 
-def to_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+def to_input(images: torch.Tensor, device: torch.device, norm: Normalization = IMAGENET) -> torch.Tensor:
     """uint8 (B, H, W, 3) -> normalised float (B, 3, H, W) on `device`, channels-last in memory.
 
-    The permute of an NHWC tensor is already a channels-last NCHW view, so no copy is made. `(x / 255 - mean) /
-    std` is folded into one multiply-add per element, `x * scale + shift` (2.6x faster on a CPU core than the
-    four passes of the plain formula; equal to within float rounding).
+    `norm` is the mean and std the network's weights expect (ImageNet's by default). The permute of an NHWC tensor
+    is already a channels-last NCHW view, so no copy is made. `(x / 255 - mean) / std` is folded into one
+    multiply-add per element, `x * scale + shift` (2.6x faster on a CPU core than the four passes of the plain
+    formula; equal to within float rounding).
     """
     x = images.to(device, non_blocking=True).permute(0, 3, 1, 2)
-    scale = torch.tensor([1 / (255 * s) for s in IMAGENET_STD], device=device).view(1, 3, 1, 1)
-    shift = torch.tensor([-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)], device=device).view(1, 3, 1, 1)
+    scale = torch.tensor([1 / (255 * s) for s in norm.std], device=device).view(1, 3, 1, 1)
+    shift = torch.tensor([-m / s for m, s in zip(norm.mean, norm.std)], device=device).view(1, 3, 1, 1)
     return torch.addcmul(shift, x.float(), scale)
 
 
@@ -93,6 +93,7 @@ def train_one_epoch(
     precision: Precision = Precision(),
     scaler: Optional[torch.amp.GradScaler] = None,
     should_stop: Optional[Callable[[], bool]] = None,
+    norm: Normalization = IMAGENET,
     on_step: Optional[Callable[[], None]] = None,
 ) -> dict[str, float]:
     """One pass over `loader`; loss and accuracy are averaged per sample, not per batch.
@@ -108,7 +109,7 @@ def train_one_epoch(
         heap.every(batch)
         if should_stop is not None and should_stop():
             raise StopRequested()
-        x, y = to_input(images, device), labels.to(device, non_blocking=True)
+        x, y = to_input(images, device, norm), labels.to(device, non_blocking=True)
         with precision.autocast(device):
             logits = model(x)  # (B, 2)
             loss = F.cross_entropy(logits.float(), y)
@@ -133,6 +134,7 @@ def predict_logits(
     device: torch.device,
     precision: Precision = Precision(),
     should_stop: Optional[Callable[[], bool]] = None,
+    norm: Normalization = IMAGENET,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits (N, 2) in float32 on the CPU and the loader's labels (N,), in loader order."""
     model.eval()
@@ -142,7 +144,7 @@ def predict_logits(
         if should_stop is not None and should_stop():
             raise StopRequested()
         with precision.autocast(device):
-            out = model(to_input(images, device))
+            out = model(to_input(images, device, norm))
         logits.append(out.float().cpu())
         labels.append(y)
     return torch.cat(logits), torch.cat(labels)
@@ -154,9 +156,10 @@ def evaluate(
     device: torch.device,
     precision: Precision = Precision(),
     should_stop: Optional[Callable[[], bool]] = None,
+    norm: Normalization = IMAGENET,
 ) -> tuple[dict[str, float], np.ndarray]:
     """Sample-weighted cross-entropy and accuracy, plus the softmax probabilities (N, 2)."""
-    logits, labels = predict_logits(model, loader, device, precision, should_stop)
+    logits, labels = predict_logits(model, loader, device, precision, should_stop, norm)
     metrics = {
         "loss": F.cross_entropy(logits, labels).item(),
         "acc": (logits.argmax(1) == labels).float().mean().item(),

@@ -20,6 +20,7 @@ from raydf.data.self_blend import BlendSettings
 from raydf.data.transforms import FastTrainTransform, eval_transform, train_transform
 from raydf.errors import DataError
 from raydf.models.factory import build_model
+from raydf.models.normalization import input_normalization
 from raydf.models.weights import apply_start_weights
 from raydf.training.engine import Precision, default_device, evaluate, train_one_epoch
 from raydf.training.fold_state import FoldStateStore
@@ -164,7 +165,8 @@ def train_fold(
         select = np.concatenate([labels[val_idx] == 0, np.ones(n_blended, bool)])
         val_labels = np.concatenate([labels[val_idx], np.ones(n_blended, int)])
 
-    model = build_model(cfg.model.dropout, cfg.model.name)
+    model = build_model(cfg.model.dropout, cfg.model.name, cfg.model.head_init)
+    norm = input_normalization(cfg.model)  # what the start weights expect (ImageNet's from scratch)
     if start_weights is not None:  # np.array: a writable copy of the object store's read-only view
         apply_start_weights(model, {k: torch.from_numpy(np.array(v)) for k, v in start_weights.items()})
     model = model.to(device, memory_format=torch.channels_last)
@@ -213,8 +215,10 @@ def train_fold(
         frozen = freeze.apply(epoch)
         # The head's (or the only group's) learning rate at the epoch's first step, and the backbone's (0 if frozen).
         lr, lr_backbone = optimizer.param_groups[0]["lr"], 0.0 if frozen else optimizer.param_groups[-1]["lr"]
-        train_m = train_one_epoch(net, train_loader, optimizer, device, precision, scaler, should_stop, after_step)
-        val_m, val_probs = evaluate(eval_net, val_loader, device, precision, should_stop)
+        train_m = train_one_epoch(
+            net, train_loader, optimizer, device, precision, scaler, should_stop, norm, on_step=after_step
+        )
+        val_m, val_probs = evaluate(eval_net, val_loader, device, precision, should_stop, norm)
         if select is not None:
             val_m = selection_metrics(val_probs, val_labels, select)
         scheduler.after_epoch()  # the cosine steps once per epoch, as the seed's did
