@@ -118,6 +118,15 @@ class TrainConfig:
     fast_augment: bool = True  # the same augmentations computed on the crop (raydf.data.transforms.FastTrainTransform)
     compile: bool = False  # torch.compile the model (GPU; pays a compile time per fold)
     precision: str = "auto"  # auto (bf16/fp16 on GPU, bf16 on CPUs with bf16 units, else fp32) | fp32, bf16, fp16
+    # Fine-tuning a pretrained start (raydf/training/recipe.py). The backbone (every parameter but the classifier
+    # head's) gets no update in the first N epochs: the head learns on the start's features before they move.
+    freeze_backbone_epochs: int = 0
+    # Decay of an exponential moving average of the weights, updated after every optimizer step (timm's ModelEmaV3);
+    # the average is what is validated, selected and saved. 0 = off; 0.999 for long runs.
+    ema: float = 0.0
+    # With train.ema: the decay ramps up as min(train.ema, 1 - (1 + step)^(-2/3)) (timm's warm-up), so a short run's
+    # average is not dominated by its start weights; false = train.ema from the second step on.
+    ema_warmup: bool = True
 
 
 @dataclass
@@ -148,12 +157,17 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     weight_decay: float = 1e-4  # decoupled, as torch_optimizer.RAdam applied it
     eps: float = 1e-8
+    # The backbone's learning rate is optim.lr x this; the classifier head's stays optim.lr (two RAdam groups).
+    backbone_lr_scale: float = 1.0
 
 
 @dataclass
 class SchedConfig:
     t_max: int = 50  # CosineAnnealingLR period in epochs, stepped once per epoch
     eta_min: float = 0.0
+    # Linear warm-up over the first N epochs (fractions allowed), per optimizer step, from lr / steps up to the cosine
+    # schedule's value; 0 = none (the cosine from the first step, as the seed).
+    warmup_epochs: float = 0.0
 
 
 @dataclass
@@ -534,6 +548,7 @@ def _validate_values(cfg: Config) -> None:
     )
     _require(0 <= cfg.model.dropout < 1, "model.dropout", f"must be in [0, 1) (got {cfg.model.dropout})")
     _require(cfg.sched.t_max >= 1, "sched.t_max", f"must be at least 1 (got {cfg.sched.t_max})")
+    _validate_recipe(cfg)
     _validate_model(cfg)
     _require(
         cfg.data.resize >= cfg.data.crop,
@@ -580,6 +595,32 @@ def _validate_values(cfg: Config) -> None:
         cfg.demo.n_train >= 4 * cfg.train.folds or cfg.data.train is not None,
         "demo.n_train",
         f"must be at least 4 x train.folds = {4 * cfg.train.folds}",
+    )
+
+
+def _validate_recipe(cfg: Config) -> None:
+    """The fine-tuning keys: backbone learning rate, frozen epochs, warm-up, weight averaging."""
+    scale = cfg.optim.backbone_lr_scale
+    _require(
+        scale > 0,
+        "optim.backbone_lr_scale",
+        f"must be positive (got {scale}); to keep the backbone fixed set train.freeze_backbone_epochs instead",
+    )
+    _require(
+        cfg.train.freeze_backbone_epochs >= 0,
+        "train.freeze_backbone_epochs",
+        f"must be >= 0 (0 = train the backbone from the first epoch; got {cfg.train.freeze_backbone_epochs})",
+    )
+    w = cfg.sched.warmup_epochs
+    _require(
+        0 <= w <= cfg.train.epochs,
+        "sched.warmup_epochs",
+        f"must be in [0, train.epochs={cfg.train.epochs}] (got {w})",
+    )
+    _require(
+        0 <= cfg.train.ema < 1,
+        "train.ema",
+        f"must be in [0, 1): the moving average's decay, e.g. 0.999, or 0 for none (got {cfg.train.ema})",
     )
 
 

@@ -89,6 +89,41 @@ def test_loader_workers_change_nothing_and_still_resume_exactly(tmp_path, uninte
         np.testing.assert_array_equal(resumed.weights[k], v)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_fine_tuning_recipe_resumes_exactly(tmp_path, monkeypatch, precision):
+    """A fold with the fine-tuning keys stopped after epoch 1 (backbone frozen, warm-up half done, the weight average
+    validated and best) and resumed ends where an uninterrupted one does: the per-step schedule, the average and its
+    step count, and the optimizer state of a backbone that had not been updated yet are all in the saved state. Under
+    autocast too (fp16 with its gradient scaler, run on the CPU as the fp16 test below does)."""
+    import torch
+
+    from raydf.training.engine import Precision
+
+    if precision == "fp16":
+        monkeypatch.setattr(Precision, "resolve", classmethod(lambda cls, name, device: cls(torch.float16)))
+    recipe = [
+        "optim.backbone_lr_scale=0.1",
+        "train.freeze_backbone_epochs=1",
+        "sched.warmup_epochs=1.5",
+        "train.ema=0.9",
+        "train.epochs=2",
+        "data.crop=32",  # the fold loop's logic, at a fifth of the compute
+        f"train.precision={precision}",
+    ]
+    images, labels, tr, va = _data()
+    reference = train_fold(images, labels, tr, va, _cfg(*recipe), 0)
+    store = FoldStateStore(RunStorage(tmp_path), 0)
+    with pytest.raises(Crash):
+        train_fold(images, labels, tr, va, _cfg(*recipe), 0, on_epoch=_crash_after(1), state=store)
+    resumed = train_fold(images, labels, tr, va, _cfg(*recipe), 0, state=store)
+    assert resumed.resumed_from_epoch == 1 and [h["epoch"] for h in resumed.history] == [1, 2]
+    assert _comparable(resumed.history) == _comparable(reference.history)
+    for k, v in reference.weights.items():
+        np.testing.assert_array_equal(resumed.weights[k], v)
+    np.testing.assert_array_equal(resumed.val_prob_fake, reference.val_prob_fake)
+    assert store.load()["ema"]["updates"] == 4  # 28 training rows, batch 14: two steps an epoch
+
+
 @pytest.mark.slow
 def test_fp16_loss_scale_is_saved_with_the_state_and_restored_on_resume(tmp_path, monkeypatch):
     """The fp16 path of older GPUs, run on the CPU (where autocast and GradScaler work too): the gradient scaler's

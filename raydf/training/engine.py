@@ -94,11 +94,13 @@ def train_one_epoch(
     scaler: Optional[torch.amp.GradScaler] = None,
     should_stop: Optional[Callable[[], bool]] = None,
     norm: Normalization = IMAGENET,
+    on_step: Optional[Callable[[], None]] = None,
 ) -> dict[str, float]:
     """One pass over `loader`; loss and accuracy are averaged per sample, not per batch.
 
     `should_stop` is asked before every batch; True raises `StopRequested` (the model is left mid-epoch: the
-    caller keeps the state of the last completed epoch).
+    caller keeps the state of the last completed epoch). `on_step()` is called after every batch's optimizer step
+    (a per-step learning-rate schedule, a weight average), also when fp16's scaler skipped the step.
     """
     model.train()
     scaler = scaler or precision.scaler(device)
@@ -115,6 +117,8 @@ def train_one_epoch(
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
+        if on_step is not None:
+            on_step()
         loss_sum += loss.item() * len(y)
         correct += (logits.argmax(1) == y).sum().item()
         n += len(y)

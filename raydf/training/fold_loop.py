@@ -24,6 +24,7 @@ from raydf.models.normalization import input_normalization
 from raydf.models.weights import apply_start_weights
 from raydf.training.engine import Precision, default_device, evaluate, train_one_epoch
 from raydf.training.fold_state import FoldStateStore
+from raydf.training.recipe import BackboneFreeze, LrSchedule, make_weight_average, param_groups
 
 
 @dataclass
@@ -48,9 +49,12 @@ def seed_everything(seed: int) -> None:
 
 
 def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
-    """RAdam with decoupled weight decay: the update torch_optimizer.RAdam (the seed's) applies."""
+    """RAdam with decoupled weight decay: the update torch_optimizer.RAdam (the seed's) applies.
+
+    One parameter group, or [head, backbone] with `optim.backbone_lr_scale` (`raydf.training.recipe.param_groups`).
+    """
     return torch.optim.RAdam(
-        model.parameters(),
+        param_groups(model, cfg),
         lr=cfg.optim.lr,
         betas=tuple(cfg.optim.betas),
         eps=cfg.optim.eps,
@@ -175,8 +179,20 @@ def train_fold(
     # The compiled module shares the parameters; state dicts are taken from `model` (no "_orig_mod." prefix).
     net = torch.compile(model) if cfg.train.compile else model
     optimizer = make_optimizer(model, cfg)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.sched.t_max, eta_min=cfg.sched.eta_min)
+    scheduler = LrSchedule(optimizer, cfg.sched, steps_per_epoch=len(train_loader))
     scaler = precision.scaler(device)
+    freeze = BackboneFreeze(model, cfg)
+    # With train.ema the average is what is validated, selected as best and handed back; else the model itself.
+    ema = make_weight_average(model, cfg.train)
+    evaluated, eval_net = model, net
+    if ema is not None:
+        evaluated = ema.module
+        eval_net = torch.compile(evaluated) if cfg.train.compile else evaluated
+
+    def after_step() -> None:
+        scheduler.after_step()
+        if ema is not None:
+            ema.update(model)
 
     best = {"loss": math.inf, "epoch": 0, "acc": 0.0, "weights": {}, "probs": torch.empty(0)}
     history: list[dict] = []
@@ -187,9 +203,12 @@ def train_fold(
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         scaler.load_state_dict(saved["scaler"])
+        if ema is not None:
+            ema.load_state_dict(saved["ema"])
         best, history, stale, done_epochs = saved["best"], saved["history"], saved["stale"], saved["epoch"]
-        if best["weights"] is None:  # saved in its best epoch: the best weights are the model's
-            best["weights"] = {k: v.clone() for k, v in saved["model"].items()}
+        if best["weights"] is None:  # saved in its best epoch: the best weights are the evaluated module's
+            weights = saved["model"] if ema is None else saved["ema"]["module"]
+            best["weights"] = {k: v.clone() for k, v in weights.items()}
         resumed_from = done_epochs
 
     for epoch in range(done_epochs + 1, cfg.train.epochs + 1):
@@ -199,19 +218,23 @@ def train_fold(
         torch.manual_seed(sample_seed(seed, epoch))  # dropout
         train_loader.sampler.generator.manual_seed(sample_seed(seed, epoch, 1))  # order
         train_set.set_epoch(epoch)  # augmentation
-        lr = optimizer.param_groups[0]["lr"]
-        train_m = train_one_epoch(net, train_loader, optimizer, device, precision, scaler, should_stop, norm)
-        val_m, val_probs = evaluate(net, val_loader, device, precision, should_stop, norm)
+        frozen = freeze.apply(epoch)
+        # The head's (or the only group's) learning rate at the epoch's first step, and the backbone's (0 if frozen).
+        lr, lr_backbone = optimizer.param_groups[0]["lr"], 0.0 if frozen else optimizer.param_groups[-1]["lr"]
+        train_m = train_one_epoch(
+            net, train_loader, optimizer, device, precision, scaler, should_stop, norm, on_step=after_step
+        )
+        val_m, val_probs = evaluate(eval_net, val_loader, device, precision, should_stop, norm)
         if select is not None:
             val_m = selection_metrics(val_probs, val_labels, select)
-        scheduler.step()  # once per epoch, as the seed did
+        scheduler.after_epoch()  # the cosine steps once per epoch, as the seed's did
         if val_m["loss"] < best["loss"]:
             # A copy, not a reference: the seed kept the live model, so it predicted with last-epoch weights.
             best = {
                 "loss": val_m["loss"],
                 "epoch": epoch,
                 "acc": val_m["acc"],
-                "weights": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
+                "weights": {k: v.detach().to("cpu", copy=True) for k, v in evaluated.state_dict().items()},
                 "probs": torch.from_numpy(val_probs[:n_val, 1].copy()),  # the labelled rows: out-of-fold
             }
             stale = 0
@@ -225,12 +248,13 @@ def train_fold(
             "val_loss": val_m["loss"],
             "val_acc": val_m["acc"],
             "lr": lr,
+            "lr_backbone": lr_backbone,
             "seconds": time.time() - t0,
             "best_epoch": best["epoch"],
         }
         history.append(row)
         if state:
-            # In an improving epoch the best weights are the model's: not stored twice (94 MB at fp32).
+            # In an improving epoch the best weights are the evaluated module's: not stored twice (94 MB at fp32).
             best_saved = best | {"weights": None} if best["epoch"] == epoch else best
             state.save(
                 {
@@ -239,6 +263,7 @@ def train_fold(
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "scaler": scaler.state_dict(),
+                    "ema": None if ema is None else ema.state_dict(),
                     "best": best_saved,
                     "history": history,
                     "stale": stale,
