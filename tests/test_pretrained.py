@@ -195,8 +195,7 @@ def _real_file(name: str) -> Path:
 
 def test_a_run_records_its_normalisation_and_predict_feeds_the_folds_with_it(ray_local, tiny_demo, tmp_path):
     """An offline ImageNet start trains, records (x - 0.5) / 0.5 in every checkpoint, and `raydf.predict` scores
-    the test set exactly as the run's own soft vote did. The same checkpoints without the record (as runs from
-    before it wrote them) are read as ImageNet-normalised: their P(fake) change, so the record is what is used."""
+    the test set exactly as the run's own soft vote did."""
     import pandas as pd
     from conftest import tiny_overrides
 
@@ -216,10 +215,18 @@ def test_a_run_records_its_normalisation_and_predict_feeds_the_folds_with_it(ray
     again = pd.read_csv(predict(str(run_dir), str(tiny_demo.test), str(tmp_path / "again.csv")))
     np.testing.assert_allclose(again["prob_fake"], own["prob_fake"], rtol=0, atol=1e-5)
 
-    for fold in (0, 1):  # as a checkpoint written before raydf recorded the normalisation
-        file = run_dir / "checkpoints" / f"fold{fold}.pt"
-        ckpt = torch.load(file, weights_only=True)
-        del ckpt["meta"]["input_norm"]
-        torch.save(ckpt, file)
-    old = pd.read_csv(predict(str(run_dir), str(tiny_demo.test), str(tmp_path / "old.csv")))
-    assert np.abs(old["prob_fake"] - own["prob_fake"]).max() > 1e-3
+
+def test_a_finished_runs_normalisation_comes_from_its_checkpoints_and_old_ones_read_as_imagenet():
+    """What `raydf.predict`, `raydf.evaluate` and `raydf.serve` build their input from (load_finished_run): the
+    checkpoints' record, whatever the saved config says; ImageNet's for checkpoints from before the record."""
+    from raydf.inference.ensemble import EnsembleSettings
+    from raydf.pipelines.prediction import _with_recorded_backbone
+
+    cfg = load_config(None, ["model.name=tf_efficientnet_lite0", "model.pretrained=imagenet"])
+    half = {"mean": [0.5] * 3, "std": [0.5] * 3}
+    recorded = _with_recorded_backbone(cfg, [{"model": "tf_efficientnet_lite0", "input_norm": half}] * 2, "run")
+    assert EnsembleSettings.from_config(recorded).norm == Normalization((0.5,) * 3, (0.5,) * 3)
+    old = _with_recorded_backbone(cfg, [{"model": "tf_efficientnet_lite0"}] * 2, "run")
+    assert EnsembleSettings.from_config(old).norm == Normalization()  # ImageNet's, as every run used before
+    with pytest.raises(ConfigError, match="different input normalisations"):
+        _with_recorded_backbone(cfg, [{"input_norm": half}, {}], "run")
