@@ -527,7 +527,31 @@ def test_auto_leaves_face_crops_as_they_are(shared_data, tiny_demo, tmp_path, ca
     lines = [r.getMessage() for r in caplog.records if "sampled photos" in r.getMessage()]
     assert len(lines) == 2 and all("already face crops: training on them as they are" in line for line in lines)
     assert f"data.train={crops}: faces fill" in lines[0] and f"in {AUTO_SAMPLE} sampled photos" in lines[0]
-    assert not (tmp_path / "cache").exists()  # nothing extracted
+    assert not (tmp_path / "cache" / "faces").exists()  # nothing extracted
+
+
+def test_auto_looks_at_an_unchanged_set_once_and_again_when_it_changes(shared_data, tmp_path, monkeypatch):
+    """The survey is kept in the cache folder: another process on the same photos decides without running MTCNN;
+    a photo rewritten since is looked at again."""
+    import raydf.pipelines.faces as faces
+
+    crops = _crops(tmp_path / "crops", shared_data, 300, 4)
+    cfg = _auto_config(tmp_path, crops)
+    assert not faces.wants_faces(cfg, str(crops), None, "data.train", sample=4)
+    assert len(list((tmp_path / "cache" / "face-surveys").glob("*.json"))) == 1
+
+    def no_mtcnn(*args, **kwargs):
+        raise AssertionError("MTCNN ran again")
+
+    monkeypatch.setattr(faces, "_SURVEYS", {})  # as a new process
+    monkeypatch.setattr(faces, "survey_framing", no_mtcnn)
+    assert not faces.wants_faces(cfg, str(crops), None, "data.train", sample=4)
+    photo = next((crops / "real").iterdir())
+    data = photo.read_bytes()
+    photo.unlink()  # a link to the shared set: replaced by a changed copy (other size and modification time)
+    photo.write_bytes(data + b"\0")
+    with pytest.raises(AssertionError, match="MTCNN ran again"):
+        faces.wants_faces(cfg, str(crops), None, "data.train", sample=4)
 
 
 def test_auto_extracts_faces_from_uncropped_photos_in_training_and_prediction(ray_local, shared_data, tmp_path, caplog):

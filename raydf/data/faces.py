@@ -90,6 +90,16 @@ class FramingSurvey:
         """Whether the set holds photos with faces in a scene (to extract), not face crops."""
         return self.readable > 0 and self.uncropped >= UNCROPPED_SHARE * self.readable
 
+    def to_dict(self) -> dict:
+        return {
+            "framings": [None if f is None else [f.area, f.offset] for f in self.framings],
+            "unreadable": self.unreadable,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> FramingSurvey:
+        return cls([None if f is None else Framing(*f) for f in d["framings"]], int(d["unreadable"]))
+
     def describe(self, training: bool = True) -> str:
         """What was seen and decided, in one line; for a training set with the key that decides otherwise."""
         n = self.readable

@@ -130,7 +130,8 @@ def wants_faces(
 
 
 # Surveys already made in this process, by their photos (path, size, modification time) and settings: a set is
-# looked at once, though `raydf.evaluate` asks for its faces twice (its predictions, then its levels).
+# looked at once, though `raydf.evaluate` asks for its faces twice (its predictions, then its levels). They are kept
+# on disk too (data.cache_dir/face-surveys/), so a second run on the same unchanged set does not run MTCNN again.
 _SURVEYS: dict[str, FramingSurvey] = {}
 
 
@@ -139,11 +140,19 @@ def _survey(cfg: Config, paths: list[str]) -> FramingSurvey:
     stats = [(path, *_size_and_time(path)) for path in paths]
     look = {k: v for k, v in settings.to_dict().items() if k in ("detect_size", "min_face", "min_score")}
     key = hashlib.sha1(json.dumps([stats, look], sort_keys=True).encode()).hexdigest()
+    file = (Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else default_cache_dir()) / "face-surveys"
+    file = file / f"{key}.json"
+    if key not in _SURVEYS:
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):  # absent or damaged: look again
+            _SURVEYS[key] = FramingSurvey.from_dict(json.loads(file.read_text()))
     if key not in _SURVEYS:
         start = time.perf_counter()
         extractor = FaceExtractor(settings, batch_size=1)
         _SURVEYS[key] = survey_framing(extractor, paths)
         log.debug("framing survey of %d photo(s) in %.1fs", len(paths), time.perf_counter() - start)
+        with contextlib.suppress(OSError):  # a read-only cache folder: the survey is only not kept
+            file.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(file, json.dumps(_SURVEYS[key].to_dict()).encode())
     return _SURVEYS[key]
 
 
