@@ -115,29 +115,30 @@ def make_sets(reals: list[Path], n: int, work: Path) -> list[Path]:
 
 
 def train_and_evaluate(work: Path, config: str, mode: str, epochs: int, extra: list[str]) -> dict:
+    """One run trained and scored on the three sets; a run of an earlier call in the same --work is reused."""
     run = work / f"{config}-{mode}"
-    t0 = time.time()
-    cmd = [sys.executable, "-m", "raydf.train", "--config", config, f"run_dir={run}"]
-    cmd += [f"data.train={work / 'train.csv'}", f"data.synthetic_fakes={mode}", "predict.explain=0", "-q"]
-    if epochs:
-        cmd += [f"train.epochs={epochs}", f"sched.t_max={epochs}"]
-    subprocess.run([*cmd, *extra], check=True, cwd=REPO)
-    train_s = time.time() - t0
-    sets = [str(work / "swaps"), str(work / "blends"), str(work / "heldout.csv")]
-    subprocess.run(
-        [sys.executable, "-m", "raydf.evaluate", "--run", str(run), *[a for s in sets for a in ("--data", s)], "-q"],
-        check=True,
-        cwd=REPO,
-    )
+    if not (run / "evaluate" / "evaluation.json").is_file():
+        cmd = [sys.executable, "-m", "raydf.train", "--config", config, f"run_dir={run}"]
+        cmd += [f"data.train={work / 'train.csv'}", f"data.synthetic_fakes={mode}", "predict.explain=0", "-q"]
+        if epochs:
+            cmd += [f"train.epochs={epochs}", f"sched.t_max={epochs}"]
+        subprocess.run([*cmd, *extra], check=True, cwd=REPO)
+        sets = [str(work / "swaps"), str(work / "blends"), str(work / "heldout" / "heldout.csv")]
+        subprocess.run(
+            [sys.executable, "-m", "raydf.evaluate", "--run", str(run), *[a for s in sets for a in ("--data", s)]],
+            check=True,
+            cwd=REPO,
+        )
     results = json.loads((run / "evaluate" / "evaluation.json").read_text())["sets"]
     summary = json.loads((run / "summary.json").read_text())
+    train_s = summary["wall_seconds"]
     return {
         "config": config,
         "synthetic_fakes": mode,
         "extra": extra,
         "train_seconds": round(train_s, 1),
         "epochs_run": [f["epochs_run"] for f in summary["folds"]],
-        **{name: dict(r["per image"]) for name, r in results.items()},
+        **{name.split("-")[-1]: dict(r["per image"]) for name, r in results.items()},
     }
 
 
@@ -164,8 +165,9 @@ def main() -> None:
     pd.DataFrame({"path": [str(args.data / p) for p in train["path"]], "label": train["label"]}).to_csv(
         work / "train.csv", index=False
     )
+    (work / "heldout").mkdir(exist_ok=True)  # raydf.evaluate names the set heldout-heldout
     pd.DataFrame({"path": [str(args.data / p) for p in held["path"]], "label": held["label"]}).to_csv(
-        work / "heldout.csv", index=False
+        work / "heldout" / "heldout.csv", index=False
     )
     report = {"date": time.strftime("%Y-%m-%d"), "train_images": len(train), "epochs": args.epochs, "runs": []}
     args.out.mkdir(parents=True, exist_ok=True)
