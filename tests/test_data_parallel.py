@@ -109,3 +109,41 @@ def test_two_gloo_ranks_compute_the_epochs_of_one_worker_on_the_same_global_batc
     assert shares == batches
     val_per_rank = [[row for is_train, row in r["loaded"] if not is_train] for r in ranks]
     assert val_per_rank == [list(VAL_IDX[:6]) * 2, list(VAL_IDX[6:]) * 2]  # 6 + 5 rows, each epoch
+
+
+def test_a_data_parallel_fold_on_ray_train_trains_resumes_and_reports_like_a_fold_task(ray_local, tmp_path):
+    """Two gloo workers of one fold through Ray Train, on the 2-CPU session instance: the epochs one worker computes
+    in this process, the progress events, the fold's state (an interrupted fold resumes from it), one node."""
+    from raydf.distributed.folds import run_folds
+    from raydf.runs.storage import RunStorage
+    from raydf.training.fold_loop import train_fold
+
+    ray = ray_local
+    images, labels = separable_images(36, 36)
+    torch.set_num_threads(1)
+    one = train_fold(images, labels, TRAIN_IDX, VAL_IDX, _cfg(), fold=0)
+    storage = RunStorage(tmp_path / "run")
+    events = []
+    refs = ray.put(images), ray.put(labels)
+    splits = {0: (TRAIN_IDX, VAL_IDX)}
+    resources = {"num_cpus": 1, "num_gpus": 0}
+    workers = ["resources.workers_per_fold=2", "resources.cpus_per_fold=1"]
+    # The first epoch, as if the run stopped there; then the fold resumes from its saved state to epoch 2.
+    run_folds(*refs, splits, _cfg(*workers, "train.epochs=1"), resources, storage, on_events=events.extend)
+    assert storage.exists("state/fold0.pt")
+    ((weights_ref, info),) = run_folds(
+        *refs, splits, _cfg(*workers), resources, storage, on_events=events.extend
+    ).values()
+
+    assert info["resumed_from_epoch"] == 1 and info["workers"] == 2 and info["placement"] == "STRICT_PACK"
+    assert len(set(info["worker_node_ids"])) == 1
+    for a, b in zip(one.history, info["history"], strict=True):
+        for key in ("train_loss", "val_loss", "val_acc", "lr"):
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), (key, a, b)
+    np.testing.assert_allclose(info["val_prob_fake"], one.val_prob_fake, rtol=1e-5, atol=1e-6)
+    weights = ray.get(weights_ref)
+    for name, w in one.weights.items():
+        np.testing.assert_allclose(weights[name], w, rtol=1e-4, atol=1e-6, err_msg=name)
+    kinds = [(e["type"], e.get("epoch")) for e in events if e["fold"] == 0]
+    assert kinds.count(("start", None)) == 2 and ("epoch", 1) in kinds and ("epoch", 2) in kinds
+    assert kinds.count(("epoch", 1)) == 1  # rank 0 alone reports (and the resumed run does not repeat epoch 1)
