@@ -147,3 +147,50 @@ def test_a_data_parallel_fold_on_ray_train_trains_resumes_and_reports_like_a_fol
     kinds = [(e["type"], e.get("epoch")) for e in events if e["fold"] == 0]
     assert kinds.count(("start", None)) == 2 and ("epoch", 1) in kinds and ("epoch", 2) in kinds
     assert kinds.count(("epoch", 1)) == 1  # rank 0 alone reports (and the resumed run does not repeat epoch 1)
+
+
+def test_on_two_2cpu_nodes_each_folds_workers_share_a_node_and_3_workers_are_refused(tiny_demo, tmp_path):
+    """`python -m raydf.train` against a ray.cluster_utils.Cluster of two 2-CPU nodes: the two workers of each
+    fold on one node; 3 workers a fold, more than a node's CPUs, refused
+    before the pre-flight (nothing trained, no run directory)."""
+    from conftest import tiny_overrides
+    from ray_processes import Driver, HelperCluster, child_env
+
+    cluster = HelperCluster()
+    try:
+        address = cluster.start_head(num_cpus=2)
+        cluster.add_node(num_cpus=2)
+        env = child_env(cluster.tmpdir)
+        base = ["-m", "raydf.train", f"ray.address={address}", "ray.scale_up_timeout_s=0"]
+        refused = Driver(
+            [
+                *base,
+                *tiny_overrides(tmp_path / "refused", tiny_demo),
+                "resources.workers_per_fold=3",
+                "train.batch_size=12",
+            ],
+            env,
+        )
+        try:
+            assert refused.finish(timeout_s=120) != 0
+        finally:
+            refused.kill()
+        assert "resources.workers_per_fold=3" in refused.output and "largest node of the Ray cluster has 2 CPU(s)" in (
+            refused.output
+        ), refused.output[-3000:]
+        assert not (tmp_path / "refused").exists()
+
+        run_dir = tmp_path / "run"
+        overrides = tiny_overrides(run_dir, tiny_demo) + ["resources.workers_per_fold=2", "data.test="]
+        driver = Driver([*base, *overrides], env)
+        try:
+            code = driver.finish(timeout_s=300)
+        finally:
+            driver.kill()
+        assert code == 0, driver.output[-4000:]
+    finally:
+        cluster.shutdown()
+    metas = [torch.load(run_dir / f"checkpoints/fold{k}.pt", weights_only=True)["meta"] for k in (0, 1)]
+    placed = [set(m["worker_node_ids"]) for m in metas]
+    assert [len(p) for p in placed] == [1, 1], placed
+    assert all(m["workers"] == 2 and m["placement"] == "STRICT_PACK" for m in metas)

@@ -21,7 +21,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import ray
@@ -36,6 +36,7 @@ from raydf.distributed.stop import StopPoller
 from raydf.errors import ConfigError, find_user_error
 from raydf.runs.storage import RunStorage
 from raydf.training.data_parallel import DataParallel
+from raydf.training.engine import StopRequested
 from raydf.training.fold_loop import train_fold
 from raydf.training.fold_state import FoldStateStore
 
@@ -192,6 +193,8 @@ def _worker_loop(config: dict) -> Optional[dict]:
             landmarks=_fetch(refs["landmarks"]),
             data_parallel=dp,
         )
+    except StopRequested:  # every rank stops at the same batch: a normal end, or Ray Train would retry it
+        return {"stopped": True} if dp.is_main else None
     finally:
         events.flush()
     if not dp.is_main:
@@ -204,6 +207,19 @@ def _worker_loop(config: dict) -> Optional[dict]:
         "worker_node_ids": worker_nodes,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
+
+
+def _fit(make_trainer: Callable[[], Any], fold: int, attempts: int = 3) -> Any:
+    """`trainer.fit()`, again when the process group's rendezvous lost its port (Ray Train finds a free port, then
+    rank 0 binds it: another process may take it meanwhile; seen with two folds starting on one loaded host). Ray
+    Train does not retry that failure itself (a controller error)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return make_trainer().fit()
+        except Exception as e:
+            if attempt == attempts or "EADDRINUSE" not in str(e):
+                raise
+            log.warning("fold %d: the process group's port was taken meanwhile; starting its workers again", fold)
 
 
 @ray.remote(num_cpus=0, num_returns=2)
@@ -231,7 +247,7 @@ def _ddp_fold_task(
     # Ray Train would run the workers in its run folder: a relative run_dir must stay relative to the driver's.
     os.environ["RAY_CHDIR_TO_TRIAL_DIR"] = "0"
     scratch = tempfile.mkdtemp(prefix=f"raydf-ddp-fold{fold}-")  # Ray Train's run folder: no checkpoint in it
-    trainer = TorchTrainer(
+    make_trainer = lambda: TorchTrainer(  # noqa: E731
         _worker_loop,
         train_loop_config={
             "cfg": cfg,
@@ -259,7 +275,7 @@ def _ddp_fold_task(
         ),
     )
     try:
-        result = trainer.fit()
+        result = _fit(make_trainer, fold)
     except Exception as e:  # a worker's error arrives wrapped: the user error, when there is one, in one line
         failures = getattr(e, "worker_failures", {}) or {}
         user = next((u for u in map(find_user_error, failures.values()) if u is not None), None)
@@ -268,6 +284,9 @@ def _ddp_fold_task(
         raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    back = result.return_value
+    if back.get("stopped"):
+        raise StopRequested()
     back = result.return_value
     info = dict(back["outcome"])
     weights = info.pop("weights")
