@@ -1,5 +1,6 @@
 """Data-parallel folds: the plain PyTorch part in two gloo processes (no Ray), and one fold through Ray Train."""
 
+import json
 import socket
 
 import numpy as np
@@ -39,13 +40,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank(rank: int, world: int, port: int, out: str) -> None:
-    """One rank of a data-parallel fold, started by torch.multiprocessing; records the rows it loaded."""
+def _rank(rank: int, world: int, port: int, out: str, epochs: int = 2, state_dir: str = "") -> None:
+    """One rank of a data-parallel fold, started by torch.multiprocessing; records the rows it loaded.
+
+    With `state_dir` the fold keeps its state there (and resumes from it)."""
     import torch.distributed as dist
 
     from raydf.data.dataset import ImageArrayDataset
+    from raydf.runs.storage import RunStorage
     from raydf.training.data_parallel import DataParallel
     from raydf.training.fold_loop import train_fold
+    from raydf.training.fold_state import FoldStateStore
 
     torch.set_num_threads(1)
     loaded = []
@@ -60,7 +65,9 @@ def _rank(rank: int, world: int, port: int, out: str) -> None:
     try:
         images, labels = separable_images(36, 36)
         dp = DataParallel(rank, world, torch.device("cpu"))
-        outcome = train_fold(images, labels, TRAIN_IDX, VAL_IDX, _cfg(), fold=0, data_parallel=dp)
+        state = FoldStateStore(RunStorage(state_dir), 0) if state_dir else None
+        cfg = _cfg(f"train.epochs={epochs}")
+        outcome = train_fold(images, labels, TRAIN_IDX, VAL_IDX, cfg, fold=0, data_parallel=dp, state=state)
         torch.save({"outcome": outcome.__dict__, "loaded": loaded}, f"{out}.{rank}")
     finally:
         dist.destroy_process_group()
@@ -110,79 +117,34 @@ def test_two_gloo_ranks_compute_the_epochs_of_one_worker_on_the_same_global_batc
     val_per_rank = [[row for is_train, row in r["loaded"] if not is_train] for r in ranks]
     assert val_per_rank == [list(VAL_IDX[:6]) * 2, list(VAL_IDX[6:]) * 2]  # 6 + 5 rows, each epoch
 
+    # Stopped after epoch 1 (its state saved), resumed to epoch 2 by new processes: the same weights again.
+    state_dir = str(tmp_path / "run")
+    mp.start_processes(_rank, args=(2, _free_port(), out, 1, state_dir), nprocs=2, start_method="fork")
+    mp.start_processes(_rank, args=(2, _free_port(), out, 2, state_dir), nprocs=2, start_method="fork")
+    resumed = torch.load(f"{out}.0", weights_only=False)["outcome"]
+    assert resumed["resumed_from_epoch"] == 1 and [h["epoch"] for h in resumed["history"]] == [1, 2]
+    for name, w in one.weights.items():
+        np.testing.assert_allclose(resumed["weights"][name], w, rtol=1e-4, atol=1e-6, err_msg=name)
 
-def test_a_data_parallel_fold_on_ray_train_trains_resumes_and_reports_like_a_fold_task(ray_local, tmp_path):
-    """Two gloo workers of one fold through Ray Train, on the 2-CPU session instance: the epochs one worker computes
-    in this process, the progress events, the fold's state (an interrupted fold resumes from it), one node."""
-    from raydf.distributed.folds import run_folds
-    from raydf.runs.storage import RunStorage
+
+def test_on_two_2cpu_nodes_a_folds_workers_share_a_node_and_compute_what_one_worker_does(tiny_demo, tmp_path):
+    """On a ray.cluster_utils.Cluster of two 2-CPU nodes: 3 workers a fold (more than a node's CPUs) are refused
+    before the pre-flight (no run directory); a fold of 2 gloo workers on Ray Train runs on one node (STRICT_PACK),
+    computes the epochs one worker computes here, reports its epochs once (rank 0) and saves its state."""
+    from ray_processes import HERE, Driver, HelperCluster, child_env
+
     from raydf.training.fold_loop import train_fold
 
-    ray = ray_local
-    images, labels = separable_images(36, 36)
-    torch.set_num_threads(1)
-    one = train_fold(images, labels, TRAIN_IDX, VAL_IDX, _cfg(), fold=0)
-    storage = RunStorage(tmp_path / "run")
-    events = []
-    refs = ray.put(images), ray.put(labels)
-    splits = {0: (TRAIN_IDX, VAL_IDX)}
-    resources = {"num_cpus": 1, "num_gpus": 0}
-    workers = ["resources.workers_per_fold=2", "resources.cpus_per_fold=1"]
-    # The first epoch, as if the run stopped there; then the fold resumes from its saved state to epoch 2.
-    run_folds(*refs, splits, _cfg(*workers, "train.epochs=1"), resources, storage, on_events=events.extend)
-    assert storage.exists("state/fold0.pt")
-    ((weights_ref, info),) = run_folds(
-        *refs, splits, _cfg(*workers), resources, storage, on_events=events.extend
-    ).values()
-
-    assert info["resumed_from_epoch"] == 1 and info["workers"] == 2 and info["placement"] == "STRICT_PACK"
-    assert len(set(info["worker_node_ids"])) == 1
-    for a, b in zip(one.history, info["history"], strict=True):
-        for key in ("train_loss", "val_loss", "val_acc", "lr"):
-            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), (key, a, b)
-    np.testing.assert_allclose(info["val_prob_fake"], one.val_prob_fake, rtol=1e-5, atol=1e-6)
-    weights = ray.get(weights_ref)
-    for name, w in one.weights.items():
-        np.testing.assert_allclose(weights[name], w, rtol=1e-4, atol=1e-6, err_msg=name)
-    kinds = [(e["type"], e.get("epoch")) for e in events if e["fold"] == 0]
-    assert kinds.count(("start", None)) == 2 and ("epoch", 1) in kinds and ("epoch", 2) in kinds
-    assert kinds.count(("epoch", 1)) == 1  # rank 0 alone reports (and the resumed run does not repeat epoch 1)
-
-
-def test_on_two_2cpu_nodes_each_folds_workers_share_a_node_and_3_workers_are_refused(tiny_demo, tmp_path):
-    """`python -m raydf.train` against a ray.cluster_utils.Cluster of two 2-CPU nodes: the two workers of each
-    fold on one node; 3 workers a fold, more than a node's CPUs, refused
-    before the pre-flight (nothing trained, no run directory)."""
-    from conftest import tiny_overrides
-    from ray_processes import Driver, HelperCluster, child_env
-
+    out = tmp_path / "seen.json"
     cluster = HelperCluster()
     try:
         address = cluster.start_head(num_cpus=2)
         cluster.add_node(num_cpus=2)
-        env = child_env(cluster.tmpdir)
-        base = ["-m", "raydf.train", f"ray.address={address}", "ray.scale_up_timeout_s=0"]
-        refused = Driver(
-            [
-                *base,
-                *tiny_overrides(tmp_path / "refused", tiny_demo),
-                "resources.workers_per_fold=3",
-                "train.batch_size=12",
-            ],
-            env,
-        )
-        try:
-            assert refused.finish(timeout_s=120) != 0
-        finally:
-            refused.kill()
-        assert "resources.workers_per_fold=3" in refused.output and "largest node of the Ray cluster has 2 CPU(s)" in (
-            refused.output
-        ), refused.output[-3000:]
-        assert not (tmp_path / "refused").exists()
-
-        run_dir = tmp_path / "run"
-        overrides = tiny_overrides(run_dir, tiny_demo) + ["resources.workers_per_fold=2", "data.test="]
-        driver = Driver([*base, *overrides], env)
+        args = [str(HERE / "ddp_fold_driver.py"), address, str(out), str(tiny_demo.train), str(tmp_path)]
+        driver = Driver(args, child_env(cluster.tmpdir))
+        images, labels = separable_images(36, 36)  # meanwhile, one worker in this process
+        torch.set_num_threads(1)
+        one = train_fold(images, labels, TRAIN_IDX, VAL_IDX, _cfg(), fold=0)
         try:
             code = driver.finish(timeout_s=300)
         finally:
@@ -190,7 +152,20 @@ def test_on_two_2cpu_nodes_each_folds_workers_share_a_node_and_3_workers_are_ref
         assert code == 0, driver.output[-4000:]
     finally:
         cluster.shutdown()
-    metas = [torch.load(run_dir / f"checkpoints/fold{k}.pt", weights_only=True)["meta"] for k in (0, 1)]
-    placed = [set(m["worker_node_ids"]) for m in metas]
-    assert [len(p) for p in placed] == [1, 1], placed
-    assert all(m["workers"] == 2 and m["placement"] == "STRICT_PACK" for m in metas)
+    seen = json.loads(out.read_text())
+
+    assert "resources.workers_per_fold=3" in seen["refused"], seen["refused"]
+    assert "the largest node of the Ray cluster has 2 CPU(s)" in seen["refused"]
+    assert not seen["refused_run_dir_exists"]
+
+    assert len(seen["nodes"]) == 2 and len(set(seen["worker_node_ids"])) == 1
+    assert seen["workers"] == 2 and seen["placement"] == "STRICT_PACK"
+    for a, b in zip(one.history, seen["history"], strict=True):
+        for key in ("train_loss", "val_loss", "val_acc", "lr"):
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), (key, a, b)
+    np.testing.assert_allclose(seen["val_prob_fake"], one.val_prob_fake, rtol=1e-5, atol=1e-6)
+    weights = torch.load(f"{out}.weights.pt", weights_only=True)
+    for name, w in one.weights.items():
+        np.testing.assert_allclose(weights[name].numpy(), w, rtol=1e-4, atol=1e-6, err_msg=name)
+    assert seen["events"] == [["start", None], ["epoch", 1], ["epoch", 2], ["done", None]]  # rank 0 alone reports
+    assert seen["state_saved"]
