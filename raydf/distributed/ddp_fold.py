@@ -158,6 +158,8 @@ def _worker_loop(config: dict) -> Optional[dict]:
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.set_num_threads(cfg.resources.cpus_per_fold)
     dp = DataParallel(rank, world, get_device(), cfg.resources.sync_bn)
+    if dp.device.type == "cuda":  # NCCL's object collectives use the current device (Ray Train sets it too)
+        torch.cuda.set_device(dp.device)
     node_id = ray.get_runtime_context().get_node_id()
     worker_nodes = dp.gather(node_id)
     events = EventSender(config["progress"] if dp.is_main else None)
@@ -234,7 +236,7 @@ def _ddp_fold_task(
     stop_flag: Optional[ray.actor.ActorHandle],
     plan: WorkerPlan,
 ) -> tuple[dict[str, np.ndarray], dict]:
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     ctx = ray.get_runtime_context()
@@ -246,6 +248,9 @@ def _ddp_fold_task(
     )
     # Ray Train would run the workers in its run folder: a relative run_dir must stay relative to the driver's.
     os.environ["RAY_CHDIR_TO_TRIAL_DIR"] = "0"
+    # A fold queued behind others waits for their GPUs: Ray Train would give up on its placement group every 60 s,
+    # log the failure and try again (without limit); the same wait, quietly.
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "1800")
     scratch = tempfile.mkdtemp(prefix=f"raydf-ddp-fold{fold}-")  # Ray Train's run folder: no checkpoint in it
     make_trainer = lambda: TorchTrainer(  # noqa: E731
         _worker_loop,
@@ -272,6 +277,8 @@ def _ddp_fold_task(
             storage_path=scratch,
             # Train restarts a failed worker group; the workers resume from the fold's saved state.
             failure_config=FailureConfig(max_failures=cfg.ray.max_retries),
+            # The fold's own progress lines say what it does; Ray Train's errors still reach the fold's error.
+            logging_config=LoggingConfig(log_level="ERROR"),
         ),
     )
     try:
