@@ -169,3 +169,19 @@ def test_on_two_2cpu_nodes_a_folds_workers_share_a_node_and_compute_what_one_wor
         np.testing.assert_allclose(weights[name].numpy(), w, rtol=1e-4, atol=1e-6, err_msg=name)
     assert seen["events"] == [["start", None], ["epoch", 1], ["epoch", 2], ["done", None]]  # rank 0 alone reports
     assert seen["state_saved"]
+
+
+def test_a_folds_workers_are_packed_on_one_node_when_one_holds_them_and_refused_when_none_has_enough_gpus():
+    from raydf.distributed.ddp_fold import plan_workers
+    from raydf.errors import ConfigError
+
+    nodes = [{"CPU": 16.0, "GPU": 4.0}, {"CPU": 64.0, "GPU": 2.0}]
+    plan = plan_workers(load_config(None, ["resources.gpus_per_fold=4", "resources.cpus_per_fold=4"]), nodes)
+    assert (plan.workers, plan.gpus, plan.cpus, plan.strategy, plan.backend) == (4, 1, 4, "STRICT_PACK", "nccl")
+    # 4 x 8 CPUs: no node holds them all; spread with PACK (and a warning) rather than never scheduled.
+    assert plan_workers(
+        load_config(None, ["resources.gpus_per_fold=4", "resources.cpus_per_fold=8"]), nodes
+    ).strategy == ("PACK")
+    with pytest.raises(ConfigError, match=r"resources.gpus_per_fold=8 .* largest node of the Ray cluster has 4 GPU"):
+        plan_workers(load_config(None, ["resources.gpus_per_fold=8"]), nodes)
+    assert plan_workers(load_config(None, ["resources.gpus_per_fold=1"]), nodes) is None  # a plain fold task

@@ -55,7 +55,9 @@ class WorkerPlan:
     backend: str  # nccl on GPUs, gloo on CPUs
 
 
-def plan_workers(cfg: Config, nodes: Optional[list[dict[str, float]]] = None) -> Optional[WorkerPlan]:
+def plan_workers(
+    cfg: Config, nodes: Optional[list[dict[str, float]]] = None, warn: bool = True
+) -> Optional[WorkerPlan]:
     """The plan of a data-parallel fold on the cluster's `nodes` (alive ones by default); None for a plain fold.
 
     Refuses (ConfigError, naming the key and the largest node) a fold with more workers than any node has GPUs
@@ -73,7 +75,8 @@ def plan_workers(cfg: Config, nodes: Optional[list[dict[str, float]]] = None) ->
     largest = max(nodes, key=lambda n: n.get(kind, 0), default={})
     if workers > largest.get(kind, 0):
         raise ConfigError(
-            f"{key}={workers} asks for {workers} workers of one data-parallel fold, one {kind} each, but the "
+            f"{key}={workers} asks for {workers} workers of one data-parallel fold, "
+            f"{'one GPU each' if gpus else 'at least one CPU each'}, but the "
             f"largest node of the Ray cluster has {largest.get(kind, 0):g} {kind}(s) "
             f"({largest.get('CPU', 0):g} CPU, {largest.get('GPU', 0):g} GPU): lower {key} to at most "
             f"{largest.get(kind, 0):g}, or add larger nodes"
@@ -81,7 +84,7 @@ def plan_workers(cfg: Config, nodes: Optional[list[dict[str, float]]] = None) ->
     if r.sync_bn and not gpus:
         raise ConfigError("resources.sync_bn=true needs GPU workers (torch's SyncBatchNorm runs on GPUs only)")
     fits = any(n.get("CPU", 0) >= workers * r.cpus_per_fold and n.get("GPU", 0) >= workers * gpus for n in nodes)
-    if not fits:
+    if not fits and warn:
         log.warning(
             "no node of the Ray cluster holds all %d workers of a fold (%d CPU%s each): placing them with PACK, "
             "over several nodes (every step's all-reduce then crosses the network); lower resources.cpus_per_fold "
@@ -102,7 +105,7 @@ def check_data_parallel(cfg: Config, session: Optional[RaySession] = None) -> No
     if data_parallel_workers(cfg) <= 1:
         return
     try:
-        plan_workers(cfg)
+        plan_workers(cfg, warn=False)  # the fold tasks warn when they are placed
     except ConfigError as e:
         if session is None or not session.existing_cluster or cfg.ray.scale_up_timeout_s <= 0:
             raise
