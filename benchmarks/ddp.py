@@ -41,6 +41,7 @@ def _run(images_ref, labels_ref, splits, overrides: list[str]) -> dict:
     from raydf.distributed.folds import run_folds
 
     cfg = load_config(None, overrides)
+    load = os.getloadavg()[0]
     t0 = time.time()
     ((_, info),) = run_folds(
         images_ref, labels_ref, splits, cfg, {"num_cpus": cfg.resources.cpus_per_fold, "num_gpus": 0}
@@ -55,6 +56,7 @@ def _run(images_ref, labels_ref, splits, overrides: list[str]) -> dict:
         "epoch_seconds": [round(h["seconds"], 2) for h in info["history"]],
         "images_per_s": round(steps * cfg.train.batch_size * len(steady) / sum(train_s), 2),
         "fold_wall_s": round(wall, 1),
+        "load_1min_before_after": [round(load, 2), round(os.getloadavg()[0], 2)],
         "val_loss": [round(h["val_loss"], 4) for h in info["history"]],
     }
 
