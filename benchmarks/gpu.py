@@ -71,8 +71,8 @@ DEFAULT_OUT = REPO / "benchmarks" / "results" / "gpu.json"
 # did not use goes to the later ones.
 SECTIONS = {
     "environment": 0.02,
-    "fold_training": 0.32,
-    "compile": 0.16,
+    "fold_training": 0.28,
+    "compile": 0.20,
     "faces": 0.10,
     "end_to_end": 0.20,
     "inference": 0.20,
@@ -434,17 +434,20 @@ def _epoch_images(cfg, n_train: int, n_val: int) -> int:
     return (n_train // cfg.train.batch_size) * cfg.train.batch_size + n_val
 
 
-def fold_in_process(b: Bench, cfg, images, labels, train_idx, val_idx) -> dict:
-    """`train_fold` in this process; rates and samples of the epochs after the first."""
+def fold_in_process(b: Bench, cfg, images, labels, train_idx, val_idx, result: dict) -> dict:
+    """`train_fold` in this process; rates and samples of the epochs after the first, into `result` (filled also when
+    the section's time limit interrupts it: the epochs done by then, and how long it ran)."""
     from raydf.training.engine import Precision, StopRequested
     from raydf.training.fold_loop import train_fold
 
     rows: list[dict] = []
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.resources.cpus_per_fold)  # as a fold task does
+    result["precision"] = _precision_name(Precision.resolve(cfg.train.precision, b.device).dtype)
+    result["loader_workers"] = cfg.resources.loader_workers
     if b.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    result: dict[str, Any] = {}
+    t0 = time.time()
     try:
         outcome = train_fold(
             images,
@@ -460,17 +463,19 @@ def fold_in_process(b: Bench, cfg, images, labels, train_idx, val_idx) -> dict:
         result["device"] = outcome.device
     except StopRequested:
         result["cut_after_epochs"] = len(rows)
+    except KeyboardInterrupt:  # the hard stop (e.g. inside torch.compile's first step): say how far it got
+        result["cut_after_epochs"] = len(rows)
+        raise
     finally:
         torch.set_num_threads(threads)
-    n = _epoch_images(cfg, len(train_idx), len(val_idx))
-    result.update(_epoch_rates(rows, n))
-    result["precision"] = _precision_name(Precision.resolve(cfg.train.precision, b.device).dtype)
-    result["loader_workers"] = cfg.resources.loader_workers
-    if b.device.type == "cuda":
-        result["torch_peak_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    steady = rows[1:] or rows
-    if steady:
-        result.update(b.monitor.window(steady[0]["end"] - steady[0]["seconds"], steady[-1]["end"]))
+        result["seconds_run"] = round(time.time() - t0, 1)
+        result.update(_epoch_rates(rows, _epoch_images(cfg, len(train_idx), len(val_idx))))
+        if b.device.type == "cuda":
+            result["torch_peak_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+            torch.cuda.empty_cache()  # the fold tasks that follow share this GPU
+        steady = rows[1:] or rows
+        if steady:
+            result.update(b.monitor.window(steady[0]["end"] - steady[0]["seconds"], steady[-1]["end"]))
     return result
 
 
@@ -531,6 +536,8 @@ def network_only(b: Bench, model_name: str) -> dict:
     out["precision_auto"] = _precision_name(auto.dtype)
     for name, (precision, channels_last) in variants.items():
         out[f"{name}_images_per_s"] = _train_steps(b, model_name, precision, channels_last)
+        if b.device.type == "cuda":
+            torch.cuda.empty_cache()
         if b.should_stop():
             break
     if "fp32_images_per_s" in out:
@@ -606,21 +613,21 @@ def shared_gpu(b: Bench, k: int, images_ref, labels_ref, train_idx, val_idx, alo
     model = b.sizes.backbones[0]
     cfg = b.fold_config(model, (f"resources.gpus_per_fold={1 / k}", f"train.folds={max(k, 2)}"))
     resources = fold_resources(cfg)
-    events: list[dict] = []
     t0 = time.time()
-    results = run_folds(
-        images_ref, labels_ref, {f: (train_idx, val_idx) for f in range(k)}, cfg, resources, on_events=events.extend
-    )
+    # No progress actor (on_events): one process fewer; the epochs' times come from each fold's history.
+    results = run_folds(images_ref, labels_ref, {f: (train_idx, val_idx) for f in range(k)}, cfg, resources)
     wall = time.time() - t0
     n = _epoch_images(cfg, len(train_idx), len(val_idx))
-    folds = []
+    folds, spans = [], []
     for f, (_, info) in sorted(results.items()):
         rates = _epoch_rates(info["history"], n)
         folds.append({"fold": f, "gpu_ids": info.get("gpu_ids"), **rates})
-    ends = {f: sorted(e["time"] for e in events if e.get("type") == "epoch" and e.get("fold") == f) for f in results}
+        seconds = [row["seconds"] for row in info["history"]]
+        # (end of its first epoch, end of its last): the last ends as the fold task returns, give or take the copy of
+        # its best weights.
+        spans.append((info["finished_at"] - sum(seconds[1:]), info["finished_at"]))
     # The time all K folds were past their first epoch and still training: their steady state side by side.
-    start = max(t[0] for t in ends.values() if t) if all(ends.values()) else t0
-    stop = min(t[-1] for t in ends.values() if t) if all(ends.values()) else time.time()
+    start, stop = max(a for a, _ in spans), min(z for _, z in spans)
     if stop <= start:
         start, stop = t0, time.time()
     total = sum(f["images_per_s"] or 0 for f in folds)
@@ -657,8 +664,9 @@ def section_fold_training(b: Bench, out: dict) -> None:
     out["per_backbone"] = per = []
     for name in s.backbones:
         cfg = b.fold_config(name)
-        entry = {"model": name, **fold_in_process(b, cfg, images, labels, train_idx, val_idx)}
+        entry: dict[str, Any] = {"model": name}
         per.append(entry)
+        fold_in_process(b, cfg, images, labels, train_idx, val_idx, entry)
         b.save()
         if b.should_stop():
             return
@@ -699,9 +707,9 @@ def section_compile(b: Bench, out: dict) -> None:
     runs = {}
     for on in (False, True):
         cfg = b.fold_config(model, (f"train.compile={str(on).lower()}", f"train.epochs={epochs}"))
+        runs[on] = out["on" if on else "off"] = {}
         with _dry_compile_backend(b.dry):
-            runs[on] = fold_in_process(b, cfg, images, labels, train_idx, val_idx)
-        out["on" if on else "off"] = runs[on]
+            fold_in_process(b, cfg, images, labels, train_idx, val_idx, runs[on])
         b.save()
         if b.should_stop():
             return
@@ -862,6 +870,8 @@ def section_end_to_end(b: Bench, out: dict) -> None:
     out.update(
         {
             "summary_wall_seconds": round(summary["wall_seconds"], 1),
+            # After summary.json's clock stopped: report.md and its plots, leaving the run.
+            "after_summary_s": round(out["wall_s"] - summary["wall_seconds"], 1),
             "split": split,
             "timings": timings,
             "folds": [{key: f.get(key) for key in ("fold", "epochs_run", "started_at", "finished_at")} for f in folds],
@@ -1014,7 +1024,7 @@ def run_section(b: Bench, name: str) -> None:
     limit = max(0.0, left * share)
     out: dict[str, Any] = {"status": "running", "limit_s": round(limit, 1)}
     b.report["sections"][name] = out
-    if limit < 1:
+    if limit < 0.5:
         out["status"] = "cut"
         out["note"] = "no time left in the budget"
         b.save()
@@ -1091,6 +1101,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
         threading.Thread(target=watchdog, name="watchdog", daemon=True).start()
         start_ray(dry)
+        b.report["ray_start_s"] = round(time.time() - b.start, 1)
         try:
             for name in SECTIONS:
                 if args.only and name not in args.only:
