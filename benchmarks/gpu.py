@@ -519,7 +519,7 @@ def loader_alone(b: Bench, cfg, images, labels, train_idx, val_idx) -> dict:
             break
     if b.device.type == "cuda":
         torch.cuda.synchronize()
-    seconds = time.perf_counter() - (t0 or time.perf_counter())
+    seconds = max(time.perf_counter() - (t0 or time.perf_counter()), 1e-9)
     del loader  # its persistent workers
     return {"workers": workers, "images": n, "seconds": round(seconds, 3), "images_per_s": round(n / seconds, 1)}
 
@@ -586,17 +586,26 @@ def _sync(b: Bench) -> None:
         torch.cuda.synchronize()
 
 
-def limit_of(gpu_busy: Optional[float], cpu_busy: Optional[float], rate: float, feed: Optional[float]) -> dict:
+def loader_share(epoch_seconds: list[float], train_images: int, feed: Optional[float]) -> Optional[float]:
+    """The share of a steady epoch's time (epochs after the first, their mean) that the DataLoader alone, at `feed`
+    images/s, needs to deliver the epoch's `train_images`; near 1, the GPU waits for batches."""
+    steady = epoch_seconds[1:] or epoch_seconds
+    if not feed or not steady:
+        return None
+    return round(train_images / feed / statistics.fmean(steady), 3)
+
+
+def limit_of(gpu_busy: Optional[float], cpu_busy: Optional[float], share: Optional[float]) -> dict:
     """What limits a training rate, and the figures that say so.
 
-    gpu: the GPU was busy (a kernel running) >= 85% of the time. data loading: the rate is >= 80% of what the
-    DataLoader alone delivers (`feed`), so the GPU waits for batches. cpu: the machine's CPUs were >= 85% busy (the
-    loaders and the fold processes compete for cores). Otherwise neither is saturated: the time goes to per-step
-    overhead (kernel launches, Python, synchronisation: `.item()` per batch)."""
-    figures = {"gpu_busy_fraction": gpu_busy, "cpu_busy_fraction": cpu_busy, "images_per_s": rate, "loader_feed": feed}
+    gpu: the GPU was busy (a kernel running) >= 85% of the time. data loading: the DataLoader alone needs >= 80% of
+    the epoch's time for its training batches (`loader_share`), so the GPU waits for them. cpu: the machine's CPUs
+    were >= 85% busy (the loaders and the fold processes compete for cores). Otherwise neither is saturated: the time
+    goes to per-step overhead (kernel launches, Python, synchronisation: the fold loop reads the loss every batch)."""
+    figures = {"gpu_busy_fraction": gpu_busy, "cpu_busy_fraction": cpu_busy, "loader_share": share}
     if gpu_busy is not None and gpu_busy >= 0.85:
         limit = "gpu"
-    elif feed and rate >= 0.8 * feed:
+    elif share is not None and share >= 0.8:
         limit = "data loading"
     elif cpu_busy is not None and cpu_busy >= 0.85:
         limit = "cpu"
@@ -632,7 +641,10 @@ def shared_gpu(b: Bench, k: int, images_ref, labels_ref, train_idx, val_idx, alo
         start, stop = t0, time.time()
     total = sum(f["images_per_s"] or 0 for f in folds)
     window = b.monitor.window(start, stop)
-    feed = alone_feed * k if alone_feed else None
+    # Each fold has its own loader workers: the share each fold's loader needs of that fold's epochs.
+    train_images = (len(train_idx) // cfg.train.batch_size) * cfg.train.batch_size
+    shares = [loader_share(f["epoch_seconds"], train_images, alone_feed) for f in folds]
+    share = max(shares) if None not in shares and shares else None
     entry = {
         "k": k,
         "gpus_per_fold": resources["num_gpus"],
@@ -642,7 +654,7 @@ def shared_gpu(b: Bench, k: int, images_ref, labels_ref, train_idx, val_idx, alo
         "folds": folds,
         "total_images_per_s": round(total, 1),
         **window,
-        "limit": limit_of(window["gpu_busy_fraction"], window["cpu_busy_fraction"], total, feed),
+        "limit": limit_of(window["gpu_busy_fraction"], window["cpu_busy_fraction"], share),
     }
     return entry
 
@@ -671,12 +683,9 @@ def section_fold_training(b: Bench, out: dict) -> None:
         if b.should_stop():
             return
         entry["loader_alone"] = loader_alone(b, cfg, images, labels, train_idx, val_idx)
-        entry["limit"] = limit_of(
-            entry.get("gpu_busy_fraction"),
-            entry.get("cpu_busy_fraction"),
-            entry["images_per_s"] or 0,
-            entry["loader_alone"]["images_per_s"],
-        )
+        train_images = (len(train_idx) // cfg.train.batch_size) * cfg.train.batch_size
+        share = loader_share(entry["epoch_seconds"], train_images, entry["loader_alone"]["images_per_s"])
+        entry["limit"] = limit_of(entry.get("gpu_busy_fraction"), entry.get("cpu_busy_fraction"), share)
         b.save()
     out["network_only"] = network_only(b, s.backbones[0])
     b.save()
