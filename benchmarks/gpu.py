@@ -1083,7 +1083,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.gpu", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--out", default=str(DEFAULT_OUT), help="the JSON written as sections finish")
+    parser.add_argument(
+        "--out", help="the JSON written as sections finish (default results/gpu.json; a dry run: results/gpu-dry.json)"
+    )
     parser.add_argument("--budget-s", type=float, default=420.0, help="seconds for all sections together")
     parser.add_argument("--dry-run", action="store_true", help="tiny inputs on the CPU (automatic without CUDA)")
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="a labelled set with labels.csv (else the demo)")
@@ -1097,6 +1099,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     dry = args.dry_run or not torch.cuda.is_available()
     if dry and not args.dry_run:
         print("[gpu bench] no CUDA device: running the CPU dry run (--dry-run)", flush=True)
+    if args.out is None:  # a dry run never overwrites a GPU run's figures
+        args.out = str(DEFAULT_OUT.with_name("gpu-dry.json") if dry else DEFAULT_OUT)
     with tempfile.TemporaryDirectory(prefix="raydf-gpu-bench-") as tmp:
         os.environ.setdefault("RAYDF_CACHE", str(Path(tmp) / "raydf-cache"))
         b = Bench(args, dry, Path(tmp))
