@@ -1,7 +1,7 @@
 """The GPU path measured in one command, sized to end within its budget (default 420 s) on one GPU.
 
     python -m benchmarks.gpu [--out benchmarks/results/gpu.json] [--budget-s 420] [--dry-run]
-                             [--data ../shared/data/ffhq-stylegan-2200]
+                             [--data ../shared/data/ffhq-stylegan-2200] [--only SECTION ...]
 
 Sections, in this order, each under its own time limit (its share of what is left of --budget-s), each written to
 the JSON as it finishes (temp file + rename: a killed run keeps what it measured):
