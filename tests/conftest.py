@@ -41,6 +41,7 @@ LONGEST_FIRST = [
     "test_multinode.py",
     "test_s3_run_dir.py",
     "test_serve.py",
+    "test_gpu_benchmark.py",
 ]
 
 
