@@ -120,3 +120,41 @@ def test_a_calibration_file_edited_by_hand_or_of_another_run_is_refused_naming_i
     with pytest.raises(ConfigError, match=r"runs/a/calibration.json was edited by hand"):
         parse_calibration(json.dumps(edited), "run-a", "runs/a/calibration.json")
     assert NONE.method == "none" and NONE.threshold == 0.5
+
+
+def test_with_faces_the_temperature_is_fitted_per_video_after_aggregating_its_faces():
+    """Faces of one video share its label: the fit scores each video once, by the mean of its faces' calibrated
+    P(fake) (predict.aggregate), and finds an over-confident ensemble's factor there too."""
+    probs, labels = _overconfident_ensemble(n=600, models=1, seed=4)
+    faces = 8
+    rng = np.random.default_rng(5)
+    face_probs = expit(logit(probs[0]).repeat(faces) + rng.normal(0, 0.05, 600 * faces))[None]
+    codes = np.arange(600).repeat(faces)
+    counts = np.bincount(codes)
+    data = OofData(models_logit(face_probs), labels.repeat(faces), codes, lambda p: np.bincount(codes, p) / counts)
+    cal = fit_calibration(data, "temperature")
+    assert cal.fit["units"] == 600 and cal.fit["rows"] == 4800
+    assert cal.temperature == pytest.approx(5.0, rel=0.2) and cal.fit["oof_after"]["ece"] < cal.fit["oof_before"]["ece"]
+
+
+def test_out_of_fold_data_with_one_class_use_the_runs_self_blended_fakes(tmp_path):
+    """data.synthetic_fakes=only on reals alone: oof.csv holds one class; the validation reals' self-blended fakes
+    (oof_blended.csv) are the other."""
+    import pandas as pd
+
+    from raydf.config import load_config
+    from raydf.pipelines.calibration import oof_data
+    from raydf.runs.storage import RunStorage
+
+    rng = np.random.default_rng(6)
+    pd.DataFrame(
+        {"path": [f"r{i}.png" for i in range(40)], "label": 0, "fold": 0, "prob_fake": rng.random(40) / 2}
+    ).to_csv(tmp_path / "oof.csv", index=False)
+    cfg = load_config(None, [f"data.train={tmp_path / 'train.csv'}"])
+    assert oof_data(cfg, RunStorage(tmp_path)).level == "image"  # no blended rows: one class, and the fit falls back
+    pd.DataFrame(
+        {"path": [f"r{i}.png" for i in range(40)], "label": 1, "fold": 0, "prob_fake": 0.5 + rng.random(40) / 2}
+    ).to_csv(tmp_path / "oof_blended.csv", index=False)
+    data = oof_data(cfg, RunStorage(tmp_path))
+    assert data.level == "image (with self-blended fakes)" and sorted(set(data.labels)) == [0, 1] and len(data.z) == 80
+    assert fit_calibration(data, "isotonic").method == "isotonic"

@@ -306,6 +306,12 @@ def test_a_run_on_reals_alone_with_self_blended_fakes_trains_predicts_and_report
     oof = pd.read_csv(run_dir / "oof.csv")
     assert len(oof) == 64 and set(oof["label"]) == {0, 1} and oof["prob_fake"].between(0, 1).all()
     assert set(summary["cv"]) >= {"auc", "accuracy"} and (run_dir / "submission.csv").is_file()
+    # The validation reals' self-blended fakes, scored by their fold's best weights: what calibration falls back
+    # on when the labelled rows hold one class only.
+    blended = pd.read_csv(run_dir / "oof_blended.csv")
+    reals = oof[oof["label"] == 0]
+    assert sorted(blended["path"]) == sorted(reals["path"]) and (blended["label"] == 1).all()
+    assert blended["prob_fake"].between(0, 1).all() and (run_dir / "calibration.json").is_file()
     assert "![self-blended fakes](synthetic_fakes.png)" in (run_dir / "report.md").read_text()
     from PIL import Image
 
@@ -327,7 +333,7 @@ def test_evaluate_scores_the_run_on_other_sets_with_confidence_intervals(finishe
     run_test = json.loads((run_dir / "summary.json").read_text())["test"]
     per_image = result[test_name]["per image"]
     assert per_image["n"] == 32 and result[train_name]["per image"]["n"] == 64
-    for key in ("accuracy", "auc", "log_loss", "ap", "eer"):
+    for key in ("accuracy", "auc", "log_loss", "ap", "eer", "ece", "brier"):
         assert per_image[key]["value"] == pytest.approx(run_test[key], abs=1e-6), key
         low, high = per_image[key]["ci95"]
         assert low <= per_image[key]["value"] <= high and high - low > 0, key
