@@ -22,10 +22,9 @@ import json
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
-
-import tempfile
 
 import pandas as pd
 
