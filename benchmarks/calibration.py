@@ -54,13 +54,14 @@ def shared_figures(run_dir: Path, work: Path) -> dict:
         "run": str(run_dir),
         "calibration": s["calibration"],
         "threshold": s["threshold"],
-        "test_before": _pick(s["test_uncalibrated"]),
+        "test_before": _pick(s.get("test_uncalibrated", s["test"])),  # the same when calibration fell back
         "test_after": _pick(s["test"]),
         "test_accuracy_at_threshold": s["threshold_test_accuracy"],
         "calibration_seconds": s["timings"].get("calibration_seconds"),
         "training_images": int(pd.read_csv(run_dir / "oof.csv").shape[0]),
         "wall_seconds": s["wall_seconds"],
     }
+    out["mean_of_logits_vs_probabilities"] = _vote_variants(run_dir, s)
     copy = work / f"{run_dir.name}-isotonic"
     shutil.rmtree(copy, ignore_errors=True)
     shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("tensorboard", "state"))
@@ -74,6 +75,27 @@ def shared_figures(run_dir: Path, work: Path) -> dict:
         "test_after": _pick(iso["test"]),
         "test_accuracy_at_threshold": iso["threshold_test_accuracy"],
     }
+    return out
+
+
+def _vote_variants(run_dir: Path, s: dict) -> dict:
+    """Test log loss and ECE of the run's temperature applied to the mean of the folds' logits (what raydf does) and
+    to the logit of the mean of their probabilities (the alternative), from test_models.csv."""
+    import numpy as np
+    from scipy.special import expit, logit
+
+    from raydf.pipelines.calibration import model_probs
+    from raydf.training.metrics import expected_calibration_error, log_loss_of
+
+    if s["calibration"]["method"] != "temperature":
+        return {}
+    t = s["calibration"]["temperature"]
+    probs = np.clip(model_probs(pd.read_csv(run_dir / "test_models.csv")), 1e-7, 1 - 1e-7)
+    labels = pd.read_csv(run_dir / "test_labels.csv")["label"].to_numpy()
+    out = {}
+    for name, z in (("mean_of_logits", logit(probs).mean(0)), ("logit_of_mean_probability", logit(probs.mean(0)))):
+        p = expit(z / t)
+        out[name] = {"log_loss": log_loss_of(labels, p), "ece": expected_calibration_error(labels, p)}
     return out
 
 

@@ -67,7 +67,7 @@ def test_report_numbers_equal_the_summary(finished_run):
             [m["accuracy"], m["auc"], m["log_loss"], m["ap"], m["eer"], m["ece"], m["brier"]], abs=5e-5
         )
     calibration = report.split("## Calibration and threshold\n", 1)[1].split("\n## ", 1)[0]
-    assert f"temperature T = {summary['calibration']['temperature']:.4f}" in calibration
+    assert f"temperature (T = {summary['calibration']['temperature']:.4f})" in calibration
     assert f"P(fake) > {summary['threshold']['value']:.4f}" in calibration
     folds = _table(report, "Folds")
     assert len(folds) == len(summary["folds"]) == 2

@@ -28,6 +28,7 @@ from raydf.inference.calibration import (
 from raydf.runs.run_dir import data_specs, read_csv, write_csv
 from raydf.runs.storage import RunStorage
 from raydf.runs.submission import _confident_means
+from raydf.training.metrics import classification_metrics
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +169,12 @@ def calibrate_run(run_dir: str, overrides: Sequence[str] = (), fixed: Optional[C
     cal = fit_run_calibration(cfg, storage, metas, fixed)
     summary = json.loads(storage.read_text("summary.json"))
     summary.update(calibration_summary(cal))
+    # The out-of-fold metrics again (a run made before ECE and Brier were reported gets them; the values are the same)
+    oof = read_csv(storage, "oof.csv").dropna(subset=["prob_fake"])
+    summary["cv"] = classification_metrics(oof["label"], oof["prob_fake"])
+    if "cv_sources" in summary and storage.exists("oof_sources.csv"):
+        sources = read_csv(storage, "oof_sources.csv")
+        summary["cv_sources"] = dict(classification_metrics(sources["label"], sources["prob_fake"]), n=len(sources))
     if storage.exists(TEST_MODELS):
         summary.update(rewrite_test_outputs(cfg, storage, cal))
     elif cfg.data.test:

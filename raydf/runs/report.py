@@ -186,7 +186,7 @@ def _calibration_section(run: RunFiles) -> list[str]:
     if "calibration" not in s:
         return []
     c, t = s["calibration"], s.get("threshold", {})
-    how = c["method"] + (f", temperature T = {c['temperature']:.4f}" if "temperature" in c else "")
+    how = c["method"] + (f" (T = {c['temperature']:.4f})" if "temperature" in c else "")
     lines = [
         "",
         "## Calibration and threshold",
