@@ -30,6 +30,7 @@ import pandas as pd
 
 from benchmarks.run import DEFAULT_DATA, REPO, split_data
 from raydf.data.catalog import read_test
+from raydf.training.metrics import classification_metrics
 
 KEYS = ("accuracy", "log_loss", "ece", "brier", "auc")
 CPU = ["resources.gpus_per_fold=0", "resources.cpus_per_fold=1", "resources.loader_workers=0", "train.folds=2"]
@@ -115,13 +116,17 @@ def swaps_figures(run_dir: Path, work: Path, sets: list[str]) -> dict:
         (copy / "calibrate_seconds.txt").write_text(f"{calibrate_s:.2f}\n")
     after = json.loads((copy / "evaluate" / "evaluation.json").read_text())["sets"]
     summary = json.loads((copy / "summary.json").read_text())
+    # The original may have scored a set under another name (a copy of the same CSV elsewhere): match by its rows.
+    by_rows = {_rows_key(r["set"]): name for name, r in before.items()}
     rows = {}
     for name, result in after.items():
         level = "per image"
+        before_name = by_rows[_rows_key(result["set"])]
         pred = pd.read_csv(copy / "evaluate" / name / "predictions.csv")
         truth = read_test(result["set"])  # the predictions' rows, in order
         rows[name.split("-")[-1]] = {
-            "before": _pick(before[name][level]),
+            # scored again from the original's predictions: runs made before ECE and Brier were reported lack them
+            "before": _pick(classification_metrics(truth["label"], _original(run_dir, before_name)["prob_fake"])),
             "after": _pick(result[level]),
             "accuracy_at_threshold": float((pred["label"].to_numpy() == truth["label"].to_numpy()).mean()),
         }
@@ -132,6 +137,15 @@ def swaps_figures(run_dir: Path, work: Path, sets: list[str]) -> dict:
         "calibrate_command_seconds": float((copy / "calibrate_seconds.txt").read_text()),
         "sets": rows,
     }
+
+
+def _original(run_dir: Path, name: str) -> pd.DataFrame:
+    return pd.read_csv(run_dir / "evaluate" / name / "predictions.csv")
+
+
+def _rows_key(spec: str) -> tuple:
+    table = read_test(spec)
+    return tuple(map(str, table["path"])), tuple(table["label"])
 
 
 def main() -> None:
