@@ -192,7 +192,8 @@ def test_predict_with_flip_tta_changes_the_probabilities_and_stays_a_valid_submi
     assert main(parse_args(["--run", str(run_dir), "--images", str(tiny_demo.test), "--out", str(out), "--tta"])) == 0
     tta, plain = pd.read_csv(out), pd.read_csv(run_dir / "submission.csv")
     assert list(tta.columns) == ["image", "label", "prob_fake"] and tta["image"].tolist() == plain["image"].tolist()
-    assert tta["prob_fake"].between(0, 1).all() and (tta["label"] == (tta["prob_fake"] > 0.5)).all()
+    threshold = json.loads((run_dir / "calibration.json").read_text())["threshold"]  # the run's cut
+    assert tta["prob_fake"].between(0, 1).all() and (tta["label"] == (tta["prob_fake"] > threshold)).all()
     assert not np.allclose(tta["prob_fake"], plain["prob_fake"], rtol=0, atol=1e-6)
 
 

@@ -212,22 +212,22 @@ def synthetic_fakes(
 
 def reliability(panels: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], path: Path, bins: int = 15) -> Path:
     """Reliability diagrams, one panel per set ({set: {curve: (labels, P(fake))}}, e.g. out of fold and test, each
-    before and after calibration): the fraction of fakes against the mean P(fake) in each of `bins` equal-width
-    bins (scikit-learn's `calibration_curve`), marker area by the bin's rows; the diagonal is a calibrated model
-    (500 px high, 500 px wide per panel)."""
-    from sklearn.calibration import calibration_curve
-
+    before and after calibration): the fraction of fakes against the mean P(fake) in each non-empty bin of `bins`
+    equal-width bins of [0, 1] (the bins of the ECE), marker area by the bin's share of rows; the diagonal is a
+    calibrated model (500 px high, 500 px wide per panel)."""
     fig = Figure(figsize=(5 * len(panels), 5), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
     for ax, (name, curves) in zip(axes, panels.items()):
         ax.plot([0, 1], [0, 1], color="gray", ls=":", label="calibrated")
         for i, (label, (y, p)) in enumerate(curves.items()):
-            y, p = np.asarray(y, dtype=int), np.clip(np.asarray(p, dtype=float), 0, 1)
-            frac, mean = calibration_curve(y, p, n_bins=bins, strategy="uniform")
-            counts = np.bincount(np.minimum((p * bins).astype(int), bins - 1), minlength=bins)
-            sizes = counts[counts > 0] / max(1, len(p)) * 400 + 8
+            y, p = np.asarray(y, dtype=float), np.clip(np.asarray(p, dtype=float), 0, 1)
+            b = np.minimum((p * bins).astype(int), bins - 1)
+            counts = np.bincount(b, minlength=bins)
+            used = counts > 0
+            frac = np.bincount(b, y, bins)[used] / counts[used]
+            mean = np.bincount(b, p, bins)[used] / counts[used]
             ax.plot(mean, frac, "-", color=f"C{i}", alpha=0.8)
-            ax.scatter(mean, frac, s=sizes, color=f"C{i}", alpha=0.8, label=label)
+            ax.scatter(mean, frac, s=counts[used] / len(p) * 400 + 8, color=f"C{i}", alpha=0.8, label=label)
         ax.set(
             title=name,
             xlabel="mean P(fake) in the bin",
