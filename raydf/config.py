@@ -190,6 +190,11 @@ class PredictConfig:
     # Grad-CAM heatmaps of the N most confident fakes and N most confident reals of the test set, written to
     # RUN_DIR/explain/ and shown in report.md; 0 = none
     explain: int = 4
+    # The soft vote's P(fake), fitted on the out-of-fold predictions after the folds finish (RUN_DIR/calibration.json):
+    # none (the mean of the folds' P(fake)) | temperature (sigmoid of the folds' mean logit / T) | isotonic
+    calibration: str = "temperature"
+    # The cut that makes `label` (P(fake) > it), chosen on the same out-of-fold data: 0.5 | eer | youden | fpr@X
+    threshold: str = "0.5"
 
 
 @dataclass
@@ -576,6 +581,16 @@ def _validate_values(cfg: Config) -> None:
         "predict.aggregate",
         f"must be mean, median or confident (got '{cfg.predict.aggregate}')",
     )
+    _require(
+        cfg.predict.calibration in ("none", "temperature", "isotonic"),
+        "predict.calibration",
+        f"must be none, temperature or isotonic (got '{cfg.predict.calibration}')",
+    )
+    _require(
+        _valid_threshold(str(cfg.predict.threshold)),
+        "predict.threshold",
+        f"must be 0.5, eer, youden or fpr@X with X in (0, 1), e.g. fpr@0.05 (got '{cfg.predict.threshold}')",
+    )
     _require(cfg.predict.actor_restarts >= -1, "predict.actor_restarts", "must be >= 0, or -1 for unlimited")
     _require(
         cfg.data.synthetic_fakes in ("off", "add", "only"),
@@ -661,6 +676,15 @@ def check_data_paths(cfg: Config) -> None:
         shown = value if path.is_absolute() else f"{value} (in {Path.cwd()})"
         _require(path.exists(), key, f"{shown} does not exist; it must be {what}")
         _require(path.is_dir() or not folder, key, f"{shown} is not a folder; it must be {what}")
+
+
+def _valid_threshold(mode: str) -> bool:
+    if mode in ("0.5", "eer", "youden"):
+        return True
+    try:
+        return mode.startswith("fpr@") and 0 < float(mode[4:]) < 1
+    except ValueError:
+        return False
 
 
 def to_yaml(cfg: Config) -> str:

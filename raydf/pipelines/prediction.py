@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     import torch
 
     from raydf.config import Config
+    from raydf.inference.calibration import Calibration
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ def predict(
 
     storage = RunStorage(run_dir)
     cfg, checkpoints = load_finished_run(run_dir)
+    calibration = run_calibration(run_dir, checkpoints)  # refused here, before any work, when it is not this run's
     images = faces_of(cfg, images, image_root)  # videos, or photos for a run trained on faces: their faces manifest
     faces = read_manifest(images) if is_face_manifest(images) else None
     test_df = read_test(images, image_root if faces is None else None)
@@ -57,17 +59,18 @@ def predict(
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
         refs = [ray.put({k: v.numpy() for k, v in weights.items()}) for weights, _ in checkpoints]
         readable = [p for i, p in enumerate(test_df["path"]) if i not in bad]
-        pred = predict_paths(cfg, readable, refs, gpus_per_actor=gpus, tta=tta)
+        pred = predict_paths(cfg, readable, refs, gpus_per_actor=gpus, tta=tta, calibration=calibration)
     if explain:
         folder_storage, folder = RunStorage.for_file(explain_dir(out))
         weights = [w for w, _ in checkpoints]
-        explain_paths(cfg, weights, readable, pred["prob_fake"].to_numpy(), folder_storage, folder, explain)
+        names = None if faces is None else [src for i, src in enumerate(faces[0]["source"]) if i not in bad]
+        explain_paths(cfg, weights, readable, pred["prob_fake"].to_numpy(), folder_storage, folder, explain, names)
     if faces is None:
-        write_submission(*RunStorage.for_file(out), test_df, pred, bad, prior)
+        write_submission(*RunStorage.for_file(out), test_df, pred, bad, prior, calibration.threshold)
         log.info("wrote %d predictions of %d folds to %s", len(test_df), cfg.train.folds, out)
         return str(out)
     face_sub, sub = build_face_submissions(
-        test_df, pred["prob_fake"].to_numpy(), bad, prior, *faces, cfg.predict.aggregate
+        test_df, pred["prob_fake"].to_numpy(), bad, prior, *faces, cfg.predict.aggregate, calibration.threshold
     )
     faces_out = faces_file(out)
     write_csv(*RunStorage.for_file(faces_out), face_sub)
@@ -103,6 +106,15 @@ def load_finished_run(
         )
     checkpoints = [load_fold_checkpoint(storage, fold) for fold in range(cfg.train.folds)]
     return _with_recorded_backbone(cfg, [meta for _, meta in checkpoints], run_dir), checkpoints
+
+
+def run_calibration(run_dir: str, checkpoints: list[tuple[dict, dict]]) -> Calibration:
+    """The run's calibration.json, checked against its checkpoints (a file of another run, or edited by hand, is a
+    ConfigError naming it); a run without one predicts as before calibration existed."""
+    from raydf.pipelines.calibration import read_calibration
+    from raydf.runs.storage import RunStorage
+
+    return read_calibration(RunStorage(run_dir), [meta for _, meta in checkpoints])
 
 
 def explain_dir(out: str) -> str:

@@ -208,3 +208,35 @@ def synthetic_fakes(
                 ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def reliability(panels: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], path: Path, bins: int = 15) -> Path:
+    """Reliability diagrams, one panel per set ({set: {curve: (labels, P(fake))}}, e.g. out of fold and test, each
+    before and after calibration): the fraction of fakes against the mean P(fake) in each non-empty bin of `bins`
+    equal-width bins of [0, 1] (the bins of the ECE), marker area by the bin's share of rows; the diagonal is a
+    calibrated model (500 px high, 500 px wide per panel)."""
+    fig = Figure(figsize=(5 * len(panels), 5), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    for ax, (name, curves) in zip(axes, panels.items()):
+        ax.plot([0, 1], [0, 1], color="gray", ls=":", label="calibrated")
+        for i, (label, (y, p)) in enumerate(curves.items()):
+            y, p = np.asarray(y, dtype=float), np.clip(np.asarray(p, dtype=float), 0, 1)
+            b = np.minimum((p * bins).astype(int), bins - 1)
+            counts = np.bincount(b, minlength=bins)
+            used = counts > 0
+            frac = np.bincount(b, y, bins)[used] / counts[used]
+            mean = np.bincount(b, p, bins)[used] / counts[used]
+            ax.plot(mean, frac, "-", color=f"C{i}", alpha=0.8)
+            ax.scatter(mean, frac, s=counts[used] / len(p) * 400 + 8, color=f"C{i}", alpha=0.8, label=label)
+        ax.set(
+            title=name,
+            xlabel="mean P(fake) in the bin",
+            ylabel="fraction of fakes in the bin",
+            xlim=(0, 1),
+            ylim=(0, 1),
+            aspect="equal",
+        )
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper left", fontsize=8)
+    fig.suptitle(f"Reliability ({bins} bins; marker area = share of rows)")
+    return _save(fig, path)

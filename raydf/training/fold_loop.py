@@ -40,6 +40,9 @@ class FoldOutcome:
     device: str
     history: list[dict] = field(default_factory=list)  # one row per epoch
     resumed_from_epoch: Optional[int] = None  # the last completed epoch a resumed fold continued after
+    # data.synthetic_fakes=only: P(fake) of the validation reals' self-blended fakes (in the order of the fold's
+    # validation reals), from the best weights: what calibration uses when the labelled rows hold one class only
+    val_blend_prob_fake: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
 def seed_everything(seed: int) -> None:
@@ -236,6 +239,7 @@ def train_fold(
                 "acc": val_m["acc"],
                 "weights": {k: v.detach().to("cpu", copy=True) for k, v in evaluated.state_dict().items()},
                 "probs": torch.from_numpy(val_probs[:n_val, 1].copy()),  # the labelled rows: out-of-fold
+                "blend_probs": torch.from_numpy(val_probs[n_val:, 1].copy()),  # their self-blended fakes (only)
             }
             stale = 0
         else:
@@ -278,6 +282,8 @@ def train_fold(
         val_acc=best["acc"],
         epochs_run=len(history),
         val_prob_fake=best["probs"].numpy().astype(np.float64),
+        # a state saved before this was kept has none
+        val_blend_prob_fake=best.get("blend_probs", torch.zeros(0)).numpy().astype(np.float64),
         device=str(device),
         history=history,
         resumed_from_epoch=resumed_from,
