@@ -23,6 +23,7 @@ from raydf.distributed.tune import make_tuner, num_trials, trial_folds, trial_re
 from raydf.errors import ConfigError, Interrupted
 from raydf.pipelines.faces import with_extracted_faces
 from raydf.pipelines.training import train
+from raydf.runs.model_key import run_seeds
 from raydf.runs.resume import resume_config
 from raydf.runs.run_dir import (
     create_run_dir,
@@ -72,7 +73,19 @@ def run_sweep(cfg: Config) -> str:
         ) from None
 
 
+def check_one_seed(cfg: Config) -> None:
+    """A sweep's trials train one seed each (train.seed): several `train.seeds` are refused, before any work."""
+    seeds = run_seeds(cfg)
+    if len(seeds) > 1:
+        raise ConfigError(
+            f"train.seeds={seeds}: raydf.tune trials train one seed each (train.seed={cfg.train.seed}); a sweep of "
+            f"seeds would compare noise. Drop train.seeds for the sweep, then train the seeds with its best "
+            f"config: python -m raydf.train --config RUN_DIR/best.yaml 'train.seeds={seeds}'"
+        )
+
+
 def _run_sweep(cfg: Config) -> str:
+    check_one_seed(cfg)
     starts = start_weights_by_backbone(cfg)  # before any work: a file that does not fit stops the sweep here
     if not cfg.resume:  # data.faces: the trials train on the crops (a resumed sweep's config names them)
         empty_run_dir(cfg, "runs/tune-%Y%m%d-%H%M%S")  # names the run directory before the copy below
