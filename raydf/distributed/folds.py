@@ -22,7 +22,7 @@ from raydf.distributed.data import ImagesHandle, resolve_images
 from raydf.distributed.progress import EventSender, drain, start_progress_actor
 from raydf.distributed.stop import StopPoller, start_stop_flag
 from raydf.errors import RaydfError, find_user_error
-from raydf.runs.model_key import ModelKey
+from raydf.runs.model_key import ModelKey, as_key
 from raydf.runs.storage import RunStorage
 from raydf.training.fold_loop import train_fold
 from raydf.training.fold_state import FoldStateStore
@@ -125,7 +125,7 @@ def _describe(e: ray.exceptions.RayError) -> str:
 def run_folds(
     images_ref: ImagesHandle,
     labels_ref: ray.ObjectRef,
-    splits: dict[ModelKey, tuple[np.ndarray, np.ndarray]],
+    splits: dict[ModelKey | int, tuple[np.ndarray, np.ndarray]],
     cfg: Config,
     resources: dict[str, float],
     storage: Optional[RunStorage] = None,
@@ -134,9 +134,10 @@ def run_folds(
     poll_seconds: float = 0.5,
     start_weights_ref: Optional[ray.ObjectRef] = None,
     landmarks_ref: Optional[ray.ObjectRef] = None,
-) -> dict[ModelKey, tuple[ray.ObjectRef, dict]]:
-    """Train the models `splits` ({key: (train rows, val rows)}: a fold, and its seed) at once; returns
-    {key: (best-weights ref, info)}. The models of one fold share its rows and differ in their seed.
+) -> dict[ModelKey | int, tuple[ray.ObjectRef, dict]]:
+    """Train the models `splits` ({key: (train rows, val rows)}: a fold and its seed, or a bare fold index for the
+    run's first seed) at once; returns {key: (best-weights ref, info)}. The models of one fold share its rows and
+    differ in their seed.
 
     With `storage` (the run directory) every fold saves its state per epoch and resumes from it when Ray
     retries it. `on_done(info, weights_ref)` runs on the driver as each fold finishes (completion order).
@@ -157,11 +158,12 @@ def run_folds(
     progress = start_progress_actor() if on_events else None
     stop_flag = start_stop_flag()
     submitted = {}
+    keys = {k: as_key(k, cfg) for k in splits}
     for k, (train_idx, val_idx) in splits.items():
         weights_ref, info_ref = task.remote(
             images_ref,
             labels_ref,
-            k,
+            keys[k],
             train_idx,
             val_idx,
             cfg,
@@ -173,14 +175,14 @@ def run_folds(
         )
         submitted[info_ref] = (k, weights_ref)
     log.info("submitted %d fold tasks (%g CPU, %g GPU each)", len(splits), resources["num_cpus"], resources["num_gpus"])
-    results: dict[ModelKey, tuple[ray.ObjectRef, dict]] = {}
+    results: dict[ModelKey | int, tuple[ray.ObjectRef, dict]] = {}
     pending = list(submitted)
     # A second Ctrl-C/SIGTERM exits at once: first kill this node's fold workers, then remove their temp files.
     kill_local = lambda: _kill_local_fold_workers(storage, splits.keys() - results.keys())  # noqa: E731
     state_tmp = str(storage.local_path("state") / "*.tmp") if storage is not None and storage.local else ""
     with signals.on_hard_exit(kill_local), signals.partial_files(state_tmp):
         return _collect(
-            submitted, pending, results, splits, storage, on_done, on_events, progress, stop_flag, poll_seconds
+            submitted, pending, results, keys, storage, on_done, on_events, progress, stop_flag, poll_seconds
         )
 
 
@@ -188,7 +190,7 @@ def _collect(
     submitted: dict,
     pending: list,
     results: dict,
-    splits: dict,
+    keys: dict,
     storage: Optional[RunStorage],
     on_done: Optional[Callable],
     on_events: Optional[Callable],
@@ -196,7 +198,8 @@ def _collect(
     stop_flag: ray.actor.ActorHandle,
     poll_seconds: float,
 ) -> dict:
-    """Wait for the fold tasks (see `run_folds`); stop what still runs when leaving early."""
+    """Wait for the fold tasks (see `run_folds`; `keys`: {the caller's key: its ModelKey}); stop what still runs
+    when leaving early."""
     try:
         while pending:
             done, pending = ray.wait(pending, num_returns=1, timeout=poll_seconds if progress is not None else None)
@@ -208,7 +211,7 @@ def _collect(
             try:
                 info = ray.get(done[0])
             except ray.exceptions.RayError as e:
-                raise FoldFailed(f"{k.label} failed: {_describe(e)}") from e
+                raise FoldFailed(f"{keys[k].label} failed: {_describe(e)}") from e
             results[k] = (weights_ref, info)
             if on_done:
                 on_done(info, weights_ref)
@@ -217,7 +220,7 @@ def _collect(
                     [
                         {
                             "type": "done",
-                            **k.tags(),
+                            **keys[k].tags(),
                             "time": info["finished_at"],
                             **{key: info[key] for key in ("best_epoch", "val_loss", "val_acc", "epochs_run")},
                         }
@@ -225,13 +228,13 @@ def _collect(
                 )
     finally:
         _stop(pending, stop_flag)  # on error or Ctrl-C, do not leave folds training in the background
-        if len(results) < len(splits):
+        if len(results) < len(keys):
             _fetch_errors(pending + [w for k, w in submitted.values() if k not in results])
             if storage is not None:  # the cancelled tasks are gone now: no temp file they were writing stays
-                for k in splits.keys() - results.keys():
+                for k in keys.keys() - results.keys():
                     FoldStateStore(storage, k).remove_partial_writes()
         del progress, stop_flag  # the actors end with their last handle (no ray.kill: a worker may still hold one)
-    return {k: results[k] for k in splits if k in results}  # in the order of `splits`
+    return {k: results[k] for k in keys if k in results}  # in the order of `splits`
 
 
 def _stop(refs: list[ray.ObjectRef], stop_flag: ray.actor.ActorHandle, grace_s: float = 30.0) -> None:
@@ -251,7 +254,7 @@ def _stop(refs: list[ray.ObjectRef], stop_flag: ray.actor.ActorHandle, grace_s: 
         ray.cancel(ref, force=True)
 
 
-def _kill_local_fold_workers(storage: Optional[RunStorage], folds: Iterable[ModelKey]) -> None:
+def _kill_local_fold_workers(storage: Optional[RunStorage], folds: Iterable[ModelKey | int]) -> None:
     """SIGKILL the worker processes of the models `folds` that run on this node (their pids are in the fold state)."""
     if storage is None:
         return
