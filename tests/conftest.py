@@ -38,6 +38,7 @@ LONGEST_FIRST = [
     "test_signals.py",
     "test_fault_tolerance.py",
     "test_ray_pipeline.py",
+    "test_seeds.py",
     "test_multinode.py",
     "test_s3_run_dir.py",
     "test_serve.py",
