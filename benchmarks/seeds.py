@@ -11,8 +11,8 @@ cores, on a demo set (--n-train images, split in 2 folds; no test set: training 
 
 Per run: the command's wall time, the fold phase's wall time (summary.json `folds_seconds`), both per model trained,
 the mean epoch time of a model (history.csv), and the share of the cluster's CPUs the fold tasks held during the
-fold phase (sum of task seconds x CPUs each / (fold phase x CPUs)). The 1-minute load average before each run is
-recorded: other processes on the machine slow every figure. Writes results/seeds.json.
+fold phase (sum of task seconds x CPUs each / (fold phase x CPUs)). The 1-minute load average before and after
+each run is recorded: other processes on the machine slow every figure. Writes results/seeds.json.
 """
 
 from __future__ import annotations
@@ -76,6 +76,7 @@ def run(work: Path, name: str, seeds: list[int], cpus: float, train_csv: str, ar
         "cpus_per_fold": cpus,
         "models": len(models),
         "load_1min_before": round(load, 2),
+        "load_1min_after": round(os.getloadavg()[0], 2),
         "command_wall_s": round(wall, 1),
         "folds_phase_s": round(folds_s, 1),
         "command_wall_s_per_model": round(wall / len(models), 1),

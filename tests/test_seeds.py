@@ -34,7 +34,9 @@ def seeds_run(ray_local, tiny_demo, tmp_path_factory):
     from raydf.pipelines.training import train
 
     run_dir = tmp_path_factory.mktemp("seeds") / "run"
-    cfg = load_config(None, tiny_overrides(run_dir, tiny_demo) + SEED_OVERRIDES)
+    # Two epochs: a task's training outlasts the start of the other tasks' workers (Ray starts two at a time on
+    # 2 CPUs), so the overlap the test sees is the tasks', not luck.
+    cfg = load_config(None, tiny_overrides(run_dir, tiny_demo) + SEED_OVERRIDES + ["train.epochs=2"])
     assert train(cfg) == str(run_dir)
     return run_dir, cfg
 
@@ -62,7 +64,7 @@ def test_train_seeds_must_be_distinct_and_not_empty(seeds):
 
 
 def test_a_sweep_of_several_seeds_is_refused_before_any_work():
-    from raydf.pipelines.sweep import check_one_seed
+    from raydf.runs.model_key import check_one_seed
 
     check_one_seed(load_config(None, ["train.seeds=[5]"]))  # one seed: a trial's
     with pytest.raises(ConfigError, match=r"train\.seeds=\[42, 7\]: raydf\.tune trials train one seed.*best\.yaml"):
@@ -93,7 +95,9 @@ def test_four_fold_tasks_train_at_once_each_with_its_own_files(seeds_run):
     for name in _names(MODELS):
         assert (run_dir / "state" / f"{name}.pt").is_file() and (run_dir / "tensorboard" / name).is_dir()
     history = pd.read_csv(run_dir / "history.csv")
-    assert sorted(zip(history["seed"], history["fold"])) == sorted(MODELS)  # one epoch each
+    assert sorted(zip(history["seed"], history["fold"], history["epoch"])) == sorted(
+        m + (e,) for m in MODELS for e in (1, 2)
+    )
     # The two models of a fold share its rows but not their weights.
     w42, w7 = (torch.load(run_dir / f"checkpoints/s{s}_fold0.pt", weights_only=True) for s in SEEDS)
     assert (w42["meta"]["seed"], w7["meta"]["seed"]) == (42, 7) and w42["meta"]["val_index"] == w7["meta"]["val_index"]

@@ -23,7 +23,7 @@ from raydf.distributed.tune import make_tuner, num_trials, trial_folds, trial_re
 from raydf.errors import ConfigError, Interrupted
 from raydf.pipelines.faces import with_extracted_faces
 from raydf.pipelines.training import train
-from raydf.runs.model_key import run_seeds
+from raydf.runs.model_key import check_one_seed
 from raydf.runs.resume import resume_config
 from raydf.runs.run_dir import (
     create_run_dir,
@@ -71,17 +71,6 @@ def run_sweep(cfg: Config) -> str:
             f"the same command again to start over",
             signals.exit_code(stop),
         ) from None
-
-
-def check_one_seed(cfg: Config) -> None:
-    """A sweep's trials train one seed each (train.seed): several `train.seeds` are refused, before any work."""
-    seeds = run_seeds(cfg)
-    if len(seeds) > 1:
-        raise ConfigError(
-            f"train.seeds={seeds}: raydf.tune trials train one seed each (train.seed={cfg.train.seed}); a sweep of "
-            f"seeds would compare noise. Drop train.seeds for the sweep, then train the seeds with its best "
-            f"config: python -m raydf.train --config RUN_DIR/best.yaml 'train.seeds={seeds}'"
-        )
 
 
 def _run_sweep(cfg: Config) -> str:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
 from raydf.config import Config
+from raydf.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -75,3 +76,15 @@ def as_key(fold: int | ModelKey, cfg: Config) -> ModelKey:
 def model_name(fold: int | ModelKey) -> str:
     """The file stem of a model given by its key, or by a bare fold index (`fold{k}`, a single-seed run's)."""
     return fold.name if isinstance(fold, ModelKey) else f"fold{fold}"
+
+
+def check_one_seed(cfg: Config) -> None:
+    """raydf.tune's trials train one seed each (there is no tune.seeds): several `train.seeds` are refused."""
+    seeds = run_seeds(cfg)
+    if len(seeds) > 1:
+        listed = ",".join(map(str, seeds))
+        raise ConfigError(
+            f"train.seeds={seeds}: raydf.tune trials train one seed each (train.seed={cfg.train.seed}); drop "
+            f"train.seeds for the sweep, then train the seeds with its best config: python -m raydf.train "
+            f"--config RUN_DIR/best.yaml 'train.seeds=[{listed}]'"
+        )
