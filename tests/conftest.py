@@ -38,6 +38,7 @@ LONGEST_FIRST = [
     "test_signals.py",
     "test_fault_tolerance.py",
     "test_ray_pipeline.py",
+    "test_seeds.py",
     "test_multinode.py",
     "test_s3_run_dir.py",
     "test_serve.py",
@@ -171,9 +172,10 @@ def start_signalable(cmd: list[str], **kwargs) -> subprocess.Popen:
     return subprocess.Popen(cmd, preexec_fn=_default_stop_signals, **kwargs)
 
 
-def checkpoint_prob_fake(run_dir, paths, folds=None):
+def checkpoint_prob_fake(run_dir, paths, folds=None, names=None):
     """(K, N) P(fake) of the images `paths` under each fold's checkpoints/fold{k}.pt (`folds`: default all),
-    computed in this process as the run evaluates: decoded at data.resize, centre crop data.crop, its precision."""
+    computed in this process as the run evaluates: decoded at data.resize, centre crop data.crop, its precision.
+    `names`: checkpoint stems instead (`s7_fold1`, a model of a run of several seeds)."""
     from pathlib import Path
 
     import numpy as np
@@ -191,9 +193,11 @@ def checkpoint_prob_fake(run_dir, paths, folds=None):
     x = to_input(torch.from_numpy(np.ascontiguousarray(images)), cpu)
     precision = Precision.resolve(cfg.train.precision, cpu)
     probs = []
-    for k in range(cfg.train.folds) if folds is None else folds:
-        ckpt = torch.load(run_dir / "checkpoints" / f"fold{k}.pt", weights_only=True)
-        assert ckpt["meta"]["fold"] == k
+    if names is None:
+        names = [f"fold{k}" for k in (range(cfg.train.folds) if folds is None else folds)]
+    for name in names:
+        ckpt = torch.load(run_dir / "checkpoints" / f"{name}.pt", weights_only=True)
+        assert name.endswith(f"fold{ckpt['meta']['fold']}")
         model = build_model(cfg.model.dropout, ckpt["meta"]["model"])
         model.load_state_dict(ckpt["state_dict"])
         with torch.no_grad(), precision.autocast(cpu):

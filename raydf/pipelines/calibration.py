@@ -61,12 +61,19 @@ def _group_aggregate(codes: np.ndarray, how: str):
     return lambda p: _confident_means(by, pd.Series(p)).sort_index().to_numpy()
 
 
+def oof_models(oof: pd.DataFrame) -> np.ndarray:
+    """The out-of-fold P(fake) per model, (M, N): a multi-seed run's rows are each the ensemble of their fold's S
+    models (oof.csv's `prob_fake_s{seed}`), so the fit sees the same mean of logits as the soft vote; else (1, N)."""
+    per_seed = [c for c in oof.columns if c.startswith("prob_fake_s") and c[len("prob_fake_s") :].lstrip("-").isdigit()]
+    return oof[per_seed].to_numpy().T if per_seed else oof["prob_fake"].to_numpy()[None]
+
+
 def oof_data(cfg: Config, storage: RunStorage) -> OofData:
     """The run's out-of-fold data from oof.csv: per video/photo when it was trained on extracted faces (each face's
     source from the training manifest), else per image; with one class only, the self-blended validation fakes of
     data.synthetic_fakes=only (oof_blended.csv) beside the reals, when the run has them."""
     oof = read_csv(storage, "oof.csv").dropna(subset=["prob_fake"])
-    z = models_logit(oof["prob_fake"].to_numpy()[None])
+    z = models_logit(oof_models(oof))
     labels = oof["label"].to_numpy().astype(int)
     if len(np.unique(labels)) == 1 and storage.exists(OOF_BLENDED):
         blended = read_csv(storage, OOF_BLENDED)
@@ -99,12 +106,14 @@ def fit_run_calibration(
     cal = fit_calibration(data, cfg.predict.calibration, cfg.predict.threshold, fixed)
     storage.write_text(CALIBRATION_FILE, calibration_json(cal, fingerprint(metas)))
     oof = read_csv(storage, "oof.csv")
-    oof[CALIBRATED] = cal.prob(oof["prob_fake"].to_numpy()[None])
+    oof[CALIBRATED] = np.nan
+    scored = oof["prob_fake"].notna().to_numpy()
+    oof.loc[scored, CALIBRATED] = cal.prob(oof_models(oof[scored]))
     write_csv(storage, "oof.csv", oof)
     if data.groups is not None and storage.exists("oof_sources.csv"):
         sources = read_csv(storage, "oof_sources.csv")
         rows = oof.dropna(subset=["prob_fake"])
-        sources[CALIBRATED] = data.unit_prob(cal.prob(rows["prob_fake"].to_numpy()[None]))
+        sources[CALIBRATED] = data.unit_prob(cal.prob(oof_models(rows)))
         write_csv(storage, "oof_sources.csv", sources)
     fit = cal.fit
     log.info(

@@ -1,4 +1,5 @@
-"""Predicting a new set with a finished run's K fold checkpoints: the same distributed soft vote as training."""
+"""Predicting a new set with a finished run's fold checkpoints (K, or K x S with several seeds): the same distributed
+soft vote as training."""
 
 from __future__ import annotations
 
@@ -67,7 +68,7 @@ def predict(
         explain_paths(cfg, weights, readable, pred["prob_fake"].to_numpy(), folder_storage, folder, explain, names)
     if faces is None:
         write_submission(*RunStorage.for_file(out), test_df, pred, bad, prior, calibration.threshold)
-        log.info("wrote %d predictions of %d folds to %s", len(test_df), cfg.train.folds, out)
+        log.info("wrote %d predictions of %d fold models to %s", len(test_df), len(checkpoints), out)
         return str(out)
     face_sub, sub = build_face_submissions(
         test_df, pred["prob_fake"].to_numpy(), bad, prior, *faces, cfg.predict.aggregate, calibration.threshold
@@ -76,11 +77,11 @@ def predict(
     write_csv(*RunStorage.for_file(faces_out), face_sub)
     write_csv(*RunStorage.for_file(out), sub)
     log.info(
-        "wrote %d predictions (%s of %d faces, %d folds) to %s; per face: %s",
+        "wrote %d predictions (%s of %d faces, %d fold models) to %s; per face: %s",
         len(sub),
         cfg.predict.aggregate,
         len(face_sub),
-        cfg.train.folds,
+        len(checkpoints),
         out,
         faces_out,
     )
@@ -90,21 +91,25 @@ def predict(
 def load_finished_run(
     run_dir: str, overrides: Sequence[str] = ()
 ) -> tuple[Config, list[tuple[dict[str, torch.Tensor], dict]]]:
-    """The run's config (with `overrides` that do not change its results) and its K fold checkpoints (state dict,
-    meta); model.name as the checkpoints record it. A run whose folds are not all finished is a ConfigError."""
+    """The run's config (with `overrides` that do not change its results) and its fold checkpoints (state dict,
+    meta), one per model (`model_keys`: K, or K x S seed by seed); model.name as the checkpoints record it. A run
+    whose models are not all finished is a ConfigError."""
+    from raydf.runs.model_key import model_keys
     from raydf.runs.resume import resume_config
     from raydf.runs.storage import RunStorage
-    from raydf.training.checkpoint import load_fold_checkpoint
+    from raydf.training.checkpoint import checkpoint_name, load_fold_checkpoint
 
     storage = RunStorage(run_dir)
     cfg = resume_config(str(run_dir), None, overrides)
-    missing = [k for k in range(cfg.train.folds) if not storage.exists(f"checkpoints/fold{k}.pt")]
+    keys = model_keys(cfg)
+    missing = [k for k in keys if not storage.exists(checkpoint_name(k))]
     if missing:
+        listed = [k.fold for k in missing] if not keys[0].several_seeds else [k.name for k in missing]
         raise ConfigError(
-            f"{run_dir} is not a finished raydf run: checkpoints of folds {missing} are missing "
-            f"(finish it with python -m raydf.train resume={run_dir})"
+            f"{run_dir} is not a finished raydf run: checkpoints of {'models' if keys[0].several_seeds else 'folds'} "
+            f"{listed} are missing (finish it with python -m raydf.train resume={run_dir})"
         )
-    checkpoints = [load_fold_checkpoint(storage, fold) for fold in range(cfg.train.folds)]
+    checkpoints = [load_fold_checkpoint(storage, key) for key in keys]
     return _with_recorded_backbone(cfg, [meta for _, meta in checkpoints], run_dir), checkpoints
 
 

@@ -38,7 +38,7 @@ def serve_run(
     info = {
         "run": str(run_dir),
         "model": cfg.model.name,
-        "folds": len(checkpoints),
+        "folds": len(checkpoints),  # models: K x S in a run of several seeds (prob_fake_folds has one value each)
         "crop": cfg.data.crop,
         # Whether uploads are photos whose faces are found, or face crops (named apart from the answers' "faces").
         "face_detection": "mtcnn" if faces else "none",

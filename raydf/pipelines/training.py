@@ -1,7 +1,8 @@
-"""A training run, end to end: catalog -> folds -> decode once -> K fold tasks -> OOF -> soft vote -> summary.
+"""A training run, end to end: catalog -> folds -> decode once -> K x S fold tasks -> OOF -> soft vote -> summary.
 
-A run can be resumed (`resume=RUN_DIR`): finished folds are read back from their checkpoints, unfinished
-ones continue from their last saved epoch, and only missing outputs are produced again.
+K folds, each trained with S seeds (`train.seeds`; one by default): every model is named by its
+`raydf.runs.model_key.ModelKey`. A run can be resumed (`resume=RUN_DIR`): finished models are read back from their
+checkpoints, unfinished ones continue from their last saved epoch, and only missing outputs are produced again.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from raydf.pipelines.calibration import (
 )
 from raydf.pipelines.faces import with_extracted_faces
 from raydf.runs.console import CountProgress, FoldProgress
+from raydf.runs.model_key import ModelKey, model_keys, run_seeds
 from raydf.runs.presets import log_preset_hint
 from raydf.runs.report import TEST_LABELS, build_report
 from raydf.runs.run_dir import (
@@ -81,6 +83,8 @@ SUMMARY_FOLD_KEYS = (
     "resumed_from_epoch",
     "peak_rss_mb",
 )
+# A run of several seeds adds the model's seed to each entry of summary.json's "folds" (one per model).
+SUMMARY_SEED_KEY = "seed"
 
 
 FACE_SUBMISSION = "submission_faces.csv"  # per-face rows when the test set is a faces manifest
@@ -157,10 +161,10 @@ def _readable(test_df: pd.DataFrame, test_bad: dict) -> list[str]:
     return test_df["path"].to_numpy()[_readable_rows(test_df, test_bad)].tolist()
 
 
-def _finished_folds(storage: RunStorage, n_folds: int) -> dict[int, tuple[dict, dict]]:
-    """{fold: (numpy weights, info)} of the folds whose checkpoint is complete and readable."""
+def _finished_models(storage: RunStorage, keys: list[ModelKey]) -> dict[ModelKey, tuple[dict, dict]]:
+    """{key: (numpy weights, info)} of the models whose checkpoint is complete and readable."""
     done = {}
-    for k in range(n_folds):
+    for k in keys:
         loaded = try_load_fold_checkpoint(storage, k)
         if loaded and "history" in loaded[1]:
             weights, meta = loaded
@@ -216,23 +220,26 @@ def _run(
     if inputs.check_seconds is not None:
         timings["preflight_check_seconds"] = inputs.check_seconds  # every image checked (decoded), folds assigned
     folds = table["fold"].to_numpy()
-    finished = _finished_folds(storage, cfg.train.folds) if cfg.resume else {}
-    todo = [k for k in range(cfg.train.folds) if k not in finished]
+    keys = model_keys(cfg)
+    finished = _finished_models(storage, keys) if cfg.resume else {}
+    todo = [k for k in keys if k not in finished]
     bad = read_csv(storage, "bad_inputs.csv") if storage.exists("bad_inputs.csv") else pd.DataFrame({"set": []})
     n_bad = {s: int((bad["set"] == s).sum()) for s in ("train", "test")}
     # RUN_DIR/raydf.log keeps the log and the traceback of whatever stops the run (off the console).
     logged = run_log(storage.local_path("raydf.log")) if storage.local else contextlib.nullcontext()
     with logged:
+        seeds = run_seeds(cfg)
         log.info(
-            "run directory %s: %d training images in %d folds%s%s%s",
+            "run directory %s: %d training images in %d folds%s%s%s%s",
             cfg.run_dir,
             len(table),
             cfg.train.folds,
+            f" x {len(seeds)} seeds {seeds}" if len(seeds) > 1 else "",
             f" ({n_bad['train']} unreadable left out)" if n_bad["train"] else "",
             f", {len(test_df)} test images" + (f" ({n_bad['test']} unreadable, flagged)" if n_bad["test"] else "")
             if test_df is not None
             else "",
-            f"; resuming, folds {sorted(finished)} already finished" if cfg.resume else "",
+            f"; resuming, {_listed(list(finished))} already finished" if cfg.resume else "",
         )
         if test_df is not None:  # decoded by Ray Data on any node: fail now, not after the training
             check_readable_on_every_node(_readable(test_df, test_bad), "data.test")
@@ -271,15 +278,16 @@ def _train_folds(
     storage: RunStorage,
     table: pd.DataFrame,
     folds: np.ndarray,
-    todo: list[int],
-    finished: dict[int, tuple[dict, dict]],
+    todo: list[ModelKey],
+    finished: dict[ModelKey, tuple[dict, dict]],
     images: Optional[np.ndarray],
     plan: CachePlan,
     start: Optional[StartWeights],
     timings: dict,
     landmarks: Optional[np.ndarray] = None,
 ) -> tuple[list[dict], list[ray.ObjectRef]]:
-    """Train the folds in `todo` in parallel; returns every fold's info and best-weights ref, in fold order.
+    """Train the models in `todo` in parallel; returns every model's info and best-weights ref, in the run's model
+    order (`model_keys`: seed by seed, fold by fold); the models of `finished` are kept as they are.
 
     `images`: the training set the pre-flight decoded (None on resume: then it comes from the cache).
     `landmarks`: the rows' face landmarks for the self-blended fakes' masks (`table_landmarks`), or None.
@@ -307,18 +315,18 @@ def _train_folds(
                 start_weights=start.source if start else None,
                 config=to_dict(cfg),
             )
-            save_fold_checkpoint(storage, info["fold"], ray.get(weights_ref), meta)
-            log.debug(
-                "fold %d: best weights (epoch %d, attempt %d) saved", info["fold"], info["best_epoch"], info["attempts"]
-            )
+            key = ModelKey.of(info, run_seeds(cfg)[0])
+            save_fold_checkpoint(storage, key, ray.get(weights_ref), meta)
+            log.debug("%s: best weights (epoch %d, attempt %d) saved", key.label, info["best_epoch"], info["attempts"])
 
-        splits = {k: (np.flatnonzero(folds != k), np.flatnonzero(folds == k)) for k in todo}
+        # Every seed of fold k trains on the same rows (folds.csv is one split, by train.seed).
+        splits = {k: (np.flatnonzero(folds != k.fold), np.flatnonzero(folds == k.fold)) for k in todo}
         t0 = time.time()
         # Progress events from the fold tasks feed the live display and the TensorBoard files, both on the driver
         # (TensorBoard files only for a local run directory: the writer needs a local folder).
         tb_dir = storage.local_path("tensorboard")
         with (
-            FoldProgress(cfg.train.folds, cfg.train.epochs) as display,
+            FoldProgress(model_keys(cfg), cfg.train.epochs) as display,
             TensorBoardLog(tb_dir) if tb_dir else contextlib.nullcontext(lambda events: None) as tensorboard,
         ):
 
@@ -341,16 +349,32 @@ def _train_folds(
         timings["folds_seconds"] = time.time() - t0
         for k, (ref, info) in results.items():
             infos[k], refs[k] = info, ref
-    order = sorted(infos)
+    order = [k for k in model_keys(cfg) if k in infos]
     return [infos[k] for k in order], [refs[k] for k in order]
 
 
+def _listed(keys: list[ModelKey]) -> str:
+    """`folds [0, 2]` (one seed), or the models' names (several)."""
+    if all(not k.several_seeds for k in keys):
+        return f"folds {sorted(k.fold for k in keys)}"
+    return f"models {[k.name for k in keys]}"
+
+
 def _summarize(cfg: Config, storage: RunStorage, table: pd.DataFrame, folds: np.ndarray, infos: list[dict]) -> dict:
-    """oof.csv, history.csv and the fold and CV part of summary.json."""
-    prob = np.full(len(table), np.nan)
+    """oof.csv, history.csv and the fold and CV part of summary.json.
+
+    The out-of-fold P(fake) of an image is the mean over seeds of its fold's models (one model: its own). A run of
+    several seeds also writes each seed's out-of-fold P(fake) (oof.csv's `prob_fake_s{seed}`) and its CV metrics
+    (summary.json's `cv_seeds`): what the ensemble of seeds adds over one.
+    """
+    seeds = run_seeds(cfg)
+    per_seed = {s: np.full(len(table), np.nan) for s in seeds}
     for info in infos:
-        prob[info["val_index"]] = info["val_prob_fake"]
+        per_seed[ModelKey.of(info, seeds[0]).seed][info["val_index"]] = info["val_prob_fake"]
+    prob = per_seed[seeds[0]] if len(seeds) == 1 else np.mean(np.stack([per_seed[s] for s in seeds]), axis=0)
     oof = pd.DataFrame({"path": table["path"], "label": table["label"], "fold": folds, "prob_fake": prob})
+    if len(seeds) > 1:
+        oof = oof.assign(**{f"prob_fake_s{s}": per_seed[s] for s in seeds})
     write_csv(storage, "oof.csv", oof)
     blended = [(info, np.asarray(info.get("val_blend_prob_fake", []))) for info in infos]
     reals = [np.asarray(info["val_index"])[table["label"].to_numpy()[info["val_index"]] == 0] for info in infos]
@@ -369,10 +393,15 @@ def _summarize(cfg: Config, storage: RunStorage, table: pd.DataFrame, folds: np.
             ),
         )
     write_csv(storage, "history.csv", pd.DataFrame([row for info in infos for row in info["history"]]))
+    entry_keys = SUMMARY_FOLD_KEYS
+    if len(seeds) > 1:  # fold, seed, best_epoch, ...
+        entry_keys = (SUMMARY_FOLD_KEYS[0], SUMMARY_SEED_KEY, *SUMMARY_FOLD_KEYS[1:])
     summary = {
-        "folds": [{k: info.get(k) for k in SUMMARY_FOLD_KEYS} for info in infos],  # peak_rss_mb: None in old runs
+        "folds": [{k: info.get(k) for k in entry_keys} for info in infos],  # peak_rss_mb: None in old runs
         "cv": classification_metrics(oof["label"], oof["prob_fake"]),
     }
+    if len(seeds) > 1:
+        summary["cv_seeds"] = {str(s): classification_metrics(oof["label"], per_seed[s]) for s in seeds}
     train_spec = data_specs(cfg)[0]
     if is_face_manifest(train_spec):  # faces of videos/photos: also scored per video/photo
         manifest, _ = read_manifest(train_spec)

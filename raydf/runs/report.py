@@ -16,6 +16,7 @@ import pandas as pd
 
 from raydf.errors import ConfigError
 from raydf.runs import plots
+from raydf.runs.model_key import ModelKey
 from raydf.runs.storage import RunStorage
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,8 @@ def read_run(run_dir: Path) -> RunFiles:
 def write_plots(run: RunFiles) -> dict[str, Path]:
     """Every plot the run's files allow, as {name: path}."""
     out = {k: run.run_dir / v for k, v in PLOT_FILES.items()}
-    best = {f["fold"]: f["best_epoch"] for f in run.summary["folds"]}
+    # {fold: epoch}, or {(seed, fold): epoch} in a run of several seeds (its history has a seed column)
+    best = {(f["seed"], f["fold"]) if "seed" in f else f["fold"]: f["best_epoch"] for f in run.summary["folds"]}
     truth = run.test_truth
     written = {
         "learning_curves": plots.learning_curves(run.history, best, out["learning_curves"]),
@@ -158,6 +160,11 @@ def _num(value: Optional[float], digits: int = 4) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def _model_label(entry: dict) -> str:
+    """`fold 3`, or `seed 7 fold 3` for an entry of a run of several seeds."""
+    return ModelKey.of(entry).label
+
+
 def _fold_seconds(fold: dict) -> float:
     return fold["finished_at"] - fold["started_at"]
 
@@ -167,6 +174,8 @@ def _metric_rows(run: RunFiles) -> list[tuple[str, dict, int]]:
     s = run.summary
     faces = "cv_sources" in s or "test_faces" in s
     rows = [("cross-validation (out of fold)" + (", per face" if faces else ""), s["cv"], len(run.oof))]
+    for seed, m in s.get("cv_seeds", {}).items():  # each seed's models alone, beside the mean over seeds above
+        rows.append((f"cross-validation, seed {seed} alone" + (", per face" if faces else ""), m, len(run.oof)))
     if "cv_sources" in s:
         rows.append(("cross-validation, per video/photo", s["cv_sources"], s["cv_sources"].get("n", 0)))
     if "test_faces" in s:
@@ -229,12 +238,16 @@ def render(run: RunFiles, plot_files: dict[str, Path]) -> str:
     s, folds = run.summary, run.summary["folds"]
     started = min(f["started_at"] for f in folds)
     n_test = len(run.submission) if run.submission is not None else 0
+    seeds = sorted({f["seed"] for f in folds if "seed" in f})  # a run of several seeds: one entry per model
+    what = f"{len(folds)} folds"
+    if seeds:
+        what = f"{len(folds)} models ({len(folds) // len(seeds)} folds x {len(seeds)} seeds)"
     lines = [
         f"# raydf run `{run.run_dir.name}`",
         "",
-        f"{len(folds)} folds trained in parallel on {len(run.oof)} training images, started "
+        f"{what} trained in parallel on {len(run.oof)} training images, started "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))}"
-        + (f"; soft vote of the {len(folds)} folds over {n_test} test images." if n_test else "."),
+        + (f"; soft vote of the {what} over {n_test} test images." if n_test else "."),
         "",
         "## Metrics",
         "",
@@ -263,12 +276,14 @@ def render(run: RunFiles, plot_files: dict[str, Path]) -> str:
         "",
         "Best epoch = lowest validation loss; its weights are the fold's checkpoint.",
         "",
-        "| fold | best epoch | epochs run | val loss | val acc | seconds | node | pid | attempts |",
-        "|---:|---:|---:|---:|---:|---:|---|---:|---:|",
+        ("| seed " if seeds else "") + "| fold | best epoch | epochs run | val loss | val acc | seconds | node | pid "
+        "| attempts |",
+        ("|---:" if seeds else "") + "|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for f in folds:
         lines.append(
-            f"| {f['fold']} | {f['best_epoch']} | {f['epochs_run']} | {_num(f['val_loss'])} | "
+            (f"| {f['seed']} " if "seed" in f else "")
+            + f"| {f['fold']} | {f['best_epoch']} | {f['epochs_run']} | {_num(f['val_loss'])} | "
             f"{_num(f['val_acc'])} | {_fold_seconds(f):.1f} | {str(f['node_id'])[:8]} | {f['pid']} | "
             f"{f['attempts']} |"
         )
@@ -298,7 +313,7 @@ def render(run: RunFiles, plot_files: dict[str, Path]) -> str:
         if key in timings:
             lines.append(f"| {label} | {timings[key]:.1f} |")
     for f in folds:
-        lines.append(f"| fold {f['fold']} | {_fold_seconds(f):.1f} |")
+        lines.append(f"| {_model_label(f)} | {_fold_seconds(f):.1f} |")
     if "wall_seconds" in s:
         lines.append(f"| whole run | {s['wall_seconds']:.1f} |")
     lines += ["", "## Config", "", "```yaml", run.config_text.rstrip(), "```", ""]
@@ -344,10 +359,13 @@ def short_report(run_dir: Path) -> str:
     """A few lines for the end of a run: per-fold table, CV/test metrics, where the report and logs are."""
     run_dir = Path(run_dir)
     s = json.loads((run_dir / "summary.json").read_text())
-    lines = [f"run directory: {run_dir}", "fold  best epoch  epochs  val loss  val acc  seconds"]
+    several = any("seed" in f for f in s["folds"])
+    header = ("seed  " if several else "") + "fold  best epoch  epochs  val loss  val acc  seconds"
+    lines = [f"run directory: {run_dir}", header]
     for f in s["folds"]:
         lines.append(
-            f"{f['fold']:>4}  {f['best_epoch']:>10}  {f['epochs_run']:>6}  {f['val_loss']:>8.4f}  "
+            (f"{f['seed']:>4}  " if several else "")
+            + f"{f['fold']:>4}  {f['best_epoch']:>10}  {f['epochs_run']:>6}  {f['val_loss']:>8.4f}  "
             f"{f['val_acc']:>7.4f}  {_fold_seconds(f):>7.0f}"
         )
     for name in ("cv", "cv_sources", "test_faces", "test"):

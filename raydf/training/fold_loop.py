@@ -22,6 +22,7 @@ from raydf.errors import DataError
 from raydf.models.factory import build_model
 from raydf.models.normalization import input_normalization
 from raydf.models.weights import apply_start_weights
+from raydf.runs.model_key import ModelKey, as_key
 from raydf.training.engine import Precision, default_device, evaluate, train_one_epoch
 from raydf.training.fold_state import FoldStateStore
 from raydf.training.recipe import BackboneFreeze, LrSchedule, make_weight_average, param_groups
@@ -131,7 +132,7 @@ def train_fold(
     train_idx: np.ndarray,
     val_idx: np.ndarray,
     cfg: Config,
-    fold: int,
+    fold: int | ModelKey,
     on_epoch: Optional[Callable[[dict], None]] = None,
     device: Optional[torch.device] = None,
     state: Optional[FoldStateStore] = None,
@@ -144,19 +145,21 @@ def train_fold(
     `images` is the decoded (N, H, W, 3) uint8 array at `data.resize`; `labels` (N,) holds 1 = fake.
     With a `state` store the fold saves its state after every epoch and, if a state is there already (a
     retried or resumed fold), continues after its last completed epoch. Every epoch's randomness (order,
-    augmentation, dropout) is drawn from (train.seed, fold, epoch), so a resumed fold repeats exactly
-    what an uninterrupted one would have done. `start_weights` (tensors that fit the network, see
+    augmentation, dropout) is drawn from (seed, fold, epoch), so a resumed fold repeats exactly
+    what an uninterrupted one would have done. `fold`: the model's `ModelKey` (fold and seed), or a bare fold index
+    (the run's first seed). `start_weights` (tensors that fit the network, see
     `raydf.training.start_weights`) replace the random initial weights of a fold that starts from scratch.
     `should_stop()` is asked before every batch; True raises `StopRequested` (the saved state stays the last
     completed epoch's). `landmarks` (N, 5, 2): see `fold_datasets`.
     """
     device = device or default_device()
-    seed = cfg.train.seed + fold
+    key = as_key(fold, cfg)
+    seed = key.rng_seed
     seed_everything(seed)
     precision = Precision.resolve(cfg.train.precision, device)
     workers, pin = cfg.resources.loader_workers, device.type == "cuda"
     if workers is None:
-        workers = max(1, cfg.resources.cpus_per_fold - 1) if device.type == "cuda" else 0
+        workers = max(1, int(cfg.resources.cpus_per_fold) - 1) if device.type == "cuda" else 0
 
     if not cfg.train.augment:
         train_tf = eval_transform(cfg.data.crop)
@@ -245,7 +248,7 @@ def train_fold(
         else:
             stale += 1
         row = {
-            "fold": fold,
+            **key.tags(),  # fold, and seed in a run of several seeds
             "epoch": epoch,
             "train_loss": train_m["loss"],
             "train_acc": train_m["acc"],
