@@ -11,7 +11,7 @@ import difflib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -111,7 +111,11 @@ class TrainConfig:
     batch_size: int = 64
     eval_batch_size: int = 128
     patience: int = 7  # epochs without a lower validation loss before a fold stops
-    seed: int = 42
+    seed: int = 42  # the fold split's seed, and the models' when train.seeds is not set
+    # Seeds every fold is trained with: K x S models in one run (checkpoints/s{seed}_fold{k}.pt), all at once as the
+    # cluster allows; the out-of-fold P(fake) is the mean over seeds, the soft vote is over all models. The split
+    # stays train.seed's. null = [train.seed] (one model per fold, checkpoints/fold{k}.pt).
+    seeds: Optional[list[int]] = None
     split: str = "kfold"  # kfold (the seed's) | stratified | group (needs a group column)
     group_by: Optional[str] = None  # training CSV column naming each image's source (default: `group`, if any)
     augment: bool = True  # the seed's albumentations pipeline; false = resize + crop only
@@ -173,7 +177,8 @@ class SchedConfig:
 @dataclass
 class ResourcesConfig:
     gpus_per_fold: Optional[float] = None  # None = 1 when the cluster has GPUs, else 0; fractions share a GPU
-    cpus_per_fold: int = 1  # also the torch thread count of a fold on CPU
+    # Also the torch thread count of a fold on CPU (at least 1); a fraction lets several folds share a core.
+    cpus_per_fold: Union[int, float] = 1
     # DataLoader worker processes per fold; None = cpus_per_fold - 1 on a GPU (one core drives the GPU), and 0 on
     # CPU, where augmenting in the training process costs ~5% of a step and workers would take cores from torch.
     loader_workers: Optional[int] = None
@@ -197,6 +202,11 @@ class PredictConfig:
     # Grad-CAM heatmaps of the N most confident fakes and N most confident reals of the test set, written to
     # RUN_DIR/explain/ and shown in report.md; 0 = none
     explain: int = 4
+    # The soft vote's P(fake), fitted on the out-of-fold predictions after the folds finish (RUN_DIR/calibration.json):
+    # none (the mean of the folds' P(fake)) | temperature (sigmoid of the folds' mean logit / T) | isotonic
+    calibration: str = "temperature"
+    # The cut that makes `label` (P(fake) > it), chosen on the same out-of-fold data: 0.5 | eer | youden | fpr@X
+    threshold: str = "0.5"
 
 
 @dataclass
@@ -238,7 +248,7 @@ SPACE_TYPES = {
 # Sections a sweep may vary. Not tunable: what every trial is compared on (data, folds, seed, the epoch
 # budget) and where or how it runs (resources, ray, predict, run_dir, tune itself).
 TUNABLE_PREFIXES = ("model.", "optim.", "sched.", "train.", "data.crop", "data.synthetic_fakes", "synth.")
-UNTUNABLE_KEYS = ("train.epochs", "train.folds", "train.split", "train.seed")
+UNTUNABLE_KEYS = ("train.epochs", "train.folds", "train.split", "train.seed", "train.seeds")
 
 
 @dataclass
@@ -596,7 +606,15 @@ def _validate_values(cfg: Config) -> None:
         "resources.gpus_per_fold",
         f"above 1 must be a whole number (got {g})",
     )
-    _require(cfg.resources.cpus_per_fold >= 1, "resources.cpus_per_fold", "must be at least 1")
+    c = cfg.resources.cpus_per_fold
+    _require(c > 0, "resources.cpus_per_fold", f"must be positive (got {c})")
+    _require(c <= 1 or float(c).is_integer(), "resources.cpus_per_fold", f"above 1 must be a whole number (got {c})")
+    seeds = cfg.train.seeds
+    _require(
+        seeds is None or (len(seeds) > 0 and len(set(seeds)) == len(seeds)),
+        "train.seeds",
+        f"must be a list of distinct seeds, or null for [train.seed] (got {seeds})",
+    )
     _validate_data_parallel(cfg)
     _require(
         cfg.resources.loader_workers is None or cfg.resources.loader_workers >= 0,
@@ -610,6 +628,16 @@ def _validate_values(cfg: Config) -> None:
         cfg.predict.aggregate in ("mean", "median", "confident"),
         "predict.aggregate",
         f"must be mean, median or confident (got '{cfg.predict.aggregate}')",
+    )
+    _require(
+        cfg.predict.calibration in ("none", "temperature", "isotonic"),
+        "predict.calibration",
+        f"must be none, temperature or isotonic (got '{cfg.predict.calibration}')",
+    )
+    _require(
+        _valid_threshold(str(cfg.predict.threshold)),
+        "predict.threshold",
+        f"must be 0.5, eer, youden or fpr@X with X in (0, 1), e.g. fpr@0.05 (got '{cfg.predict.threshold}')",
     )
     _require(cfg.predict.actor_restarts >= -1, "predict.actor_restarts", "must be >= 0, or -1 for unlimited")
     _require(
@@ -696,6 +724,15 @@ def check_data_paths(cfg: Config) -> None:
         shown = value if path.is_absolute() else f"{value} (in {Path.cwd()})"
         _require(path.exists(), key, f"{shown} does not exist; it must be {what}")
         _require(path.is_dir() or not folder, key, f"{shown} is not a folder; it must be {what}")
+
+
+def _valid_threshold(mode: str) -> bool:
+    if mode in ("0.5", "eer", "youden"):
+        return True
+    try:
+        return mode.startswith("fpr@") and 0 < float(mode[4:]) < 1
+    except ValueError:
+        return False
 
 
 def to_yaml(cfg: Config) -> str:

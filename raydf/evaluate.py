@@ -15,7 +15,7 @@ from raydf.pipelines.evaluation import evaluate, table
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m raydf.evaluate", description=__doc__)
-    parser.add_argument("--run", required=True, help="a finished run directory (has checkpoints/fold*.pt)")
+    parser.add_argument("--run", required=True, help="a finished run directory (has checkpoints/*fold*.pt)")
     parser.add_argument("--data", required=True, action="append", help="a labelled set (repeat for several)")
     parser.add_argument("--out", help="folder to write (default: RUN_DIR/evaluate)")
     parser.add_argument("--address", help="Ray address of a running cluster (default: the run's ray.address)")

@@ -13,7 +13,7 @@ from raydf.pipelines.prediction import predict
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m raydf.predict", description=__doc__)
-    parser.add_argument("--run", required=True, help="a finished run directory (has checkpoints/fold*.pt)")
+    parser.add_argument("--run", required=True, help="a finished run directory (has checkpoints/*fold*.pt)")
     parser.add_argument("--images", required=True, help="folder of images, CSV of paths, or a Kaggle template")
     parser.add_argument("--image-root", help="folder the CSV's relative paths resolve against (default: the CSV's)")
     parser.add_argument("--out", help="submission CSV to write (default: RUN_DIR/predictions.csv)")

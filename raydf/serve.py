@@ -14,7 +14,7 @@ from raydf.pipelines.serving import serve_run
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m raydf.serve", description=__doc__)
-    parser.add_argument("--run", required=True, help="a finished run directory (has checkpoints/fold*.pt)")
+    parser.add_argument("--run", required=True, help="a finished run directory (has checkpoints/*fold*.pt)")
     parser.add_argument("--host", help="address to listen on (default: serve.host, 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, help="TCP port (default: serve.port, 8000)")
     parser.add_argument("--address", help="Ray address of a running cluster (default: the run's ray.address)")

@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import assert_oof_matches_checkpoints, checkpoint_prob_fake, separable_images, tiny_overrides
+from conftest import TINY_T, assert_oof_matches_checkpoints, checkpoint_prob_fake, separable_images, tiny_overrides
+from scipy.special import expit, logit
 
 from raydf.config import load_config
 from raydf.data.catalog import read_test
@@ -26,7 +27,7 @@ FOLD_KEYS = {
     "attempts",
     "resumed_from_epoch",
 }
-METRIC_KEYS = {"accuracy", "auc", "log_loss", "ap", "eer"}
+METRIC_KEYS = {"accuracy", "auc", "log_loss", "ap", "eer", "ece", "brier"}
 # What a 1-epoch run has written when its driver stops after fold 0 finished and fold 1 saved its epoch, before the
 # driver got fold 1's result: its inputs, fold 0's checkpoint and both folds' per-epoch state.
 WRITTEN_BEFORE_FOLD1_ENDS = {
@@ -70,19 +71,52 @@ def test_run_directory_follows_the_contract(finished_run, tiny_demo):
     sub = pd.read_csv(run_dir / "submission.csv")
     assert list(sub.columns) == ["image", "label", "prob_fake"]
     assert sub["image"].tolist() == read_test(tiny_demo.test)["image"].tolist()  # the test table's order
-    assert (sub["label"] == (sub["prob_fake"] > 0.5)).all()
+    threshold = summary["threshold"]["value"]  # youden, chosen on the out-of-fold data (conftest.finished_run)
+    assert summary["threshold"]["mode"] == "youden" and threshold != 0.5
+    assert (sub["label"] == (sub["prob_fake"] > threshold)).all()
 
 
 def test_distributed_soft_vote_equals_single_process_vote(finished_run, tiny_demo):
+    """The submission is the calibrated soft vote: sigmoid of the folds' mean logit over the run's temperature
+    (calibration.json), computed here from each fold's checkpoint."""
     run_dir, cfg = finished_run
     assert cfg.train.precision == "fp32"  # bf16 results depend slightly on how a batch is split: no tight check
-    expected = checkpoint_prob_fake(run_dir, read_test(tiny_demo.test)["path"]).mean(0)  # mean of fold softmaxes
+    calibration = json.loads((run_dir / "calibration.json").read_text())
+    assert calibration["method"] == "temperature" and calibration["temperature"] == TINY_T
+    folds = checkpoint_prob_fake(run_dir, read_test(tiny_demo.test)["path"])
+    expected = expit(logit(folds.astype(np.float64)).mean(0) / TINY_T)
     sub = pd.read_csv(run_dir / "submission.csv")
     atol = 1e-6  # fp32 agrees to 6e-8 here (different batches, memory format and thread count)
     np.testing.assert_allclose(sub["prob_fake"], expected, rtol=0, atol=atol)
     # The images' probabilities differ by far more than the tolerance (std ~1.4e-4 even after one epoch), so rows
     # in the wrong order would fail the comparison.
     assert expected.std() > 20 * atol
+    assert np.abs(expected - folds.mean(0)).max() > 100 * atol  # the uncalibrated vote would not pass
+
+
+def test_an_old_run_without_calibration_predicts_as_before_and_another_runs_file_is_refused(
+    finished_run, tiny_demo, tmp_path
+):
+    """A run made before calibration existed (no calibration.json) predicts the plain mean of its folds' P(fake),
+    cut at 0.5; a calibration.json fitted on another run's out-of-fold data is refused, naming the file."""
+    from raydf.pipelines.prediction import predict
+
+    run_dir, _ = finished_run
+    old = tmp_path / "old"
+    shutil.copytree(run_dir, old, ignore=shutil.ignore_patterns("calibration.json", "test_models.csv", "tensorboard"))
+    out = pd.read_csv(predict(str(old), str(tiny_demo.test), str(tmp_path / "old.csv")))
+    expected = checkpoint_prob_fake(old, read_test(tiny_demo.test)["path"]).mean(0)
+    np.testing.assert_allclose(out["prob_fake"], expected, rtol=0, atol=1e-6)
+    assert (out["label"] == (out["prob_fake"] > 0.5)).all()
+
+    other = json.loads((run_dir / "calibration.json").read_text())
+    from raydf.inference.calibration import Calibration, calibration_json
+
+    body = {k: v for k, v in other.items() if k not in ("run", "checksum")}
+    (old / "calibration.json").write_text(calibration_json(Calibration.from_dict(body), "0123456789abcdef"))
+    with pytest.raises(ConfigError, match=f"{old / 'calibration.json'} belongs to another run"):
+        predict(str(old), str(tiny_demo.test), str(tmp_path / "refused.csv"))
+    assert not (tmp_path / "refused.csv").exists()
 
 
 def test_oof_rows_are_each_folds_checkpoint_predictions(finished_run):
@@ -158,7 +192,8 @@ def test_predict_with_flip_tta_changes_the_probabilities_and_stays_a_valid_submi
     assert main(parse_args(["--run", str(run_dir), "--images", str(tiny_demo.test), "--out", str(out), "--tta"])) == 0
     tta, plain = pd.read_csv(out), pd.read_csv(run_dir / "submission.csv")
     assert list(tta.columns) == ["image", "label", "prob_fake"] and tta["image"].tolist() == plain["image"].tolist()
-    assert tta["prob_fake"].between(0, 1).all() and (tta["label"] == (tta["prob_fake"] > 0.5)).all()
+    threshold = json.loads((run_dir / "calibration.json").read_text())["threshold"]  # the run's cut
+    assert tta["prob_fake"].between(0, 1).all() and (tta["label"] == (tta["prob_fake"] > threshold)).all()
     assert not np.allclose(tta["prob_fake"], plain["prob_fake"], rtol=0, atol=1e-6)
 
 
@@ -183,7 +218,8 @@ def test_predict_explain_writes_heatmaps_of_the_most_confident_images(finished_r
         from PIL import Image
 
         png = Image.open(tmp_path / "pred_explain" / name)
-        assert png.size == (2 * cfg.data.crop + 4, cfg.data.crop)  # the model's input beside its heatmap
+        k = -(-256 // cfg.data.crop)  # enlarged to at least 256 px high, to be readable in a report
+        assert png.size == (k * (2 * cfg.data.crop + 4), k * cfg.data.crop)  # the model's input beside its heatmap
 
 
 def test_the_report_shows_the_heatmaps_of_the_test_set(finished_run):
@@ -271,6 +307,12 @@ def test_a_run_on_reals_alone_with_self_blended_fakes_trains_predicts_and_report
     oof = pd.read_csv(run_dir / "oof.csv")
     assert len(oof) == 64 and set(oof["label"]) == {0, 1} and oof["prob_fake"].between(0, 1).all()
     assert set(summary["cv"]) >= {"auc", "accuracy"} and (run_dir / "submission.csv").is_file()
+    # The validation reals' self-blended fakes, scored by their fold's best weights: what calibration falls back
+    # on when the labelled rows hold one class only.
+    blended = pd.read_csv(run_dir / "oof_blended.csv")
+    reals = oof[oof["label"] == 0]
+    assert sorted(blended["path"]) == sorted(reals["path"]) and (blended["label"] == 1).all()
+    assert blended["prob_fake"].between(0, 1).all() and (run_dir / "calibration.json").is_file()
     assert "![self-blended fakes](synthetic_fakes.png)" in (run_dir / "report.md").read_text()
     from PIL import Image
 
@@ -292,7 +334,7 @@ def test_evaluate_scores_the_run_on_other_sets_with_confidence_intervals(finishe
     run_test = json.loads((run_dir / "summary.json").read_text())["test"]
     per_image = result[test_name]["per image"]
     assert per_image["n"] == 32 and result[train_name]["per image"]["n"] == 64
-    for key in ("accuracy", "auc", "log_loss", "ap", "eer"):
+    for key in ("accuracy", "auc", "log_loss", "ap", "eer", "ece", "brier"):
         assert per_image[key]["value"] == pytest.approx(run_test[key], abs=1e-6), key
         low, high = per_image[key]["ci95"]
         assert low <= per_image[key]["value"] <= high and high - low > 0, key

@@ -20,6 +20,7 @@ PNG_SIZES = {
     "roc.png": (600, 600),
     "confusion_matrix.png": (1100, 500),
     "test_prob_fake.png": (800, 450),
+    "reliability.png": (1000, 500),  # out of fold and test, before and after calibration
 }
 
 
@@ -54,13 +55,20 @@ def test_report_numbers_equal_the_summary(finished_run):
     report = (run_dir / "report.md").read_text()
 
     metrics = {row[0]: row[1:] for row in _table(report, "Metrics")}
-    for key, name, images in (("cv", "cross-validation (out of fold)", 64), ("test", "test", 32)):
-        n, acc, auc, loss, ap, eer = metrics[name]
+    for key, name, images in (
+        ("cv", "cross-validation (out of fold)", 64),
+        ("test", "test", 32),
+        ("test_uncalibrated", "test, before calibration", 32),
+    ):
+        n, acc, auc, loss, ap, eer, ece, brier = metrics[name]
         assert int(n) == images
         m = summary[key]
-        assert [float(acc), float(auc), float(loss), float(ap), float(eer)] == pytest.approx(
-            [m["accuracy"], m["auc"], m["log_loss"], m["ap"], m["eer"]], abs=5e-5
+        assert [float(acc), float(auc), float(loss), float(ap), float(eer), float(ece), float(brier)] == pytest.approx(
+            [m["accuracy"], m["auc"], m["log_loss"], m["ap"], m["eer"], m["ece"], m["brier"]], abs=5e-5
         )
+    calibration = report.split("## Calibration and threshold\n", 1)[1].split("\n## ", 1)[0]
+    assert f"temperature (T = {summary['calibration']['temperature']:.4f})" in calibration
+    assert f"P(fake) > {summary['threshold']['value']:.4f}" in calibration
     folds = _table(report, "Folds")
     assert len(folds) == len(summary["folds"]) == 2
     for row, f in zip(folds, summary["folds"]):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import ipaddress
+import json
 import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +17,7 @@ import pytest
 import requests
 from PIL import Image
 from ray_processes import Driver, RayStartHead, child_env, free_port, short_tmpdir
+from scipy.special import expit
 
 from raydf.data.catalog import read_test
 
@@ -46,14 +48,19 @@ def test_each_face_gets_the_soft_vote_of_the_run(server, tiny_demo):
     """The same P(fake) per image as the run's submission (which `raydf.predict` reproduces), with the per-fold
     probabilities whose mean it is, the image's box and the run it came from."""
     expected = pd.read_csv(server.run_dir / "submission.csv")["prob_fake"].to_numpy()
+    calibration = json.loads((server.run_dir / "calibration.json").read_text())
     paths = read_test(tiny_demo.test)["path"].tolist()
     got = []
     for path in paths:
         response = post(server, Path(path).name, Path(path).read_bytes())
         assert response.status_code == 200, response.text
         body = response.json()
-        assert body["label"] == ("fake" if body["prob_fake"] > 0.5 else "real")
-        assert len(body["prob_fake_folds"]) == 2 and np.isclose(np.mean(body["prob_fake_folds"]), body["prob_fake"])
+        assert body["calibration"] == "temperature" and body["threshold"] == calibration["threshold"]
+        assert body["label"] == ("fake" if body["prob_fake"] > calibration["threshold"] else "real")
+        # The run's calibrated vote of its folds (conftest.finished_run): sigmoid(mean fold logit / T)
+        folds = np.clip(body["prob_fake_folds"], 1e-7, 1 - 1e-7)
+        vote = expit(np.mean(np.log(folds) - np.log1p(-folds)) / calibration["temperature"])
+        assert len(folds) == 2 and np.isclose(vote, body["prob_fake"], rtol=0, atol=ATOL)
         width, height = Image.open(path).size
         assert [(f["box"], f["prob_fake"]) for f in body["faces"]] == [([0, 0, width, height], body["prob_fake"])]
         assert body["run"] == str(server.run_dir) and body["model"] == "test_efficientnet"

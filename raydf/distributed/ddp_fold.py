@@ -34,6 +34,7 @@ from raydf.distributed.progress import EventSender
 from raydf.distributed.session import RaySession
 from raydf.distributed.stop import StopPoller
 from raydf.errors import ConfigError, find_user_error
+from raydf.runs.model_key import ModelKey
 from raydf.runs.storage import RunStorage
 from raydf.training.data_parallel import DataParallel
 from raydf.training.engine import StopRequested
@@ -49,7 +50,7 @@ class WorkerPlan:
     with `strategy`, reducing with `backend`."""
 
     workers: int
-    cpus: int
+    cpus: float
     gpus: int
     strategy: str  # STRICT_PACK (one node) or PACK
     backend: str  # nccl on GPUs, gloo on CPUs
@@ -73,7 +74,9 @@ def plan_workers(
     key = "resources.gpus_per_fold" if r.workers_per_fold is None else "resources.workers_per_fold"
     kind = "GPU" if gpus else "CPU"
     largest = max(nodes, key=lambda n: n.get(kind, 0), default={})
-    if workers > largest.get(kind, 0):
+    # A worker needs a GPU, or on CPUs at least a CPU's share (cpus_per_fold; fractions share a core).
+    need = workers if gpus else workers * min(r.cpus_per_fold, 1)
+    if need > largest.get(kind, 0):
         raise ConfigError(
             f"{key}={workers} asks for {workers} workers of one data-parallel fold, "
             f"{'one GPU each' if gpus else 'at least one CPU each'}, but the "
@@ -86,7 +89,7 @@ def plan_workers(
     fits = any(n.get("CPU", 0) >= workers * r.cpus_per_fold and n.get("GPU", 0) >= workers * gpus for n in nodes)
     if not fits and warn:
         log.warning(
-            "no node of the Ray cluster holds all %d workers of a fold (%d CPU%s each): placing them with PACK, "
+            "no node of the Ray cluster holds all %d workers of a fold (%g CPU%s each): placing them with PACK, "
             "over several nodes (every step's all-reduce then crosses the network); lower resources.cpus_per_fold "
             "to keep a fold on one node",
             workers,
@@ -130,7 +133,7 @@ class DataParallelFold:
         self,
         images: Any,
         labels: Any,
-        fold: int,
+        key: ModelKey,
         train_idx: np.ndarray,
         val_idx: np.ndarray,
         cfg: Config,
@@ -143,7 +146,7 @@ class DataParallelFold:
         # References inside a dict are not resolved for the driver task: the workers fetch the images themselves
         # (zero-copy on their node), not a copy pickled into the trainer's config.
         refs = {"images": images, "labels": labels, "start_weights": start_weights, "landmarks": landmarks}
-        return self.task.remote(refs, fold, train_idx, val_idx, cfg, storage, progress, stop_flag, self.plan)
+        return self.task.remote(refs, key, train_idx, val_idx, cfg, storage, progress, stop_flag, self.plan)
 
 
 def _fetch(value: Any) -> Any:
@@ -156,10 +159,10 @@ def _worker_loop(config: dict) -> Optional[dict]:
     from ray.train.torch import get_device
 
     cfg: Config = config["cfg"]
-    fold, refs = config["fold"], config["refs"]
+    key, refs = config["key"], config["refs"]
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    torch.set_num_threads(cfg.resources.cpus_per_fold)
+    torch.set_num_threads(max(1, int(cfg.resources.cpus_per_fold)))  # a fraction of a CPU: one thread
     dp = DataParallel(rank, world, get_device(), cfg.resources.sync_bn)
     if dp.device.type == "cuda":  # NCCL's object collectives use the current device (Ray Train sets it too)
         torch.cuda.set_device(dp.device)
@@ -169,7 +172,7 @@ def _worker_loop(config: dict) -> Optional[dict]:
     events.send(
         {
             "type": "start",
-            "fold": fold,
+            **key.tags(),
             "time": time.time(),
             "epochs": cfg.train.epochs,
             "node_id": node_id,
@@ -190,9 +193,9 @@ def _worker_loop(config: dict) -> Optional[dict]:
             config["train_idx"],
             config["val_idx"],
             cfg,
-            fold,
+            key,
             on_epoch=on_epoch,
-            state=FoldStateStore(storage, fold) if storage else None,
+            state=FoldStateStore(storage, key) if storage else None,
             start_weights=_fetch(refs["start_weights"]),
             should_stop=StopPoller(config["stop_flag"]),
             landmarks=_fetch(refs["landmarks"]),
@@ -214,7 +217,7 @@ def _worker_loop(config: dict) -> Optional[dict]:
     }
 
 
-def _fit(make_trainer: Callable[[], Any], fold: int, attempts: int = 3) -> Any:
+def _fit(make_trainer: Callable[[], Any], key: ModelKey, attempts: int = 3) -> Any:
     """`trainer.fit()`, again when the process group's rendezvous lost its port (Ray Train finds a free port, then
     rank 0 binds it: another process may take it meanwhile; seen with two folds starting on one loaded host). Ray
     Train does not retry that failure itself (a controller error)."""
@@ -224,13 +227,13 @@ def _fit(make_trainer: Callable[[], Any], fold: int, attempts: int = 3) -> Any:
         except Exception as e:
             if attempt == attempts or "EADDRINUSE" not in str(e):
                 raise
-            log.warning("fold %d: the process group's port was taken meanwhile; starting its workers again", fold)
+            log.warning("%s: the process group's port was taken meanwhile; starting its workers again", key.label)
 
 
 @ray.remote(num_cpus=0, num_returns=2)
 def _ddp_fold_task(
     refs: dict,
-    fold: int,
+    key: ModelKey,
     train_idx: np.ndarray,
     val_idx: np.ndarray,
     cfg: Config,
@@ -243,7 +246,7 @@ def _ddp_fold_task(
     from ray.train.torch import TorchConfig, TorchTrainer
 
     ctx = ray.get_runtime_context()
-    state = FoldStateStore(storage, fold) if storage else None
+    state = FoldStateStore(storage, key) if storage else None
     attempt = (
         state.begin_attempt(pid=os.getpid(), node_id=ctx.get_node_id())
         if state
@@ -254,12 +257,12 @@ def _ddp_fold_task(
     # A fold queued behind others waits for their GPUs: Ray Train would give up on its placement group every 60 s,
     # log the failure and try again (without limit); the same wait, quietly.
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "1800")
-    scratch = tempfile.mkdtemp(prefix=f"raydf-ddp-fold{fold}-")  # Ray Train's run folder: no checkpoint in it
+    scratch = tempfile.mkdtemp(prefix=f"raydf-ddp-{key.name}-")  # Ray Train's run folder: no checkpoint in it
     make_trainer = lambda: TorchTrainer(  # noqa: E731
         _worker_loop,
         train_loop_config={
             "cfg": cfg,
-            "fold": fold,
+            "key": key,
             "refs": refs,
             "train_idx": train_idx,
             "val_idx": val_idx,
@@ -276,7 +279,7 @@ def _ddp_fold_task(
             placement_strategy=plan.strategy,
         ),
         run_config=RunConfig(
-            name=f"fold{fold}",
+            name=key.name,
             storage_path=scratch,
             # Train restarts a failed worker group; the workers resume from the fold's saved state.
             failure_config=FailureConfig(max_failures=cfg.ray.max_retries),
@@ -285,7 +288,7 @@ def _ddp_fold_task(
         ),
     )
     try:
-        result = _fit(make_trainer, fold)
+        result = _fit(make_trainer, key)
     except Exception as e:  # a worker's error arrives wrapped: the user error, when there is one, in one line
         failures = getattr(e, "worker_failures", {}) or {}
         user = next((u for u in map(find_user_error, failures.values()) if u is not None), None)
@@ -301,7 +304,7 @@ def _ddp_fold_task(
     info = dict(back["outcome"])
     weights = info.pop("weights")
     info.update(
-        fold=fold,
+        **key.tags(),
         val_index=np.asarray(val_idx),
         started_at=attempt["first_started_at"],
         finished_at=time.time(),

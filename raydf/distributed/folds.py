@@ -1,4 +1,4 @@
-"""One Ray task per fold, all submitted at once, collected as they finish."""
+"""One Ray task per model (fold x seed), all submitted at once, collected as they finish."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from raydf.distributed.data import ImagesHandle, resolve_images
 from raydf.distributed.progress import EventSender, drain, start_progress_actor
 from raydf.distributed.stop import StopPoller, start_stop_flag
 from raydf.errors import RaydfError, find_user_error
+from raydf.runs.model_key import ModelKey, as_key
 from raydf.runs.storage import RunStorage
 from raydf.training.fold_loop import train_fold
 from raydf.training.fold_state import FoldStateStore
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 def _fold_task(
     images: np.ndarray | DecodedCache,
     labels: np.ndarray,
-    fold: int,
+    key: ModelKey,
     train_idx: np.ndarray,
     val_idx: np.ndarray,
     cfg: Config,
@@ -48,19 +49,19 @@ def _fold_task(
     # cache file: either way every fold on a node shares one copy.
     # Ray re-runs this task when its worker dies (max_retries); the state store makes the rerun resume.
     ctx = ray.get_runtime_context()
-    state = FoldStateStore(storage, fold) if storage else None
+    state = FoldStateStore(storage, key) if storage else None
     attempt = (
         state.begin_attempt(pid=os.getpid(), node_id=ctx.get_node_id())
         if state
         else {"attempts": 1, "first_started_at": time.time()}
     )
-    torch.set_num_threads(cfg.resources.cpus_per_fold)
+    torch.set_num_threads(max(1, int(cfg.resources.cpus_per_fold)))  # a fraction of a CPU: one thread
     images = resolve_images(images)
     events = EventSender(progress)
     events.send(
         {
             "type": "start",
-            "fold": fold,
+            **key.tags(),  # fold, and seed in a run of several seeds
             "time": time.time(),
             "epochs": cfg.train.epochs,
             "node_id": ctx.get_node_id(),
@@ -70,7 +71,7 @@ def _fold_task(
     )
 
     def on_epoch(row: dict) -> None:
-        log.debug("fold %d epoch %d: %s", fold, row["epoch"], row)
+        log.debug("%s epoch %d: %s", key.label, row["epoch"], row)
         events.send({"type": "epoch", "time": time.time(), "epochs": cfg.train.epochs, **row})
 
     try:
@@ -80,7 +81,7 @@ def _fold_task(
             train_idx,
             val_idx,
             cfg,
-            fold,
+            key,
             on_epoch=on_epoch,
             state=state,
             start_weights=start_weights,
@@ -92,7 +93,7 @@ def _fold_task(
     info = asdict(outcome)
     del info["weights"]  # returned as its own object so inference actors can fetch it alone
     info.update(
-        fold=fold,
+        **key.tags(),
         val_index=np.asarray(val_idx),
         started_at=attempt["first_started_at"],
         finished_at=time.time(),
@@ -125,7 +126,7 @@ def _describe(e: ray.exceptions.RayError) -> str:
 def run_folds(
     images_ref: ImagesHandle,
     labels_ref: ray.ObjectRef,
-    splits: dict[int, tuple[np.ndarray, np.ndarray]],
+    splits: dict[ModelKey | int, tuple[np.ndarray, np.ndarray]],
     cfg: Config,
     resources: dict[str, float],
     storage: Optional[RunStorage] = None,
@@ -134,16 +135,18 @@ def run_folds(
     poll_seconds: float = 0.5,
     start_weights_ref: Optional[ray.ObjectRef] = None,
     landmarks_ref: Optional[ray.ObjectRef] = None,
-) -> dict[int, tuple[ray.ObjectRef, dict]]:
-    """Train the folds `splits` ({fold: (train rows, val rows)}) at once; returns {fold: (best-weights ref, info)}.
+) -> dict[ModelKey | int, tuple[ray.ObjectRef, dict]]:
+    """Train the models `splits` ({key: (train rows, val rows)}: a fold and its seed, or a bare fold index for the
+    run's first seed) at once; returns {key: (best-weights ref, info)}. The models of one fold share its rows and
+    differ in their seed.
 
     With `storage` (the run directory) every fold saves its state per epoch and resumes from it when Ray
     retries it. `on_done(info, weights_ref)` runs on the driver as each fold finishes (completion order).
     `on_events(events)` runs on the driver every `poll_seconds` with the progress events that arrived
     (possibly none, so a display can tick): `start` and `epoch` events from the fold tasks, then a `done`
-    event per fold after its `on_done`. `start_weights_ref`: the fitted start weights, put once (every fold's
-    worker maps the same copy); `landmarks_ref`, the rows' face landmarks (N, 5, 2) for the self-blended fakes'
-    masks, likewise.
+    event per model after its `on_done`. Events, like the infos, carry the model's `ModelKey.tags()`.
+    `start_weights_ref`: the fitted start weights, put once (every fold's worker maps the same copy);
+    `landmarks_ref`, the rows' face landmarks (N, 5, 2) for the self-blended fakes' masks, likewise.
     """
     # SPREAD: Ray's default policy prefers the node that holds a task's arguments (the driver's, where the
     # decoded images are) until that node is half busy; on a 3-node ray.cluster_utils.Cluster it put two
@@ -157,11 +160,12 @@ def run_folds(
     progress = start_progress_actor() if on_events else None
     stop_flag = start_stop_flag()
     submitted = {}
+    keys = {k: as_key(k, cfg) for k in splits}
     for k, (train_idx, val_idx) in splits.items():
         weights_ref, info_ref = task.remote(
             images_ref,
             labels_ref,
-            k,
+            keys[k],
             train_idx,
             val_idx,
             cfg,
@@ -173,14 +177,14 @@ def run_folds(
         )
         submitted[info_ref] = (k, weights_ref)
     log.info("submitted %d fold tasks (%g CPU, %g GPU each)", len(splits), resources["num_cpus"], resources["num_gpus"])
-    results: dict[int, tuple[ray.ObjectRef, dict]] = {}
+    results: dict[ModelKey | int, tuple[ray.ObjectRef, dict]] = {}
     pending = list(submitted)
     # A second Ctrl-C/SIGTERM exits at once: first kill this node's fold workers, then remove their temp files.
     kill_local = lambda: _kill_local_fold_workers(storage, splits.keys() - results.keys())  # noqa: E731
     state_tmp = str(storage.local_path("state") / "*.tmp") if storage is not None and storage.local else ""
     with signals.on_hard_exit(kill_local), signals.partial_files(state_tmp):
         return _collect(
-            submitted, pending, results, splits, storage, on_done, on_events, progress, stop_flag, poll_seconds
+            submitted, pending, results, keys, storage, on_done, on_events, progress, stop_flag, poll_seconds
         )
 
 
@@ -188,7 +192,7 @@ def _collect(
     submitted: dict,
     pending: list,
     results: dict,
-    splits: dict,
+    keys: dict,
     storage: Optional[RunStorage],
     on_done: Optional[Callable],
     on_events: Optional[Callable],
@@ -196,7 +200,8 @@ def _collect(
     stop_flag: ray.actor.ActorHandle,
     poll_seconds: float,
 ) -> dict:
-    """Wait for the fold tasks (see `run_folds`); stop what still runs when leaving early."""
+    """Wait for the fold tasks (see `run_folds`; `keys`: {the caller's key: its ModelKey}); stop what still runs
+    when leaving early."""
     try:
         while pending:
             done, pending = ray.wait(pending, num_returns=1, timeout=poll_seconds if progress is not None else None)
@@ -208,7 +213,7 @@ def _collect(
             try:
                 info = ray.get(done[0])
             except ray.exceptions.RayError as e:
-                raise FoldFailed(f"fold {k} failed: {_describe(e)}") from e
+                raise FoldFailed(f"{keys[k].label} failed: {_describe(e)}") from e
             results[k] = (weights_ref, info)
             if on_done:
                 on_done(info, weights_ref)
@@ -217,7 +222,7 @@ def _collect(
                     [
                         {
                             "type": "done",
-                            "fold": k,
+                            **keys[k].tags(),
                             "time": info["finished_at"],
                             **{key: info[key] for key in ("best_epoch", "val_loss", "val_acc", "epochs_run")},
                         }
@@ -225,13 +230,13 @@ def _collect(
                 )
     finally:
         _stop(pending, stop_flag)  # on error or Ctrl-C, do not leave folds training in the background
-        if len(results) < len(splits):
+        if len(results) < len(keys):
             _fetch_errors(pending + [w for k, w in submitted.values() if k not in results])
             if storage is not None:  # the cancelled tasks are gone now: no temp file they were writing stays
-                for k in splits.keys() - results.keys():
+                for k in keys.keys() - results.keys():
                     FoldStateStore(storage, k).remove_partial_writes()
         del progress, stop_flag  # the actors end with their last handle (no ray.kill: a worker may still hold one)
-    return dict(sorted(results.items()))
+    return {k: results[k] for k in keys if k in results}  # in the order of `splits`
 
 
 def _stop(refs: list[ray.ObjectRef], stop_flag: ray.actor.ActorHandle, grace_s: float = 30.0) -> None:
@@ -251,8 +256,8 @@ def _stop(refs: list[ray.ObjectRef], stop_flag: ray.actor.ActorHandle, grace_s: 
         ray.cancel(ref, force=True)
 
 
-def _kill_local_fold_workers(storage: Optional[RunStorage], folds: Iterable[int]) -> None:
-    """SIGKILL the worker processes of `folds` that run on this node (their pids are in the fold state)."""
+def _kill_local_fold_workers(storage: Optional[RunStorage], folds: Iterable[ModelKey | int]) -> None:
+    """SIGKILL the worker processes of the models `folds` that run on this node (their pids are in the fold state)."""
     if storage is None:
         return
     here = ray.get_runtime_context().get_node_id()

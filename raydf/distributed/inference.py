@@ -14,6 +14,7 @@ import torch
 from raydf.config import DEFAULT_MODEL
 from raydf.data.images import decode_image
 from raydf.distributed.cluster import alive_nodes
+from raydf.inference.calibration import NONE, Calibration
 from raydf.inference.ensemble import EnsembleSettings, FoldEnsemble
 from raydf.models.normalization import IMAGENET, Normalization
 
@@ -40,17 +41,20 @@ class SoftVotePredictor:
         threads: int = 1,
         model: str = DEFAULT_MODEL,
         norm: Normalization = IMAGENET,
+        calibration: Calibration = NONE,
     ):
         # Ray Data does not resolve ObjectRefs in constructor arguments; fetch the K state dicts here.
         states = ray.get(list(weight_refs))
         torch.set_num_threads(threads)  # the CPUs this actor holds (intra-op parallelism on a CPU node)
-        self.ensemble = FoldEnsemble(states, EnsembleSettings(model, dropout, resize, crop, precision, tta, norm))
+        self.ensemble = FoldEnsemble(
+            states, EnsembleSettings(model, dropout, resize, crop, precision, tta, norm, calibration)
+        )
         self.resize = resize
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         images = np.stack([decode_image(str(p), self.resize) for p in batch["path"]])  # (B, resize, resize, 3)
         probs = self.ensemble.predict(images)  # (K, B) P(fake)
-        out = {"row": batch["row"], "prob_fake": np.mean(probs, axis=0)}
+        out = {"row": batch["row"], "prob_fake": self.ensemble.soft_vote(probs)}
         out.update({f"prob_fold{k}": p for k, p in enumerate(probs)})
         return out
 
@@ -70,9 +74,11 @@ def soft_vote_predict(
     precision: str = "auto",
     tta: bool = False,
     actor_restarts: int = 0,
+    calibration: Calibration = NONE,
     on_rows: Optional[Callable[[int], None]] = None,
 ) -> pd.DataFrame:
-    """P(fake) of every path by the mean of the K fold softmaxes; columns row, prob_fake, prob_fold{k}.
+    """P(fake) of every path by the soft vote of the K folds (the mean of their softmaxes, or `calibration`'s vote);
+    columns row, prob_fake, prob_fold{k}.
 
     Decoding and the models run in `actors` actors (default: one per GPU; without GPUs one per node, holding all
     the CPUs of the smallest node, since the fold tasks are done by then and torch spreads a batch over them).
@@ -122,6 +128,7 @@ def soft_vote_predict(
                 "precision": precision,
                 "tta": tta,
                 "threads": cpus_per_actor,
+                "calibration": calibration,
             },
             compute=ray.data.ActorPoolStrategy(size=actors),
             num_gpus=gpus_per_actor,

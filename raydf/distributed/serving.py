@@ -188,7 +188,7 @@ class EnsembleServer:
             crops, boxes, scores = results[i]
             p = probs[:, start : start + len(crops)]  # (K, F)
             start += len(crops)
-            per_face = p.mean(0)
+            per_face = self.ensemble.soft_vote(p)  # the run's calibrated vote (calibration.json), else the mean
             faces = [
                 {"box": [round(float(v), 1) for v in box], "prob_fake": float(pf), "score": sc}
                 for box, pf, sc in zip(boxes, per_face, scores)
@@ -233,7 +233,7 @@ class EnsembleServer:
             return JSONResponse({"error": str(result)}, status_code=result.status)
         body: dict[str, Any] = {
             "prob_fake": result.prob_fake,
-            "label": "fake" if result.prob_fake > 0.5 else "real",
+            "label": "fake" if result.prob_fake > self.settings.calibration.threshold else "real",
             "prob_fake_folds": result.folds,
             "faces": result.faces,
             "file": name,

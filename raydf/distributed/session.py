@@ -16,6 +16,7 @@ from raydf import signals
 from raydf.config import Config
 from raydf.distributed.cluster import alive_nodes, describe_cluster
 from raydf.errors import ConfigError
+from raydf.runs.model_key import run_seeds
 
 log = logging.getLogger(__name__)
 
@@ -147,12 +148,12 @@ def fold_resources(cfg: Config, session: Optional[RaySession] = None) -> dict[st
         "resources.gpus_per_fold",
         session,
         wait_s,
-        cfg.train.folds,
+        cfg.train.folds * len(run_seeds(cfg)),  # one fold task per model (fold x seed)
     )
 
 
 def checked_resources(
-    cpus: int,
+    cpus: float,
     gpus: Optional[float],
     cpu_key: str,
     gpu_key: str,
@@ -198,12 +199,13 @@ def checked_resources(
         )
     if cpus > max_cpu:
         raise ConfigError(
-            f"{cpu_key}={cpus} but the largest node of the Ray cluster has {max_cpu:g} CPU(s){waited}: lower {cpu_key}"
+            f"{cpu_key}={cpus:g} but the largest node of the Ray cluster has {max_cpu:g} CPU(s){waited}: "
+            f"lower {cpu_key}"
         )
     if not any(fits(n) for n in nodes):
         best = max((n.get("CPU", 0) for n in nodes if n.get("GPU", 0) >= gpus), default=0)
         raise ConfigError(
-            f"{cpu_key}={cpus} with {gpu_key}={gpus:g}: no node of the Ray cluster has both; its "
+            f"{cpu_key}={cpus:g} with {gpu_key}={gpus:g}: no node of the Ray cluster has both; its "
             f"nodes with {gpus:g} GPU(s) have at most {best:g} CPU(s){waited}: lower {cpu_key}"
         )
     return {"num_cpus": cpus, "num_gpus": gpus}

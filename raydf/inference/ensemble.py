@@ -11,6 +11,7 @@ import torch
 
 from raydf.config import DEFAULT_MODEL, Config
 from raydf.data.images import center_crop
+from raydf.inference.calibration import NONE, Calibration
 from raydf.models.factory import build_model
 from raydf.models.normalization import IMAGENET, Normalization, input_normalization
 from raydf.training import heap
@@ -28,9 +29,10 @@ class EnsembleSettings:
     precision: str = "auto"
     tta: bool = False
     norm: Normalization = IMAGENET  # the input normalisation the weights were trained with
+    calibration: Calibration = NONE  # how the models' P(fake) become the soft vote (RUN_DIR/calibration.json)
 
     @classmethod
-    def from_config(cls, cfg: Config) -> EnsembleSettings:
+    def from_config(cls, cfg: Config, calibration: Calibration = NONE) -> EnsembleSettings:
         """A run's settings: its backbone, input sizes, precision, test-time augmentation and normalisation (a
         finished run's config carries the one its checkpoints record: raydf.pipelines.prediction.load_finished_run)."""
         return cls(
@@ -41,6 +43,7 @@ class EnsembleSettings:
             cfg.train.precision,
             cfg.predict.tta,
             input_normalization(cfg.model),
+            calibration,
         )
 
 
@@ -84,3 +87,8 @@ class FoldEnsemble:
             heap.every(self._batches)
             self._batches += 1
         return np.stack(probs)
+
+    def soft_vote(self, probs: np.ndarray) -> np.ndarray:
+        """The run's P(fake) from the models' (K, B): their mean, or the calibrated vote of a calibrated run. Every
+        way a run predicts (its test set, raydf.predict, raydf.evaluate, raydf.serve) goes through here."""
+        return self.settings.calibration.prob(probs)

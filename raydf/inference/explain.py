@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -14,7 +14,8 @@ from raydf.inference.heatmap import grad_cam, overlay_png
 from raydf.runs.run_dir import write_csv
 from raydf.runs.storage import RunStorage
 
-INDEX = "index.csv"  # kind, rank, image, prob_fake, heatmap: one row per PNG in the folder
+INDEX = "index.csv"  # kind, rank, image, source, prob_fake, heatmap: one row per PNG in the folder
+MIN_HEIGHT = 256  # heatmap pictures are enlarged (a whole number of times) to at least this many pixels high
 
 
 def most_confident(prob_fake: np.ndarray, n: int) -> list[tuple[str, int, int]]:
@@ -28,14 +29,24 @@ def most_confident(prob_fake: np.ndarray, n: int) -> list[tuple[str, int, int]]:
 
 
 def side_by_side(face: np.ndarray, heat: np.ndarray) -> bytes:
-    """A PNG of the model's input (crop, crop, 3) beside it with the heatmap over it."""
+    """A PNG of the model's input (crop, crop, 3) beside it with the heatmap over it, enlarged `scale(crop)` times
+    (an 80 px crop is unreadable in a report)."""
     from PIL import Image
 
     overlay = np.asarray(Image.open(io.BytesIO(overlay_png(face, heat))).convert("RGB"))
     gap = np.full((face.shape[0], 4, 3), 255, np.uint8)
+    picture = Image.fromarray(np.concatenate([face, gap, overlay], axis=1))
+    k = scale(face.shape[0])
+    if k > 1:
+        picture = picture.resize((picture.width * k, picture.height * k), Image.Resampling.BICUBIC)
     buf = io.BytesIO()
-    Image.fromarray(np.concatenate([face, gap, overlay], axis=1)).save(buf, format="PNG")
+    picture.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def scale(crop: int) -> int:
+    """How many times a heatmap picture of a `crop` px input is enlarged: to at least MIN_HEIGHT px high."""
+    return max(1, -(-MIN_HEIGHT // crop))
 
 
 def write_explanations(
@@ -45,9 +56,11 @@ def write_explanations(
     n: int,
     storage: RunStorage,
     folder: str,
+    names: Optional[Sequence[str]] = None,
 ) -> pd.DataFrame:
     """Grad-CAM PNGs of the `n` most confident fakes and reals among `paths` (scored `prob_fake`) into
-    `folder` of `storage`, named `fake_01.png`, ..., `real_01.png`, ..., with `index.csv` listing them."""
+    `folder` of `storage`, named `fake_01.png`, ..., `real_01.png`, ..., with `index.csv` listing them (`source`:
+    `names[i]` for path i, e.g. the video/photo a face crop came from; else the path)."""
     picks = most_confident(np.asarray(prob_fake, dtype=float), n)
     rows = []
     if picks:
@@ -59,8 +72,15 @@ def write_explanations(
             name = f"{kind}_{rank:02d}.png"
             storage.write_bytes(f"{folder}/{name}", side_by_side(np.ascontiguousarray(face), heat))
             rows.append(
-                {"kind": kind, "rank": rank, "image": str(paths[i]), "prob_fake": float(prob_fake[i]), "heatmap": name}
+                {
+                    "kind": kind,
+                    "rank": rank,
+                    "image": str(paths[i]),
+                    "source": str(paths[i] if names is None else names[i]),
+                    "prob_fake": float(prob_fake[i]),
+                    "heatmap": name,
+                }
             )
-    index = pd.DataFrame(rows, columns=["kind", "rank", "image", "prob_fake", "heatmap"])
+    index = pd.DataFrame(rows, columns=["kind", "rank", "image", "source", "prob_fake", "heatmap"])
     write_csv(storage, f"{folder}/{INDEX}", index)
     return index

@@ -92,7 +92,7 @@ def _line(m: dict) -> str:
         ci = f" [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]" if v["ci95"] else ""
         return f"{key} {v['value']:.4f}{ci}"
 
-    return f"n={m['n']}  " + "  ".join(one(k) for k in ("auc", "accuracy", "log_loss", "ap", "eer"))
+    return f"n={m['n']}  " + "  ".join(one(k) for k in ("auc", "accuracy", "log_loss", "ap", "eer", "ece", "brier"))
 
 
 def table(path: Path) -> str:

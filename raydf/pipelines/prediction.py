@@ -1,4 +1,5 @@
-"""Predicting a new set with a finished run's K fold checkpoints: the same distributed soft vote as training."""
+"""Predicting a new set with a finished run's fold checkpoints (K, or K x S with several seeds): the same distributed
+soft vote as training."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ if TYPE_CHECKING:
     import torch
 
     from raydf.config import Config
+    from raydf.inference.calibration import Calibration
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,7 @@ def predict(
 
     storage = RunStorage(run_dir)
     cfg, checkpoints = load_finished_run(run_dir)
+    calibration = run_calibration(run_dir, checkpoints)  # refused here, before any work, when it is not this run's
     images = faces_of(cfg, images, image_root)  # videos, or photos for a run trained on faces: their faces manifest
     faces = read_manifest(images) if is_face_manifest(images) else None
     test_df = read_test(images, image_root if faces is None else None)
@@ -57,27 +60,28 @@ def predict(
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
         refs = [ray.put({k: v.numpy() for k, v in weights.items()}) for weights, _ in checkpoints]
         readable = [p for i, p in enumerate(test_df["path"]) if i not in bad]
-        pred = predict_paths(cfg, readable, refs, gpus_per_actor=gpus, tta=tta)
+        pred = predict_paths(cfg, readable, refs, gpus_per_actor=gpus, tta=tta, calibration=calibration)
     if explain:
         folder_storage, folder = RunStorage.for_file(explain_dir(out))
         weights = [w for w, _ in checkpoints]
-        explain_paths(cfg, weights, readable, pred["prob_fake"].to_numpy(), folder_storage, folder, explain)
+        names = None if faces is None else [src for i, src in enumerate(faces[0]["source"]) if i not in bad]
+        explain_paths(cfg, weights, readable, pred["prob_fake"].to_numpy(), folder_storage, folder, explain, names)
     if faces is None:
-        write_submission(*RunStorage.for_file(out), test_df, pred, bad, prior)
-        log.info("wrote %d predictions of %d folds to %s", len(test_df), cfg.train.folds, out)
+        write_submission(*RunStorage.for_file(out), test_df, pred, bad, prior, calibration.threshold)
+        log.info("wrote %d predictions of %d fold models to %s", len(test_df), len(checkpoints), out)
         return str(out)
     face_sub, sub = build_face_submissions(
-        test_df, pred["prob_fake"].to_numpy(), bad, prior, *faces, cfg.predict.aggregate
+        test_df, pred["prob_fake"].to_numpy(), bad, prior, *faces, cfg.predict.aggregate, calibration.threshold
     )
     faces_out = faces_file(out)
     write_csv(*RunStorage.for_file(faces_out), face_sub)
     write_csv(*RunStorage.for_file(out), sub)
     log.info(
-        "wrote %d predictions (%s of %d faces, %d folds) to %s; per face: %s",
+        "wrote %d predictions (%s of %d faces, %d fold models) to %s; per face: %s",
         len(sub),
         cfg.predict.aggregate,
         len(face_sub),
-        cfg.train.folds,
+        len(checkpoints),
         out,
         faces_out,
     )
@@ -87,22 +91,35 @@ def predict(
 def load_finished_run(
     run_dir: str, overrides: Sequence[str] = ()
 ) -> tuple[Config, list[tuple[dict[str, torch.Tensor], dict]]]:
-    """The run's config (with `overrides` that do not change its results) and its K fold checkpoints (state dict,
-    meta); model.name as the checkpoints record it. A run whose folds are not all finished is a ConfigError."""
+    """The run's config (with `overrides` that do not change its results) and its fold checkpoints (state dict,
+    meta), one per model (`model_keys`: K, or K x S seed by seed); model.name as the checkpoints record it. A run
+    whose models are not all finished is a ConfigError."""
+    from raydf.runs.model_key import model_keys
     from raydf.runs.resume import resume_config
     from raydf.runs.storage import RunStorage
-    from raydf.training.checkpoint import load_fold_checkpoint
+    from raydf.training.checkpoint import checkpoint_name, load_fold_checkpoint
 
     storage = RunStorage(run_dir)
     cfg = resume_config(str(run_dir), None, overrides)
-    missing = [k for k in range(cfg.train.folds) if not storage.exists(f"checkpoints/fold{k}.pt")]
+    keys = model_keys(cfg)
+    missing = [k for k in keys if not storage.exists(checkpoint_name(k))]
     if missing:
+        listed = [k.fold for k in missing] if not keys[0].several_seeds else [k.name for k in missing]
         raise ConfigError(
-            f"{run_dir} is not a finished raydf run: checkpoints of folds {missing} are missing "
-            f"(finish it with python -m raydf.train resume={run_dir})"
+            f"{run_dir} is not a finished raydf run: checkpoints of {'models' if keys[0].several_seeds else 'folds'} "
+            f"{listed} are missing (finish it with python -m raydf.train resume={run_dir})"
         )
-    checkpoints = [load_fold_checkpoint(storage, fold) for fold in range(cfg.train.folds)]
+    checkpoints = [load_fold_checkpoint(storage, key) for key in keys]
     return _with_recorded_backbone(cfg, [meta for _, meta in checkpoints], run_dir), checkpoints
+
+
+def run_calibration(run_dir: str, checkpoints: list[tuple[dict, dict]]) -> Calibration:
+    """The run's calibration.json, checked against its checkpoints (a file of another run, or edited by hand, is a
+    ConfigError naming it); a run without one predicts as before calibration existed."""
+    from raydf.pipelines.calibration import read_calibration
+    from raydf.runs.storage import RunStorage
+
+    return read_calibration(RunStorage(run_dir), [meta for _, meta in checkpoints])
 
 
 def explain_dir(out: str) -> str:

@@ -6,7 +6,7 @@ import logging
 import time
 from typing import Callable, Optional, Sequence
 
-from raydf.pipelines.prediction import load_finished_run, run_face_settings
+from raydf.pipelines.prediction import load_finished_run, run_calibration, run_face_settings
 
 log = logging.getLogger(__name__)
 
@@ -32,15 +32,18 @@ def serve_run(
     from raydf.inference.ensemble import EnsembleSettings
 
     cfg, checkpoints = load_finished_run(run_dir, overrides)
-    settings = EnsembleSettings.from_config(cfg)
+    calibration = run_calibration(run_dir, checkpoints)  # the soft vote's calibration and threshold, when fitted
+    settings = EnsembleSettings.from_config(cfg, calibration)
     faces = run_face_settings(cfg)  # a run trained on extracted faces: uploads are photos, their faces are found
     info = {
         "run": str(run_dir),
         "model": cfg.model.name,
-        "folds": len(checkpoints),
+        "folds": len(checkpoints),  # models: K x S in a run of several seeds (prob_fake_folds has one value each)
         "crop": cfg.data.crop,
         # Whether uploads are photos whose faces are found, or face crops (named apart from the answers' "faces").
         "face_detection": "mtcnn" if faces else "none",
+        "calibration": calibration.method,  # how prob_fake is made from the folds' (prob_fake_folds)
+        "threshold": calibration.threshold,  # label = fake when prob_fake > threshold
     }
     host, port = host or cfg.serve.host, port or cfg.serve.port
     with ray_session(address or cfg.ray.address) as session:

@@ -23,6 +23,7 @@ from raydf.distributed.tune import make_tuner, num_trials, trial_folds, trial_re
 from raydf.errors import ConfigError, Interrupted
 from raydf.pipelines.faces import with_extracted_faces
 from raydf.pipelines.training import train
+from raydf.runs.model_key import check_one_seed
 from raydf.runs.resume import resume_config
 from raydf.runs.run_dir import (
     create_run_dir,
@@ -73,6 +74,7 @@ def run_sweep(cfg: Config) -> str:
 
 
 def _run_sweep(cfg: Config) -> str:
+    check_one_seed(cfg)
     starts = start_weights_by_backbone(cfg)  # before any work: a file that does not fit stops the sweep here
     if not cfg.resume:  # data.faces: the trials train on the crops (a resumed sweep's config names them)
         empty_run_dir(cfg, "runs/tune-%Y%m%d-%H%M%S")  # names the run directory before the copy below

@@ -1,7 +1,8 @@
-"""A training run, end to end: catalog -> folds -> decode once -> K fold tasks -> OOF -> soft vote -> summary.
+"""A training run, end to end: catalog -> folds -> decode once -> K x S fold tasks -> OOF -> soft vote -> summary.
 
-A run can be resumed (`resume=RUN_DIR`): finished folds are read back from their checkpoints, unfinished
-ones continue from their last saved epoch, and only missing outputs are produced again.
+K folds, each trained with S seeds (`train.seeds`; one by default): every model is named by its
+`raydf.runs.model_key.ModelKey`. A run can be resumed (`resume=RUN_DIR`): finished models are read back from their
+checkpoints, unfinished ones continue from their last saved epoch, and only missing outputs are produced again.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import logging
 import resource
 import time
 from dataclasses import dataclass
-from typing import Collection, Optional
+from typing import Collection, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -31,10 +32,21 @@ from raydf.distributed.folds import run_folds
 from raydf.distributed.inference import soft_vote_predict
 from raydf.distributed.preflight import preflight_check
 from raydf.distributed.session import RaySession, fold_resources, ray_session
-from raydf.errors import DataError, Interrupted, find_user_error
+from raydf.errors import ConfigError, DataError, Interrupted, find_user_error
+from raydf.inference.calibration import CALIBRATION_FILE, NONE, Calibration
 from raydf.models.normalization import input_normalization
+from raydf.pipelines.calibration import (
+    OOF_BLENDED,
+    TEST_MODELS,
+    calibration_summary,
+    fit_run_calibration,
+    model_probs,
+    read_calibration,
+    write_test_models,
+)
 from raydf.pipelines.faces import with_extracted_faces
 from raydf.runs.console import CountProgress, FoldProgress
+from raydf.runs.model_key import ModelKey, model_keys, run_seeds
 from raydf.runs.presets import log_preset_hint
 from raydf.runs.report import TEST_LABELS, build_report
 from raydf.runs.run_dir import (
@@ -50,7 +62,7 @@ from raydf.runs.run_dir import (
 )
 from raydf.runs.runlog import run_log
 from raydf.runs.storage import RunStorage
-from raydf.runs.submission import aggregate_sources, build_face_submissions, source_labels, write_submission
+from raydf.runs.submission import aggregate_sources, build_face_submissions, build_submission, source_labels
 from raydf.runs.tensorboard_log import TensorBoardLog
 from raydf.training.checkpoint import save_fold_checkpoint, try_load_fold_checkpoint
 from raydf.training.metrics import classification_metrics
@@ -72,6 +84,8 @@ SUMMARY_FOLD_KEYS = (
     "resumed_from_epoch",
     "peak_rss_mb",
 )
+# A run of several seeds adds the model's seed to each entry of summary.json's "folds" (one per model).
+SUMMARY_SEED_KEY = "seed"
 
 
 FACE_SUBMISSION = "submission_faces.csv"  # per-face rows when the test set is a faces manifest
@@ -145,19 +159,22 @@ def _reopen_run(cfg: Config) -> _Inputs:
 
 def _readable(test_df: pd.DataFrame, test_bad: dict) -> list[str]:
     """The test paths the pre-flight could read, in order (one vectorised mask: test sets of millions of rows)."""
-    keep = np.ones(len(test_df), dtype=bool)
-    keep[list(test_bad)] = False
-    return test_df["path"].to_numpy()[keep].tolist()
+    return test_df["path"].to_numpy()[_readable_rows(test_df, test_bad)].tolist()
 
 
-def _finished_folds(storage: RunStorage, n_folds: int) -> dict[int, tuple[dict, dict]]:
-    """{fold: (numpy weights, info)} of the folds whose checkpoint is complete and readable."""
+def _finished_models(storage: RunStorage, keys: list[ModelKey]) -> dict[ModelKey, tuple[dict, dict]]:
+    """{key: (numpy weights, info)} of the models whose checkpoint is complete and readable."""
     done = {}
-    for k in range(n_folds):
+    for k in keys:
         loaded = try_load_fold_checkpoint(storage, k)
         if loaded and "history" in loaded[1]:
             weights, meta = loaded
-            info = dict(meta, val_index=np.asarray(meta["val_index"]), val_prob_fake=np.asarray(meta["val_prob_fake"]))
+            info = dict(
+                meta,
+                val_index=np.asarray(meta["val_index"]),
+                val_prob_fake=np.asarray(meta["val_prob_fake"]),
+                val_blend_prob_fake=np.asarray(meta.get("val_blend_prob_fake", [])),
+            )
             done[k] = ({name: t.numpy() for name, t in weights.items()}, info)
     return done
 
@@ -205,23 +222,26 @@ def _run(
     if inputs.check_seconds is not None:
         timings["preflight_check_seconds"] = inputs.check_seconds  # every image checked (decoded), folds assigned
     folds = table["fold"].to_numpy()
-    finished = _finished_folds(storage, cfg.train.folds) if cfg.resume else {}
-    todo = [k for k in range(cfg.train.folds) if k not in finished]
+    keys = model_keys(cfg)
+    finished = _finished_models(storage, keys) if cfg.resume else {}
+    todo = [k for k in keys if k not in finished]
     bad = read_csv(storage, "bad_inputs.csv") if storage.exists("bad_inputs.csv") else pd.DataFrame({"set": []})
     n_bad = {s: int((bad["set"] == s).sum()) for s in ("train", "test")}
     # RUN_DIR/raydf.log keeps the log and the traceback of whatever stops the run (off the console).
     logged = run_log(storage.local_path("raydf.log")) if storage.local else contextlib.nullcontext()
     with logged:
+        seeds = run_seeds(cfg)
         log.info(
-            "run directory %s: %d training images in %d folds%s%s%s",
+            "run directory %s: %d training images in %d folds%s%s%s%s",
             cfg.run_dir,
             len(table),
             cfg.train.folds,
+            f" x {len(seeds)} seeds {seeds}" if len(seeds) > 1 else "",
             f" ({n_bad['train']} unreadable left out)" if n_bad["train"] else "",
             f", {len(test_df)} test images" + (f" ({n_bad['test']} unreadable, flagged)" if n_bad["test"] else "")
             if test_df is not None
             else "",
-            f"; resuming, folds {sorted(finished)} already finished" if cfg.resume else "",
+            f"; resuming, {_listed(list(finished))} already finished" if cfg.resume else "",
         )
         if test_df is not None:  # decoded by Ray Data on any node: fail now, not after the training
             check_readable_on_every_node(_readable(test_df, test_bad), "data.test")
@@ -235,9 +255,11 @@ def _run(
         summary = _summarize(cfg, storage, table, folds, infos)
         if start is not None:
             summary["start_weights"] = {"source": start.source, "summary": start.summary()}
+        calibration = _calibrate(cfg, storage, infos, timings)
+        summary.update(calibration_summary(calibration))
         if test_df is not None:
             prior = float(table["label"].mean())  # P(fake) of an unreadable test image
-            summary.update(_predict_test(cfg, storage, test_df, weight_refs, test_bad, prior, timings))
+            summary.update(_predict_test(cfg, storage, test_df, weight_refs, test_bad, prior, timings, calibration))
     summary["bad_inputs"] = n_bad
     timings["driver_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     plan = inputs.plan
@@ -258,15 +280,16 @@ def _train_folds(
     storage: RunStorage,
     table: pd.DataFrame,
     folds: np.ndarray,
-    todo: list[int],
-    finished: dict[int, tuple[dict, dict]],
+    todo: list[ModelKey],
+    finished: dict[ModelKey, tuple[dict, dict]],
     images: Optional[np.ndarray],
     plan: CachePlan,
     start: Optional[StartWeights],
     timings: dict,
     landmarks: Optional[np.ndarray] = None,
 ) -> tuple[list[dict], list[ray.ObjectRef]]:
-    """Train the folds in `todo` in parallel; returns every fold's info and best-weights ref, in fold order.
+    """Train the models in `todo` in parallel; returns every model's info and best-weights ref, in the run's model
+    order (`model_keys`: seed by seed, fold by fold); the models of `finished` are kept as they are.
 
     `images`: the training set the pre-flight decoded (None on resume: then it comes from the cache).
     `landmarks`: the rows' face landmarks for the self-blended fakes' masks (`table_landmarks`), or None.
@@ -284,27 +307,28 @@ def _train_folds(
         start_ref = ray.put(start.as_numpy()) if start else None
 
         def on_done(info: dict, weights_ref: ray.ObjectRef) -> None:
-            meta = {k: v for k, v in info.items() if k not in ("val_index", "val_prob_fake")}
+            meta = {k: v for k, v in info.items() if k not in ("val_index", "val_prob_fake", "val_blend_prob_fake")}
             meta.update(
                 val_index=info["val_index"].tolist(),
                 val_prob_fake=info["val_prob_fake"].tolist(),
+                val_blend_prob_fake=info["val_blend_prob_fake"].tolist(),
                 model=cfg.model.name,  # the backbone that rebuilds these weights
                 input_norm=input_normalization(cfg.model).to_dict(),  # what predict, serve and Grad-CAM feed it
                 start_weights=start.source if start else None,
                 config=to_dict(cfg),
             )
-            save_fold_checkpoint(storage, info["fold"], ray.get(weights_ref), meta)
-            log.debug(
-                "fold %d: best weights (epoch %d, attempt %d) saved", info["fold"], info["best_epoch"], info["attempts"]
-            )
+            key = ModelKey.of(info, run_seeds(cfg)[0])
+            save_fold_checkpoint(storage, key, ray.get(weights_ref), meta)
+            log.debug("%s: best weights (epoch %d, attempt %d) saved", key.label, info["best_epoch"], info["attempts"])
 
-        splits = {k: (np.flatnonzero(folds != k), np.flatnonzero(folds == k)) for k in todo}
+        # Every seed of fold k trains on the same rows (folds.csv is one split, by train.seed).
+        splits = {k: (np.flatnonzero(folds != k.fold), np.flatnonzero(folds == k.fold)) for k in todo}
         t0 = time.time()
         # Progress events from the fold tasks feed the live display and the TensorBoard files, both on the driver
         # (TensorBoard files only for a local run directory: the writer needs a local folder).
         tb_dir = storage.local_path("tensorboard")
         with (
-            FoldProgress(cfg.train.folds, cfg.train.epochs) as display,
+            FoldProgress(model_keys(cfg), cfg.train.epochs) as display,
             TensorBoardLog(tb_dir) if tb_dir else contextlib.nullcontext(lambda events: None) as tensorboard,
         ):
 
@@ -327,22 +351,59 @@ def _train_folds(
         timings["folds_seconds"] = time.time() - t0
         for k, (ref, info) in results.items():
             infos[k], refs[k] = info, ref
-    order = sorted(infos)
+    order = [k for k in model_keys(cfg) if k in infos]
     return [infos[k] for k in order], [refs[k] for k in order]
 
 
+def _listed(keys: list[ModelKey]) -> str:
+    """`folds [0, 2]` (one seed), or the models' names (several)."""
+    if all(not k.several_seeds for k in keys):
+        return f"folds {sorted(k.fold for k in keys)}"
+    return f"models {[k.name for k in keys]}"
+
+
 def _summarize(cfg: Config, storage: RunStorage, table: pd.DataFrame, folds: np.ndarray, infos: list[dict]) -> dict:
-    """oof.csv, history.csv and the fold and CV part of summary.json."""
-    prob = np.full(len(table), np.nan)
+    """oof.csv, history.csv and the fold and CV part of summary.json.
+
+    The out-of-fold P(fake) of an image is the mean over seeds of its fold's models (one model: its own). A run of
+    several seeds also writes each seed's out-of-fold P(fake) (oof.csv's `prob_fake_s{seed}`) and its CV metrics
+    (summary.json's `cv_seeds`): what the ensemble of seeds adds over one.
+    """
+    seeds = run_seeds(cfg)
+    per_seed = {s: np.full(len(table), np.nan) for s in seeds}
     for info in infos:
-        prob[info["val_index"]] = info["val_prob_fake"]
+        per_seed[ModelKey.of(info, seeds[0]).seed][info["val_index"]] = info["val_prob_fake"]
+    prob = per_seed[seeds[0]] if len(seeds) == 1 else np.mean(np.stack([per_seed[s] for s in seeds]), axis=0)
     oof = pd.DataFrame({"path": table["path"], "label": table["label"], "fold": folds, "prob_fake": prob})
+    if len(seeds) > 1:
+        oof = oof.assign(**{f"prob_fake_s{s}": per_seed[s] for s in seeds})
     write_csv(storage, "oof.csv", oof)
+    blended = [(info, np.asarray(info.get("val_blend_prob_fake", []))) for info in infos]
+    reals = [np.asarray(info["val_index"])[table["label"].to_numpy()[info["val_index"]] == 0] for info in infos]
+    # data.synthetic_fakes=only: the validation reals' self-blended fakes (every fold has them, one per real)
+    if any(len(p) for _, p in blended) and all(len(p) == len(r) for (_, p), r in zip(blended, reals)):
+        write_csv(
+            storage,
+            OOF_BLENDED,
+            pd.DataFrame(
+                {
+                    "path": np.concatenate([table["path"].to_numpy()[r] for r in reals]),  # the real it was made from
+                    "label": 1,
+                    "fold": np.concatenate([np.full(len(p), info["fold"]) for info, p in blended]),
+                    "prob_fake": np.concatenate([p for _, p in blended]),
+                }
+            ),
+        )
     write_csv(storage, "history.csv", pd.DataFrame([row for info in infos for row in info["history"]]))
+    entry_keys = SUMMARY_FOLD_KEYS
+    if len(seeds) > 1:  # fold, seed, best_epoch, ...
+        entry_keys = (SUMMARY_FOLD_KEYS[0], SUMMARY_SEED_KEY, *SUMMARY_FOLD_KEYS[1:])
     summary = {
-        "folds": [{k: info.get(k) for k in SUMMARY_FOLD_KEYS} for info in infos],  # peak_rss_mb: None in old runs
+        "folds": [{k: info.get(k) for k in entry_keys} for info in infos],  # peak_rss_mb: None in old runs
         "cv": classification_metrics(oof["label"], oof["prob_fake"]),
     }
+    if len(seeds) > 1:
+        summary["cv_seeds"] = {str(s): classification_metrics(oof["label"], per_seed[s]) for s in seeds}
     train_spec = data_specs(cfg)[0]
     if is_face_manifest(train_spec):  # faces of videos/photos: also scored per video/photo
         manifest, _ = read_manifest(train_spec)
@@ -358,6 +419,20 @@ def _summarize(cfg: Config, storage: RunStorage, table: pd.DataFrame, folds: np.
     return summary
 
 
+def _calibrate(cfg: Config, storage: RunStorage, infos: list[dict], timings: dict) -> Calibration:
+    """The run's calibration: fitted on its out-of-fold files (calibration.json), or, for a resumed run that has one
+    fitted on these folds already, read back (its submission may have been written with it)."""
+    t0 = time.time()
+    if cfg.resume and storage.exists(CALIBRATION_FILE):
+        try:
+            return read_calibration(storage, infos)
+        except ConfigError as e:
+            log.warning("%s; fitting it again", e)
+    calibration = fit_run_calibration(cfg, storage, infos)
+    timings["calibration_seconds"] = time.time() - t0
+    return calibration
+
+
 def _predict_test(
     cfg: Config,
     storage: RunStorage,
@@ -366,6 +441,7 @@ def _predict_test(
     test_bad: Collection[int],
     prior: float,
     timings: dict,
+    calibration: Calibration = NONE,
 ) -> dict:
     """submission.csv by the distributed soft vote (kept as it is when a resumed run already has it), and the
     summary's test metrics (`test`; with a faces manifest as the test set also `test_faces`, and submission.csv
@@ -376,16 +452,20 @@ def _predict_test(
     """
     test_spec = data_specs(cfg)[1]
     faces = read_manifest(test_spec) if is_face_manifest(test_spec) else None
-    if cfg.resume and storage.exists("submission.csv"):
+    if cfg.resume and storage.exists("submission.csv") and storage.exists(TEST_MODELS):
+        log.info("submission.csv exists: not predicted again")
+        return rewrite_test_outputs(cfg, storage, calibration)
+    if cfg.resume and storage.exists("submission.csv"):  # written before calibration existed
         log.info("submission.csv exists: not predicted again")
         sub = read_csv(storage, "submission.csv")
         face_sub = read_csv(storage, FACE_SUBMISSION) if faces is not None else sub
+        uncalibrated = None
     else:
         t0 = time.time()
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 and cfg.resources.gpus_per_fold != 0 else 0.0
         readable = _readable(test_df, test_bad)
         try:
-            pred = predict_paths(cfg, readable, weight_refs, gpus)
+            pred = predict_paths(cfg, readable, weight_refs, gpus, calibration=calibration)
         except Exception as e:  # a test file changed since the pre-flight: say so, and how to go on
             user = find_user_error(e)
             if user is None:
@@ -394,34 +474,107 @@ def _predict_test(
                 f"predicting the test set failed: {user}\nThe fold checkpoints are saved: once "
                 f"fixed, run python -m raydf.train resume={cfg.run_dir}"
             ) from e
-        explain_paths(cfg, weight_refs, readable, pred["prob_fake"].to_numpy(), storage, EXPLAIN_DIR)
-        if faces is None:
-            sub = face_sub = write_submission(storage, "submission.csv", test_df, pred, test_bad, prior)
-        else:
-            face_sub, sub = build_face_submissions(
-                test_df, pred["prob_fake"].to_numpy(), test_bad, prior, *faces, cfg.predict.aggregate
-            )
-            write_csv(storage, FACE_SUBMISSION, face_sub)
-            write_csv(storage, "submission.csv", sub)
+        names = faces[0]["source"].to_numpy()[_readable_rows(test_df, test_bad)] if faces is not None else None
+        explain_paths(cfg, weight_refs, readable, pred["prob_fake"].to_numpy(), storage, EXPLAIN_DIR, names=names)
+        write_test_models(storage, readable, pred)
+        uncalibrated = model_probs(pred).mean(0)  # the soft vote as before calibration: the report's "before"
         timings["inference_seconds"] = time.time() - t0
         log.info("soft vote over %d test images in %.1fs", len(readable), timings["inference_seconds"])
+        return _write_test_outputs(
+            cfg, storage, test_df, faces, pred["prob_fake"].to_numpy(), uncalibrated, test_bad, prior, calibration
+        )
+    return _test_metrics(storage, test_df, faces, sub, face_sub, None, calibration)
+
+
+def _readable_rows(test_df: pd.DataFrame, test_bad: Collection[int]) -> np.ndarray:
+    """A mask of the test rows the pre-flight could read."""
+    keep = np.ones(len(test_df), dtype=bool)
+    keep[list(test_bad)] = False
+    return keep
+
+
+def _write_test_outputs(
+    cfg: Config,
+    storage: RunStorage,
+    test_df: pd.DataFrame,
+    faces: Optional[tuple[pd.DataFrame, pd.DataFrame]],
+    prob_fake: np.ndarray,
+    uncalibrated: np.ndarray,
+    test_bad: Collection[int],
+    prior: float,
+    calibration: Calibration,
+) -> dict:
+    """submission.csv (and submission_faces.csv) from the readable rows' calibrated P(fake), cut at the calibration's
+    threshold; the summary's test metrics, calibrated and not (`test_uncalibrated`)."""
+    cut = calibration.threshold
+    if faces is None:
+        sub = face_sub = build_submission(test_df, prob_fake, test_bad, prior, cut)
+        storage.write_text("submission.csv", sub.to_csv(index=False))
+        raw = raw_face = build_submission(test_df, uncalibrated, test_bad, prior)
+    else:
+        face_sub, sub = build_face_submissions(test_df, prob_fake, test_bad, prior, *faces, cfg.predict.aggregate, cut)
+        write_csv(storage, FACE_SUBMISSION, face_sub)
+        write_csv(storage, "submission.csv", sub)
+        raw_face, raw = build_face_submissions(test_df, uncalibrated, test_bad, prior, *faces, cfg.predict.aggregate)
+    return _test_metrics(storage, test_df, faces, sub, face_sub, (raw, raw_face), calibration)
+
+
+def _test_metrics(
+    storage: RunStorage,
+    test_df: pd.DataFrame,
+    faces: Optional[tuple[pd.DataFrame, pd.DataFrame]],
+    sub: pd.DataFrame,
+    face_sub: pd.DataFrame,
+    raw: Optional[tuple[pd.DataFrame, pd.DataFrame]],
+    calibration: Calibration,
+) -> dict:
+    """The summary's test metrics of `sub` (and `face_sub`), and test_labels.csv for the report's plots (with the
+    uncalibrated P(fake) `raw` when known: the reliability diagram's "before")."""
     if "label" not in test_df.columns:
         return {}
-    if faces is None:
-        write_csv(storage, TEST_LABELS, test_df[["image", "label"]])  # for the report's test plots
-        return {"test": classification_metrics(test_df["label"], sub["prob_fake"])}
-    labels = source_labels(*faces).reindex(sub["image"]).to_numpy()
-    write_csv(storage, TEST_LABELS, pd.DataFrame({"image": sub["image"], "label": labels}))
-    return {
-        "test": classification_metrics(labels, sub["prob_fake"]),
-        "test_faces": dict(classification_metrics(test_df["label"], face_sub["prob_fake"]), n=len(face_sub)),
+    labels = test_df["label"].to_numpy() if faces is None else source_labels(*faces).reindex(sub["image"]).to_numpy()
+    frame = pd.DataFrame({"image": sub["image"], "label": labels})
+    if raw is not None:
+        frame["prob_fake_uncalibrated"] = raw[0]["prob_fake"].to_numpy()
+    write_csv(storage, TEST_LABELS, frame)
+    out = {"test": classification_metrics(labels, sub["prob_fake"])}
+    if faces is not None:
+        out["test_faces"] = dict(classification_metrics(test_df["label"], face_sub["prob_fake"]), n=len(face_sub))
+    if raw is not None and calibration.method != "none":
+        out["test_uncalibrated"] = classification_metrics(labels, raw[0]["prob_fake"])
+    known = ~pd.isna(labels)
+    out["threshold_test_accuracy"] = {
+        "at_threshold": float((sub["label"].to_numpy()[known] == labels[known]).mean()),
+        "at_0.5": float(((sub["prob_fake"].to_numpy()[known] > 0.5) == labels[known]).mean()),
     }
+    return out
+
+
+def rewrite_test_outputs(cfg: Config, storage: RunStorage, calibration: Calibration) -> dict:
+    """The run's submission, per-face submission and test metrics again from test_models.csv (each model's P(fake)
+    of the readable test rows) under `calibration`: no inference (`raydf.calibrate`, a resumed run)."""
+    test_spec = data_specs(cfg)[1]
+    faces = read_manifest(test_spec) if is_face_manifest(test_spec) else None
+    test_df = read_test(test_spec, cfg.data.test_root if faces is None else None)
+    bad = read_csv(storage, "bad_inputs.csv") if storage.exists("bad_inputs.csv") else pd.DataFrame({"set": []})
+    test_bad = set(bad.loc[bad["set"] == "test", "row"].astype(int)) if len(bad) else set()
+    models = model_probs(read_csv(storage, TEST_MODELS))
+    prior = float(read_csv(storage, "folds.csv")["label"].mean())
+    return _write_test_outputs(
+        cfg, storage, test_df, faces, calibration.prob(models), models.mean(0), test_bad, prior, calibration
+    )
 
 
 def predict_paths(
-    cfg: Config, paths: list[str], weight_refs: list[ray.ObjectRef], gpus_per_actor: float, tta: Optional[bool] = None
+    cfg: Config,
+    paths: list[str],
+    weight_refs: list[ray.ObjectRef],
+    gpus_per_actor: float,
+    tta: Optional[bool] = None,
+    calibration: Calibration = NONE,
 ) -> pd.DataFrame:
-    """The distributed soft vote of `weight_refs` over `paths` with the config's predict settings, with progress."""
+    """The distributed soft vote of `weight_refs` over `paths` with the config's predict settings, with progress;
+    `calibration` makes its P(fake) (`prob_fake`; each model's in `prob_fold{k}`)."""
     with CountProgress(len(paths), f"soft vote of {len(weight_refs)} folds") as progress:
         return soft_vote_predict(
             paths,
@@ -437,6 +590,7 @@ def predict_paths(
             precision=cfg.train.precision,
             tta=cfg.predict.tta if tta is None else tta,
             actor_restarts=cfg.predict.actor_restarts,
+            calibration=calibration,
             on_rows=progress.update,
         )
 
@@ -449,10 +603,11 @@ def explain_paths(
     storage: RunStorage,
     folder: str,
     n: Optional[int] = None,
+    names: Optional[Sequence[str]] = None,
 ) -> None:
     """Grad-CAM heatmaps of the `n` (default: predict.explain) most confident fakes and reals of `paths`, computed on
     the driver from the fold weights (ObjectRefs or state dicts). They illustrate a finished result: a failure is a
-    warning, not the end of the run."""
+    warning, not the end of the run. `names`: what to call each path in the index (a face's video/photo)."""
     n = cfg.predict.explain if n is None else n
     if n <= 0 or not len(paths):
         return
@@ -463,7 +618,7 @@ def explain_paths(
     try:
         states = [ray.get(w) if isinstance(w, ray.ObjectRef) else w for w in weights]
         index = write_explanations(
-            FoldEnsemble(states, EnsembleSettings.from_config(cfg)), paths, prob_fake, n, storage, folder
+            FoldEnsemble(states, EnsembleSettings.from_config(cfg)), paths, prob_fake, n, storage, folder, names
         )
     except Exception as e:  # e.g. a backbone whose last stage Grad-CAM cannot hook
         log.warning("no heatmaps: %s: %s (the predictions are written)", type(e).__name__, e)

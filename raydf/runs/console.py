@@ -1,4 +1,5 @@
-"""What the user sees while a run works: a live bar per fold on a terminal, a plain line per event otherwise.
+"""What the user sees while a run works: a live bar per model (fold, or seed and fold) on a terminal, a plain line per
+event otherwise.
 
 On a terminal (stderr is a TTY) every fold gets a tqdm bar: epoch/total, train loss, val loss and
 accuracy, best epoch, elapsed time and an ETA; log records are routed above the bars. Elsewhere (CI, a
@@ -14,10 +15,12 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass
-from typing import Optional, TextIO
+from typing import Optional, Sequence, TextIO
 
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
+
+from raydf.runs.model_key import ModelKey
 
 log = logging.getLogger(__name__)
 
@@ -82,24 +85,35 @@ class FoldProgress:
     """Consumes progress events (`start`, `epoch`, `done`; see `raydf.distributed.folds.run_folds`).
 
     Use as a context manager and call it with each batch of events (an empty batch just ticks the clock).
+    `folds`: the run's models (`ModelKey`s), or a number of folds (one seed); events name theirs by
+    `ModelKey.tags()`.
     """
 
-    def __init__(self, folds: int, epochs: int, *, live: Optional[bool] = None, stream: Optional[TextIO] = None):
+    def __init__(
+        self,
+        folds: int | Sequence[ModelKey],
+        epochs: int,
+        *,
+        live: Optional[bool] = None,
+        stream: Optional[TextIO] = None,
+    ):
         self.stream = stream or sys.stderr
         self.enabled = log.isEnabledFor(logging.INFO)
         self.live = self.enabled and _use_bars(self.stream, live)
-        self.folds = {k: _FoldState(epochs) for k in range(folds)}
-        self._bars: dict[int, tqdm] = {}
+        keys = [ModelKey(k, 0) for k in range(folds)] if isinstance(folds, int) else list(folds)
+        self._seed = keys[0].seed if keys else 0  # what a key read from an event without a seed gets
+        self.folds = {k: _FoldState(epochs) for k in keys}
+        self._bars: dict[ModelKey, tqdm] = {}
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> FoldProgress:
         if self.live:
             self._stack.enter_context(logging_redirect_tqdm())  # log lines print above the bars, not through them
-            for k, state in self.folds.items():
+            for i, (k, state) in enumerate(self.folds.items()):
                 self._bars[k] = tqdm(
                     total=state.epochs,
-                    desc=f"fold {k}",
-                    position=k,
+                    desc=k.label,
+                    position=i,
                     file=self.stream,
                     leave=True,
                     bar_format="{desc} {bar:12} {n_fmt}/{total_fmt} epochs{postfix}",
@@ -118,12 +132,13 @@ class FoldProgress:
     def __call__(self, events: list[dict]) -> None:
         now = time.time()
         for event in events:
-            state = self.folds.get(event["fold"])
+            key = ModelKey.of(event, self._seed)
+            state = self.folds.get(key)
             if state is None:
                 continue
             self._apply(state, event, now)
             if self.enabled and not self.live:
-                log.info(self._line(event["fold"], state, event, now))
+                log.info(self._line(key.label, state, event, now))
         if self.live:
             self._refresh(now)
 
@@ -147,23 +162,23 @@ class FoldProgress:
         elif kind == "done":
             state.status, state.done = "done", event
 
-    def _line(self, fold: int, state: _FoldState, event: dict, now: float) -> str:
-        """One plain log line for one event."""
+    def _line(self, name: str, state: _FoldState, event: dict, now: float) -> str:
+        """One plain log line for one event of the model `name` (`fold 3`, `seed 7 fold 3`)."""
         kind = event["type"]
         if kind == "start":
             retry = (
                 f", attempt {state.attempts}, resuming after epoch {state.first_epoch}" if state.attempts > 1 else ""
             )
             node = str(event.get("node_id", "?"))[:8]
-            return f"fold {fold} started (node {node}, pid {event.get('pid', '?')}{retry})"
+            return f"{name} started (node {node}, pid {event.get('pid', '?')}{retry})"
         if kind == "epoch":
             return (
-                f"fold {fold} epoch {event['epoch']}/{state.epochs}: train loss {event['train_loss']:.4f} | "
+                f"{name} epoch {event['epoch']}/{state.epochs}: train loss {event['train_loss']:.4f} | "
                 f"val loss {event['val_loss']:.4f} acc {event['val_acc']:.3f} | best epoch {event['best_epoch']} "
                 f"| {event['seconds']:.1f}s this epoch | ETA {_fmt_seconds(state.eta(now))}"
             )
         return (
-            f"fold {fold} done: best epoch {event['best_epoch']}, val loss {event['val_loss']:.4f}, "
+            f"{name} done: best epoch {event['best_epoch']}, val loss {event['val_loss']:.4f}, "
             f"val acc {event['val_acc']:.3f} ({event['epochs_run']} epochs, {_fmt_seconds(state.elapsed(now))})"
         )
 

@@ -39,16 +39,24 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
-def learning_curves(history: pd.DataFrame, best_epochs: dict[int, int], path: Path) -> Path:
-    """Train/val loss and val accuracy per epoch for every fold; each fold's best epoch starred (1200x450)."""
+def learning_curves(history: pd.DataFrame, best_epochs: dict, path: Path) -> Path:
+    """Train/val loss and val accuracy per epoch for every model; each one's best epoch starred (1200x450).
+
+    One model per fold: `best_epochs` is {fold: epoch}. A run of several seeds (a `seed` column): {(seed, fold): epoch}.
+    """
     fig = Figure(figsize=(12, 4.5), layout="constrained")
     ax_loss, ax_acc = fig.subplots(1, 2)
-    for i, (fold, rows) in enumerate(history.sort_values(["fold", "epoch"]).groupby("fold")):
+    by = ["seed", "fold"] if "seed" in history.columns else ["fold"]
+    names = []
+    for i, (model, rows) in enumerate(history.sort_values([*by, "epoch"]).groupby(by)):
+        model = tuple(int(v) for v in model)
+        fold = model if len(model) > 1 else model[0]
+        names.append(f"seed {model[0]} fold {model[1]}" if len(model) > 1 else f"fold {fold}")
         color = f"C{i % 10}"
         ax_loss.plot(rows["epoch"], rows["train_loss"], "--", color=color, alpha=0.7)
         ax_loss.plot(rows["epoch"], rows["val_loss"], "-o", color=color, markersize=3)
         ax_acc.plot(rows["epoch"], rows["val_acc"], "-o", color=color, markersize=3)
-        best = rows[rows["epoch"] == best_epochs.get(int(fold), -1)]
+        best = rows[rows["epoch"] == best_epochs.get(fold, -1)]
         ax_loss.plot(best["epoch"], best["val_loss"], "*", color=color, markersize=16, markeredgecolor="black")
         ax_acc.plot(best["epoch"], best["val_acc"], "*", color=color, markersize=16, markeredgecolor="black")
     ax_loss.set(title="Loss (cross-entropy)", xlabel="epoch", ylabel="loss")
@@ -56,8 +64,7 @@ def learning_curves(history: pd.DataFrame, best_epochs: dict[int, int], path: Pa
     for ax in (ax_loss, ax_acc):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    fold_ids = sorted(history["fold"].unique())
-    folds = [Line2D([], [], color=f"C{i % 10}", label=f"fold {f}") for i, f in enumerate(fold_ids)]
+    folds = [Line2D([], [], color=f"C{i % 10}", label=name) for i, name in enumerate(names)]
     styles = [
         Line2D([], [], color="gray", ls="-", marker="o", markersize=3, label="validation"),
         Line2D([], [], color="gray", ls="--", label="training"),
@@ -74,7 +81,7 @@ def learning_curves(history: pd.DataFrame, best_epochs: dict[int, int], path: Pa
     ]
     ax_loss.legend(handles=folds + styles, fontsize=8)
     ax_acc.legend(handles=folds + styles[:1] + styles[2:], fontsize=8, loc="lower right")
-    fig.suptitle(f"Learning curves of {len(folds)} folds")
+    fig.suptitle(f"Learning curves of {len(folds)} {'models' if len(by) > 1 else 'folds'}")
     return _save(fig, path)
 
 
@@ -207,4 +214,36 @@ def synthetic_fakes(
             if i == 0:
                 ax.set_title(title, fontsize=10)
     fig.tight_layout()
+    return _save(fig, path)
+
+
+def reliability(panels: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], path: Path, bins: int = 15) -> Path:
+    """Reliability diagrams, one panel per set ({set: {curve: (labels, P(fake))}}, e.g. out of fold and test, each
+    before and after calibration): the fraction of fakes against the mean P(fake) in each non-empty bin of `bins`
+    equal-width bins of [0, 1] (the bins of the ECE), marker area by the bin's share of rows; the diagonal is a
+    calibrated model (500 px high, 500 px wide per panel)."""
+    fig = Figure(figsize=(5 * len(panels), 5), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    for ax, (name, curves) in zip(axes, panels.items()):
+        ax.plot([0, 1], [0, 1], color="gray", ls=":", label="calibrated")
+        for i, (label, (y, p)) in enumerate(curves.items()):
+            y, p = np.asarray(y, dtype=float), np.clip(np.asarray(p, dtype=float), 0, 1)
+            b = np.minimum((p * bins).astype(int), bins - 1)
+            counts = np.bincount(b, minlength=bins)
+            used = counts > 0
+            frac = np.bincount(b, y, bins)[used] / counts[used]
+            mean = np.bincount(b, p, bins)[used] / counts[used]
+            ax.plot(mean, frac, "-", color=f"C{i}", alpha=0.8)
+            ax.scatter(mean, frac, s=counts[used] / len(p) * 400 + 8, color=f"C{i}", alpha=0.8, label=label)
+        ax.set(
+            title=name,
+            xlabel="mean P(fake) in the bin",
+            ylabel="fraction of fakes in the bin",
+            xlim=(0, 1),
+            ylim=(0, 1),
+            aspect="equal",
+        )
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper left", fontsize=8)
+    fig.suptitle(f"Reliability ({bins} bins; marker area = share of rows)")
     return _save(fig, path)

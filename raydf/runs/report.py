@@ -16,6 +16,7 @@ import pandas as pd
 
 from raydf.errors import ConfigError
 from raydf.runs import plots
+from raydf.runs.model_key import ModelKey
 from raydf.runs.storage import RunStorage
 
 log = logging.getLogger(__name__)
@@ -29,13 +30,17 @@ PLOT_FILES = {
     "roc": "roc.png",
     "confusion": "confusion_matrix.png",
     "test_probabilities": "test_prob_fake.png",
+    "reliability": "reliability.png",
 }
 PLOT_TITLES = {
     "learning_curves": "Learning curves",
     "roc": "ROC curve",
     "confusion": "Confusion matrix",
     "test_probabilities": "Test set P(fake)",
+    "reliability": "Reliability diagram (calibration)",
 }
+CALIBRATED = "prob_fake_calibrated"  # oof.csv / oof_sources.csv: the calibrated OOF P(fake) (calibration.json)
+UNCALIBRATED = "prob_fake_uncalibrated"  # test_labels.csv: the soft vote before calibration
 
 
 @dataclass
@@ -50,6 +55,7 @@ class RunFiles:
     submission: Optional[pd.DataFrame] = None
     test_labels: Optional[pd.DataFrame] = None  # aligned with `submission`, row for row
     explain: Optional[pd.DataFrame] = None  # kind, rank, image, prob_fake, heatmap (a PNG in explain/)
+    oof_sources: Optional[pd.DataFrame] = None  # runs on extracted faces: out-of-fold P(fake) per video/photo
 
     @property
     def test_truth(self) -> Optional[pd.DataFrame]:
@@ -74,6 +80,8 @@ def read_run(run_dir: Path) -> RunFiles:
         history=pd.read_csv(run_dir / "history.csv"),
         oof=pd.read_csv(run_dir / "oof.csv"),
     )
+    if (run_dir / "oof_sources.csv").is_file():
+        run.oof_sources = pd.read_csv(run_dir / "oof_sources.csv")
     if (run_dir / EXPLAIN_INDEX).is_file():
         run.explain = pd.read_csv(run_dir / EXPLAIN_INDEX)
     if (run_dir / "submission.csv").is_file():
@@ -93,7 +101,8 @@ def read_run(run_dir: Path) -> RunFiles:
 def write_plots(run: RunFiles) -> dict[str, Path]:
     """Every plot the run's files allow, as {name: path}."""
     out = {k: run.run_dir / v for k, v in PLOT_FILES.items()}
-    best = {f["fold"]: f["best_epoch"] for f in run.summary["folds"]}
+    # {fold: epoch}, or {(seed, fold): epoch} in a run of several seeds (its history has a seed column)
+    best = {(f["seed"], f["fold"]) if "seed" in f else f["fold"]: f["best_epoch"] for f in run.summary["folds"]}
     truth = run.test_truth
     written = {
         "learning_curves": plots.learning_curves(run.history, best, out["learning_curves"]),
@@ -104,7 +113,31 @@ def write_plots(run: RunFiles) -> dict[str, Path]:
     if run.submission is not None:
         labels = truth["label"].to_numpy() if truth is not None else None
         written["test_probabilities"] = plots.probability_histogram(run.submission, out["test_probabilities"], labels)
+    panels = _reliability_panels(run)
+    if panels:
+        written["reliability"] = plots.reliability(panels, out["reliability"])
     return written
+
+
+def _reliability_panels(run: RunFiles) -> dict[str, dict[str, tuple]]:
+    """Out of fold (per video/photo for runs on faces) and test, before and after calibration, where the files have
+    both (a run fitted with calibration.json)."""
+    panels: dict[str, dict[str, tuple]] = {}
+    oof, level = (run.oof_sources, "per video/photo") if run.oof_sources is not None else (run.oof, "")
+    if CALIBRATED in oof.columns:
+        oof = oof.dropna(subset=["prob_fake", CALIBRATED])
+        panels[f"out of fold {level}".strip()] = {
+            "before": (oof["label"], oof["prob_fake"]),
+            "after (fitted here)": (oof["label"], oof[CALIBRATED]),
+        }
+    truth = run.test_truth
+    if truth is not None and UNCALIBRATED in run.test_labels.columns:
+        known = truth["label"].notna().to_numpy()
+        panels["test"] = {
+            "before": (truth["label"][known], run.test_labels[UNCALIBRATED][known]),
+            "after": (truth["label"][known], truth["prob_fake"][known]),
+        }
+    return panels
 
 
 def bad_input_count(value: Any) -> Optional[int]:
@@ -127,6 +160,11 @@ def _num(value: Optional[float], digits: int = 4) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def _model_label(entry: dict) -> str:
+    """`fold 3`, or `seed 7 fold 3` for an entry of a run of several seeds."""
+    return ModelKey.of(entry).label
+
+
 def _fold_seconds(fold: dict) -> float:
     return fold["finished_at"] - fold["started_at"]
 
@@ -136,6 +174,8 @@ def _metric_rows(run: RunFiles) -> list[tuple[str, dict, int]]:
     s = run.summary
     faces = "cv_sources" in s or "test_faces" in s
     rows = [("cross-validation (out of fold)" + (", per face" if faces else ""), s["cv"], len(run.oof))]
+    for seed, m in s.get("cv_seeds", {}).items():  # each seed's models alone, beside the mean over seeds above
+        rows.append((f"cross-validation, seed {seed} alone" + (", per face" if faces else ""), m, len(run.oof)))
     if "cv_sources" in s:
         rows.append(("cross-validation, per video/photo", s["cv_sources"], s["cv_sources"].get("n", 0)))
     if "test_faces" in s:
@@ -143,7 +183,54 @@ def _metric_rows(run: RunFiles) -> list[tuple[str, dict, int]]:
     if "test" in s:
         name = "test, per video/photo" if "test_faces" in s else "test"
         rows.append((name, s["test"], len(run.submission) if run.submission is not None else 0))
+    if "test_uncalibrated" in s:
+        name = "test, before calibration" + (", per video/photo" if "test_faces" in s else "")
+        rows.append((name, s["test_uncalibrated"], len(run.submission) if run.submission is not None else 0))
     return rows
+
+
+def _calibration_section(run: RunFiles) -> list[str]:
+    """What calibration.json did: method, parameters, out-of-fold log loss and ECE before/after, the threshold."""
+    s = run.summary
+    if "calibration" not in s:
+        return []
+    c, t = s["calibration"], s.get("threshold", {})
+    how = c["method"] + (f" (T = {c['temperature']:.4f})" if "temperature" in c else "")
+    lines = [
+        "",
+        "## Calibration and threshold",
+        "",
+        f"`predict.calibration={c.get('asked', c['method'])}`: {how}, fitted on {c.get('units', 'n/a')} out-of-fold "
+        f"{c.get('level', 'row')}s (`calibration.json`). Accuracy, AUC and the other metrics of the test set score "
+        "the calibrated P(fake); the cross-validation rows score the out-of-fold P(fake) as the folds gave it.",
+    ]
+    if c.get("fallback"):
+        lines += ["", f"Not fitted: {c['fallback']}; the soft vote is the mean of the folds' P(fake)."]
+    if "oof_before" in c:
+        b, a = c["oof_before"], c["oof_after"]
+        lines += [
+            "",
+            "| out of fold | log loss | ECE |",
+            "|---|---:|---:|",
+            f"| before | {_num(b['log_loss'])} | {_num(b['ece'])} |",
+            f"| after (fitted on these rows) | {_num(a['log_loss'])} | {_num(a['ece'])} |",
+        ]
+    if t:
+        test_acc = s.get("threshold_test_accuracy", {})
+        lines += [
+            "",
+            f"`predict.threshold={t['mode']}`: label = fake when P(fake) > {t['value']:.4f}; out-of-fold accuracy "
+            f"{_num(t.get('cv_accuracy'))} (at 0.5: {_num(t.get('cv_accuracy_at_0.5'))})"
+            + (
+                f", test accuracy {_num(test_acc.get('at_threshold'))} (at 0.5: {_num(test_acc.get('at_0.5'))})"
+                if test_acc
+                else ""
+            )
+            + ". `submission.csv` keeps P(fake).",
+        ]
+    if (run.run_dir / PLOT_FILES["reliability"]).is_file():
+        lines += ["", "The reliability diagram (Plots) shows P(fake) against the fraction of fakes, before and after."]
+    return lines
 
 
 def render(run: RunFiles, plot_files: dict[str, Path]) -> str:
@@ -151,22 +238,26 @@ def render(run: RunFiles, plot_files: dict[str, Path]) -> str:
     s, folds = run.summary, run.summary["folds"]
     started = min(f["started_at"] for f in folds)
     n_test = len(run.submission) if run.submission is not None else 0
+    seeds = sorted({f["seed"] for f in folds if "seed" in f})  # a run of several seeds: one entry per model
+    what = f"{len(folds)} folds"
+    if seeds:
+        what = f"{len(folds)} models ({len(folds) // len(seeds)} folds x {len(seeds)} seeds)"
     lines = [
         f"# raydf run `{run.run_dir.name}`",
         "",
-        f"{len(folds)} folds trained in parallel on {len(run.oof)} training images, started "
+        f"{what} trained in parallel on {len(run.oof)} training images, started "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))}"
-        + (f"; soft vote of the {len(folds)} folds over {n_test} test images." if n_test else "."),
+        + (f"; soft vote of the {what} over {n_test} test images." if n_test else "."),
         "",
         "## Metrics",
         "",
-        "| set | rows | accuracy | ROC AUC | log loss | AP | EER |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| set | rows | accuracy | ROC AUC | log loss | AP | EER | ECE | Brier |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, m, n in _metric_rows(run):  # AP and EER: n/a for runs made before raydf reported them
+    for name, m, n in _metric_rows(run):  # AP, EER, ECE, Brier: n/a for runs made before raydf reported them
         lines.append(
             f"| {name} | {n} | {_num(m['accuracy'])} | {_num(m['auc'])} | {_num(m['log_loss'])} "
-            f"| {_num(m.get('ap'))} | {_num(m.get('eer'))} |"
+            f"| {_num(m.get('ap'))} | {_num(m.get('eer'))} | {_num(m.get('ece'))} | {_num(m.get('brier'))} |"
         )
     if "test" not in s:
         lines += ["", "No test metrics: " + ("the test set's labels are not known." if n_test else "no test set.")]
@@ -178,18 +269,21 @@ def render(run: RunFiles, plot_files: dict[str, Path]) -> str:
             "",
             f"Unreadable images left out: {bad}" + (f" ({detail})" if detail else "") + "; listed in `bad_inputs.csv`.",
         ]
+    lines += _calibration_section(run)
     lines += [
         "",
         "## Folds",
         "",
         "Best epoch = lowest validation loss; its weights are the fold's checkpoint.",
         "",
-        "| fold | best epoch | epochs run | val loss | val acc | seconds | node | pid | attempts |",
-        "|---:|---:|---:|---:|---:|---:|---|---:|---:|",
+        ("| seed " if seeds else "") + "| fold | best epoch | epochs run | val loss | val acc | seconds | node | pid "
+        "| attempts |",
+        ("|---:" if seeds else "") + "|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for f in folds:
         lines.append(
-            f"| {f['fold']} | {f['best_epoch']} | {f['epochs_run']} | {_num(f['val_loss'])} | "
+            (f"| {f['seed']} " if "seed" in f else "")
+            + f"| {f['fold']} | {f['best_epoch']} | {f['epochs_run']} | {_num(f['val_loss'])} | "
             f"{_num(f['val_acc'])} | {_fold_seconds(f):.1f} | {str(f['node_id'])[:8]} | {f['pid']} | "
             f"{f['attempts']} |"
         )
@@ -213,12 +307,13 @@ def render(run: RunFiles, plot_files: dict[str, Path]) -> str:
         ("preflight_seconds", "check the inputs (every image decoded once, or found in the pre-flight cache)"),
         ("share_images_seconds", "share the training images with the folds (data.cache)"),
         ("folds_seconds", f"train {len(folds)} folds (in parallel, wall clock)"),
+        ("calibration_seconds", "fit the calibration and threshold on the out-of-fold data"),
         ("inference_seconds", f"soft vote over {n_test} test images"),
     ):
         if key in timings:
             lines.append(f"| {label} | {timings[key]:.1f} |")
     for f in folds:
-        lines.append(f"| fold {f['fold']} | {_fold_seconds(f):.1f} |")
+        lines.append(f"| {_model_label(f)} | {_fold_seconds(f):.1f} |")
     if "wall_seconds" in s:
         lines.append(f"| whole run | {s['wall_seconds']:.1f} |")
     lines += ["", "## Config", "", "```yaml", run.config_text.rstrip(), "```", ""]
@@ -240,11 +335,13 @@ def _explain_section(run: RunFiles) -> list[str]:
         rows = run.explain[run.explain["kind"] == kind]
         if rows.empty:
             continue
-        lines += [f"### Most confident {kind}s", "", "| image | P(fake) | heatmap |", "|---|---:|---|"]
+        faces = "source" in rows.columns and (rows["source"].astype(str) != rows["image"].astype(str)).any()
+        head = "video/photo (face crop)" if faces else "image"
+        lines += [f"### Most confident {kind}s", "", f"| {head} | P(fake) | heatmap |", "|---|---:|---|"]
         for r in rows.itertuples():
-            lines.append(
-                f"| `{Path(str(r.image)).name}` | {r.prob_fake:.4f} | ![{kind} {r.rank}](explain/{r.heatmap}) |"
-            )
+            # A face crop's own file name (f000000_0.png) says nothing: name the video/photo it came from.
+            name = f"`{r.source}` (`{Path(str(r.image)).name}`)" if faces else f"`{Path(str(r.image)).name}`"
+            lines.append(f"| {name} | {r.prob_fake:.4f} | ![{kind} {r.rank}](explain/{r.heatmap}) |")
         lines.append("")
     return lines
 
@@ -262,10 +359,13 @@ def short_report(run_dir: Path) -> str:
     """A few lines for the end of a run: per-fold table, CV/test metrics, where the report and logs are."""
     run_dir = Path(run_dir)
     s = json.loads((run_dir / "summary.json").read_text())
-    lines = [f"run directory: {run_dir}", "fold  best epoch  epochs  val loss  val acc  seconds"]
+    several = any("seed" in f for f in s["folds"])
+    header = ("seed  " if several else "") + "fold  best epoch  epochs  val loss  val acc  seconds"
+    lines = [f"run directory: {run_dir}", header]
     for f in s["folds"]:
         lines.append(
-            f"{f['fold']:>4}  {f['best_epoch']:>10}  {f['epochs_run']:>6}  {f['val_loss']:>8.4f}  "
+            (f"{f['seed']:>4}  " if several else "")
+            + f"{f['fold']:>4}  {f['best_epoch']:>10}  {f['epochs_run']:>6}  {f['val_loss']:>8.4f}  "
             f"{f['val_acc']:>7.4f}  {_fold_seconds(f):>7.0f}"
         )
     for name in ("cv", "cv_sources", "test_faces", "test"):
@@ -274,6 +374,13 @@ def short_report(run_dir: Path) -> str:
             lines.append(
                 f"{name:>4}: accuracy {_num(m['accuracy'])}  auc {_num(m['auc'])}  log loss {_num(m['log_loss'])}"
             )
+    if "calibration" in s:
+        c, t = s["calibration"], s.get("threshold", {})
+        lines.append(
+            f"calibration: {c['method']}"
+            + (f" T={c['temperature']:.3f}" if "temperature" in c else "")
+            + (f"; threshold {t['mode']} = {t['value']:.4f}" if t else "")
+        )
     bad = bad_input_count(s.get("bad_inputs"))
     if bad:
         lines.append(f"bad inputs: {bad} (see summary.json)")

@@ -20,6 +20,8 @@ RESUME_SAFE_PREFIXES = (
     "predict.batch_size",
     "predict.actors",
     "predict.explain",
+    "predict.calibration",  # fitted after the folds, from their out-of-fold files (raydf.calibrate refits them)
+    "predict.threshold",
     "serve.",
     "data.decode_threads",
     "run_dir",

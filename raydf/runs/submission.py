@@ -13,21 +13,27 @@ FLAG_BAD = "bad_input"  # `flag` of a test image that could not be read (its pro
 
 
 def build_submission(
-    test: pd.DataFrame, prob_fake: np.ndarray, bad_rows: Collection[int] = (), prior: float = 0.5
+    test: pd.DataFrame,
+    prob_fake: np.ndarray,
+    bad_rows: Collection[int] = (),
+    prior: float = 0.5,
+    threshold: float = 0.5,
 ) -> pd.DataFrame:
-    """`image,label,prob_fake` (label: 1 = fake, prob_fake > 0.5), plus `flag` only when some image is bad.
+    """`image,label,prob_fake` (label: 1 = fake, prob_fake > threshold: predict.threshold's cut, chosen on the
+    out-of-fold data), plus `flag` only when some image is bad.
 
     Args:
         test: the test table (`image` column), in submission order.
         prob_fake: P(fake) of the readable rows, in order (len(test) - len(bad_rows) values).
         bad_rows: test rows that could not be read; they are never dropped, they get `prior` and a flag.
         prior: the fraction of fakes in the training set: the best guess without the image.
+        threshold: label = prob_fake > threshold.
     """
     usable = np.ones(len(test), dtype=bool)
     usable[list(bad_rows)] = False
     prob = np.full(len(test), float(prior))
     prob[usable] = np.asarray(prob_fake, dtype=np.float64)
-    sub = pd.DataFrame({"image": test["image"].to_numpy(), "label": (prob > 0.5).astype(int), "prob_fake": prob})
+    sub = pd.DataFrame({"image": test["image"].to_numpy(), "label": (prob > threshold).astype(int), "prob_fake": prob})
     if not usable.all():  # the contract columns stay first and unchanged; a clean run has no extra column
         sub["flag"] = np.where(usable, "", FLAG_BAD)
     return sub
@@ -40,12 +46,13 @@ def write_submission(
     pred: pd.DataFrame,
     bad_rows: Collection[int] = (),
     prior: float = 0.5,
+    threshold: float = 0.5,
 ) -> pd.DataFrame:
-    """`image,label,prob_fake` in the test table's row order (label: argmax of the soft vote, 1 = fake).
+    """`image,label,prob_fake` in the test table's row order (label: prob_fake > threshold, 1 = fake).
 
     `pred` holds the readable rows only; `bad_rows` get `prior` and `flag=bad_input` (`raydf.runs.submission`).
     """
-    sub = build_submission(test_df, pred["prob_fake"].to_numpy(), bad_rows, prior)
+    sub = build_submission(test_df, pred["prob_fake"].to_numpy(), bad_rows, prior, threshold)
     storage.write_text(rel, sub.to_csv(index=False))
     return sub
 
@@ -87,7 +94,7 @@ def _confident_means(source: pd.Series, prob: pd.Series, threshold: float = 0.8)
 
 
 def aggregate_sources(
-    faces: pd.DataFrame, no_faces: pd.DataFrame, how: str = "mean", prior: float = 0.5
+    faces: pd.DataFrame, no_faces: pd.DataFrame, how: str = "mean", prior: float = 0.5, threshold: float = 0.5
 ) -> pd.DataFrame:
     """One row per video/photo from per-face rows: `image,label,prob_fake,n_faces` (+ `flag` when needed).
 
@@ -96,6 +103,7 @@ def aggregate_sources(
             left out of their source's vote).
         no_faces: the sources with no face (`source` column): they get `prior` and `flag=no_face`.
         how: mean | median | confident (`confident_mean`).
+        threshold: label = prob_fake > threshold.
     """
     usable = faces if "flag" not in faces else faces[faces["flag"] == ""]
     if how not in AGGREGATIONS:
@@ -114,7 +122,7 @@ def aggregate_sources(
     missing = pd.DataFrame({"image": no_faces["source"].astype(str), "prob_fake": prior, "n_faces": 0})
     sub = pd.concat([sub, missing], ignore_index=True)
     flag = np.concatenate([flag, np.full(len(missing), FLAG_NO_FACE)])
-    sub.insert(1, "label", (sub["prob_fake"] > 0.5).astype(int))
+    sub.insert(1, "label", (sub["prob_fake"] > threshold).astype(int))
     if (flag != "").any():
         sub["flag"] = flag
     return sub
@@ -128,17 +136,18 @@ def build_face_submissions(
     manifest: pd.DataFrame,
     no_faces: pd.DataFrame,
     how: str,
+    threshold: float = 0.5,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-face rows (`build_submission` plus `source`, `frame`, `face`) and their per-video/photo aggregate.
 
     `test` is the test table read from a faces manifest and `manifest` that manifest, row for row.
     """
-    faces = build_submission(test, prob_fake, bad_rows, prior)
+    faces = build_submission(test, prob_fake, bad_rows, prior, threshold)
     for col in ("source", "frame", "face"):
         faces[col] = manifest[col].to_numpy()
     if "flag" not in faces:
         faces["flag"] = ""
-    sources = aggregate_sources(faces, no_faces, how, prior)
+    sources = aggregate_sources(faces, no_faces, how, prior, threshold)
     if not (faces["flag"] != "").any():
         faces = faces.drop(columns="flag")
     return faces, sources

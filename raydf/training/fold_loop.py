@@ -23,6 +23,7 @@ from raydf.errors import DataError
 from raydf.models.factory import build_model
 from raydf.models.normalization import input_normalization
 from raydf.models.weights import apply_start_weights
+from raydf.runs.model_key import ModelKey, as_key
 from raydf.training.data_parallel import DataParallel
 from raydf.training.engine import Precision, StopRequested, default_device, evaluate, train_one_epoch
 from raydf.training.fold_state import FoldStateStore
@@ -42,6 +43,9 @@ class FoldOutcome:
     device: str
     history: list[dict] = field(default_factory=list)  # one row per epoch
     resumed_from_epoch: Optional[int] = None  # the last completed epoch a resumed fold continued after
+    # data.synthetic_fakes=only: P(fake) of the validation reals' self-blended fakes (in the order of the fold's
+    # validation reals), from the best weights: what calibration uses when the labelled rows hold one class only
+    val_blend_prob_fake: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
 def seed_everything(seed: int) -> None:
@@ -130,7 +134,7 @@ def train_fold(
     train_idx: np.ndarray,
     val_idx: np.ndarray,
     cfg: Config,
-    fold: int,
+    fold: int | ModelKey,
     on_epoch: Optional[Callable[[dict], None]] = None,
     device: Optional[torch.device] = None,
     state: Optional[FoldStateStore] = None,
@@ -144,8 +148,9 @@ def train_fold(
     `images` is the decoded (N, H, W, 3) uint8 array at `data.resize`; `labels` (N,) holds 1 = fake.
     With a `state` store the fold saves its state after every epoch and, if a state is there already (a
     retried or resumed fold), continues after its last completed epoch. Every epoch's randomness (order,
-    augmentation, dropout) is drawn from (train.seed, fold, epoch), so a resumed fold repeats exactly
-    what an uninterrupted one would have done. `start_weights` (tensors that fit the network, see
+    augmentation, dropout) is drawn from (seed, fold, epoch), so a resumed fold repeats exactly
+    what an uninterrupted one would have done. `fold`: the model's `ModelKey` (fold and seed), or a bare fold index
+    (the run's first seed). `start_weights` (tensors that fit the network, see
     `raydf.training.start_weights`) replace the random initial weights of a fold that starts from scratch.
     `should_stop()` is asked before every batch; True raises `StopRequested` (the saved state stays the last
     completed epoch's). `landmarks` (N, 5, 2): see `fold_datasets`.
@@ -158,12 +163,13 @@ def train_fold(
     dp = data_parallel
     main = dp is None or dp.is_main
     device = dp.device if dp is not None else device or default_device()
-    seed = cfg.train.seed + fold
+    key = as_key(fold, cfg)
+    seed = key.rng_seed
     seed_everything(seed)
     precision = Precision.resolve(cfg.train.precision, device)
     workers, pin = cfg.resources.loader_workers, device.type == "cuda"
     if workers is None:
-        workers = max(1, cfg.resources.cpus_per_fold - 1) if device.type == "cuda" else 0
+        workers = max(1, int(cfg.resources.cpus_per_fold) - 1) if device.type == "cuda" else 0
 
     if not cfg.train.augment:
         train_tf = eval_transform(cfg.data.crop)
@@ -277,12 +283,13 @@ def train_fold(
                 if main
                 else {},
                 "probs": torch.from_numpy(val_probs[:n_val, 1].copy()),  # the labelled rows: out-of-fold
+                "blend_probs": torch.from_numpy(val_probs[n_val:, 1].copy()),  # their self-blended fakes (only)
             }
             stale = 0
         else:
             stale += 1
         row = {
-            "fold": fold,
+            **key.tags(),  # fold, and seed in a run of several seeds
             "epoch": epoch,
             "train_loss": train_m["loss"],
             "train_acc": train_m["acc"],
@@ -319,6 +326,8 @@ def train_fold(
         val_acc=best["acc"],
         epochs_run=len(history),
         val_prob_fake=best["probs"].numpy().astype(np.float64),
+        # a state saved before this was kept has none
+        val_blend_prob_fake=best.get("blend_probs", torch.zeros(0)).numpy().astype(np.float64),
         device=str(device),
         history=history,
         resumed_from_epoch=resumed_from,

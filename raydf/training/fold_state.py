@@ -7,6 +7,7 @@ import logging
 import time
 from typing import Any, Optional
 
+from raydf.runs.model_key import ModelKey, model_name
 from raydf.runs.storage import RunStorage
 
 log = logging.getLogger(__name__)
@@ -15,16 +16,18 @@ STATE_KEYS = {"epoch", "model", "optimizer", "scheduler", "scaler", "best", "his
 
 
 class FoldStateStore:
-    """`state/fold{k}.pt` (latest epoch) and `state/fold{k}.prev.pt` (the one before) in the run storage.
+    """`state/fold{k}.pt` (latest epoch) and `state/fold{k}.prev.pt` (the one before) in the run storage
+    (`state/s{seed}_fold{k}.*` for a model of a run of several seeds: `fold` is then its `ModelKey`).
 
     Two generations on a file system: if the latest file is unreadable (a disk filled up, someone truncated
     it), the fold resumes from the previous epoch instead of from scratch. On an object store only the latest.
     """
 
-    def __init__(self, storage: RunStorage, fold: int):
+    def __init__(self, storage: RunStorage, fold: int | ModelKey):
         self.storage, self.fold = storage, fold
-        self.current, self.previous = f"state/fold{fold}.pt", f"state/fold{fold}.prev.pt"
-        self.attempt_file = f"state/fold{fold}.attempt.json"
+        self.name = model_name(fold)
+        self.current, self.previous = f"state/{self.name}.pt", f"state/{self.name}.prev.pt"
+        self.attempt_file = f"state/{self.name}.attempt.json"
 
     def save(self, state: dict[str, Any]) -> None:
         # On an object store the upload replaces the latest state whole or not at all, so it is never half
@@ -47,8 +50,8 @@ class FoldStateStore:
                 return state
             except Exception as e:  # truncated zip, wrong file, unpickling refused: all mean "not usable"
                 log.warning(
-                    "fold %d: state file %s is unreadable (%s: %s); falling back to an older state",
-                    self.fold,
+                    "%s: state file %s is unreadable (%s: %s); falling back to an older state",
+                    self.fold.label if isinstance(self.fold, ModelKey) else f"fold {self.fold}",
                     self.storage.path(rel),
                     type(e).__name__,
                     e,
@@ -60,7 +63,7 @@ class FoldStateStore:
 
         Only while no attempt of the fold is running: at the start of an attempt, or after the driver ended one.
         """
-        prefix = f"fold{self.fold}."
+        prefix = f"{self.name}."  # fold1. never matches s7_fold1.: names start with their own prefix
         for name in self.storage.listdir("state"):
             if name.startswith(prefix) and name.endswith(".tmp"):
                 self.storage.delete(f"state/{name}")

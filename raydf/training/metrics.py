@@ -14,10 +14,12 @@ def soft_vote(fold_probs: np.ndarray) -> np.ndarray:
 
 
 def classification_metrics(labels: np.ndarray, prob_fake: np.ndarray) -> dict[str, Optional[float]]:
-    """Accuracy at 0.5, ROC AUC, log loss, average precision (fake = positive) and equal error rate of P(fake).
+    """Accuracy at 0.5, ROC AUC, log loss, average precision (fake = positive), equal error rate, expected
+    calibration error and Brier score of P(fake).
 
     AUC, AP and EER need both classes (None otherwise). EER: the error rate where the false-positive and
-    false-negative rates are equal, interpolated on the ROC curve (the field reports it beside AUC).
+    false-negative rates are equal, interpolated on the ROC curve (the field reports it beside AUC). ECE: see
+    `expected_calibration_error`; Brier: the mean squared difference between P(fake) and the label.
     """
     labels = np.asarray(labels).astype(int)
     prob_fake = np.clip(np.asarray(prob_fake, dtype=np.float64), 1e-7, 1 - 1e-7)
@@ -28,7 +30,35 @@ def classification_metrics(labels: np.ndarray, prob_fake: np.ndarray) -> dict[st
         "log_loss": float(log_loss(labels, prob_fake, labels=[0, 1])),
         "ap": float(average_precision_score(labels, prob_fake)) if both else None,
         "eer": equal_error_rate(labels, prob_fake) if both else None,
+        "ece": expected_calibration_error(labels, prob_fake),
+        "brier": float(np.mean((prob_fake - labels) ** 2)),
     }
+
+
+ECE_BINS = 15
+
+
+def ece_bins(prob_fake: np.ndarray, bins: int = ECE_BINS) -> np.ndarray:
+    """The bin of each P(fake) among `bins` equal-width bins of [0, 1] (1.0 falls in the last)."""
+    return np.minimum((np.asarray(prob_fake, dtype=np.float64) * bins).astype(int), bins - 1)
+
+
+def expected_calibration_error(labels: np.ndarray, prob_fake: np.ndarray, bins: int = ECE_BINS) -> float:
+    """ECE of P(fake): the rows are put in `bins` equal-width bins of P(fake); the mean over rows of |fraction of
+    fakes in the row's bin - mean P(fake) in its bin| (Naeini et al. 2015, on the probability a user reads, P(fake),
+    rather than on max(P, 1 - P)). 0 = what the model says is what happens."""
+    labels, prob_fake = np.asarray(labels, dtype=np.float64), np.asarray(prob_fake, dtype=np.float64)
+    b = ece_bins(prob_fake, bins)
+    gap = np.bincount(b, labels, bins) - np.bincount(b, prob_fake, bins)
+    return float(np.abs(gap).sum() / len(labels))
+
+
+def log_loss_of(labels: np.ndarray, prob_fake: np.ndarray) -> float:
+    """Binary log loss of P(fake), clipped to [1e-7, 1 - 1e-7] as `classification_metrics` scores it (numpy: the
+    calibration fit calls it many times)."""
+    y = np.asarray(labels, dtype=np.float64)
+    p = np.clip(np.asarray(prob_fake, dtype=np.float64), 1e-7, 1 - 1e-7)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
 
 
 def equal_error_rate(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -97,6 +127,8 @@ class _Resampled:
         self.y = y.astype(np.float64)
         self.correct = ((p > 0.5).astype(int) == y).astype(np.float64)
         self.loss = -np.where(y == 1, np.log(p), np.log1p(-p))
+        self.sq = (p - y) ** 2  # Brier
+        self.bin, self.p = ece_bins(p), p
         last = np.r_[np.flatnonzero(np.diff(p)), self.n - 1]  # last row of each run of equal scores
         self.last = last if len(last) < self.n else None  # None: every score distinct
 
@@ -109,6 +141,11 @@ class _Resampled:
             "log_loss": float(_dot(w, self.loss) / self.n),
             "ap": None,
             "eer": None,
+            "brier": float(_dot(w, self.sq) / self.n),
+            "ece": float(
+                np.abs(np.bincount(self.bin, w * self.y, ECE_BINS) - np.bincount(self.bin, w * self.p, ECE_BINS)).sum()
+                / self.n
+            ),
         }
         hits = w * self.y  # fakes drawn, per row
         tps, drawn = np.cumsum(hits), np.cumsum(w)  # fakes and rows at or above each score

@@ -1,0 +1,177 @@
+"""Calibration and the decision threshold measured on finished runs (issue 27's targets).
+
+    python -m benchmarks.calibration --shared RUN_DIR [--train] [--swaps RUN_DIR ...] [--sets SET ...]
+        [--work DIR] [--name calibration]
+
+- `--shared RUN_DIR`: a run on the shared FFHQ/StyleGAN set with its labelled test split (no shift between the
+  out-of-fold data and the test set). With `--train` and no such run yet, it is trained first: configs/pretrained.yaml
+  on the 80/20 split of benchmarks.recipes (2 folds, one per core), `predict.threshold=youden`. Its summary.json has
+  the test metrics after (`test`) and before (`test_uncalibrated`) calibration, accuracy at the chosen threshold and at
+  0.5, and the seconds calibration took; a copy of it is refitted with `isotonic` by `raydf.calibrate` (no inference).
+- `--swaps RUN_DIR ...`: finished runs of benchmarks.cross_swaps (made before calibration existed). Each is COPIED
+  into --work (the original is never modified), calibrated there by `raydf.calibrate` (temperature, youden) from its
+  out-of-fold files, and scored by `raydf.evaluate` on `--sets`; the original's own evaluate/evaluation.json is the
+  "before" (the same models, uncalibrated).
+Writes results/NAME.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from benchmarks.run import DEFAULT_DATA, REPO, split_data
+from raydf.data.catalog import read_test
+from raydf.training.metrics import classification_metrics
+
+KEYS = ("accuracy", "log_loss", "ece", "brier", "auc")
+CPU = ["resources.gpus_per_fold=0", "resources.cpus_per_fold=1", "resources.loader_workers=0", "train.folds=2"]
+
+
+def train_shared(run_dir: Path, data: Path, work: Path) -> None:
+    train_csv, test_csv = split_data(data, work, n=2200)
+    cmd = [sys.executable, "-m", "raydf.train", "--config", "pretrained", f"run_dir={run_dir}"]
+    cmd += [f"data.train={train_csv}", f"data.test={test_csv}", *CPU, "predict.threshold=youden", "-q"]
+    subprocess.run(cmd, check=True, cwd=REPO)
+
+
+def _pick(m: dict) -> dict:
+    return {k: (m[k]["value"] if isinstance(m.get(k), dict) else m.get(k)) for k in KEYS}
+
+
+def shared_figures(run_dir: Path, work: Path) -> dict:
+    from raydf.pipelines.calibration import calibrate_run
+
+    s = json.loads((run_dir / "summary.json").read_text())
+    out = {
+        "run": str(run_dir),
+        "calibration": s["calibration"],
+        "threshold": s["threshold"],
+        "test_before": _pick(s.get("test_uncalibrated", s["test"])),  # the same when calibration fell back
+        "test_after": _pick(s["test"]),
+        "test_accuracy_at_threshold": s["threshold_test_accuracy"],
+        "calibration_seconds": s["timings"].get("calibration_seconds"),
+        "training_images": int(pd.read_csv(run_dir / "oof.csv").shape[0]),
+        "wall_seconds": s["wall_seconds"],
+    }
+    out["mean_of_logits_vs_probabilities"] = _vote_variants(run_dir, s)
+    copy = work / f"{run_dir.name}-isotonic"
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("tensorboard", "state"))
+    t0 = time.perf_counter()
+    cal = calibrate_run(str(copy), ["predict.calibration=isotonic", "predict.threshold=youden"])
+    iso = json.loads((copy / "summary.json").read_text())
+    out["isotonic"] = {
+        "fit_seconds": cal.fit["seconds"],
+        "calibrate_command_seconds": time.perf_counter() - t0,
+        "oof": {"before": cal.fit["oof_before"], "after": cal.fit["oof_after"]},
+        "test_after": _pick(iso["test"]),
+        "test_accuracy_at_threshold": iso["threshold_test_accuracy"],
+    }
+    return out
+
+
+def _vote_variants(run_dir: Path, s: dict) -> dict:
+    """Test log loss and ECE of the run's temperature applied to the mean of the folds' logits (what raydf does) and
+    to the logit of the mean of their probabilities (the alternative), from test_models.csv."""
+    import numpy as np
+    from scipy.special import expit, logit
+
+    from raydf.pipelines.calibration import model_probs
+    from raydf.training.metrics import expected_calibration_error, log_loss_of
+
+    if s["calibration"]["method"] != "temperature":
+        return {}
+    t = s["calibration"]["temperature"]
+    probs = np.clip(model_probs(pd.read_csv(run_dir / "test_models.csv")), 1e-7, 1 - 1e-7)
+    labels = pd.read_csv(run_dir / "test_labels.csv")["label"].to_numpy()
+    out = {}
+    for name, z in (("mean_of_logits", logit(probs).mean(0)), ("logit_of_mean_probability", logit(probs.mean(0)))):
+        p = expit(z / t)
+        out[name] = {"log_loss": log_loss_of(labels, p), "ece": expected_calibration_error(labels, p)}
+    return out
+
+
+def swaps_figures(run_dir: Path, work: Path, sets: list[str]) -> dict:
+    before = json.loads((run_dir / "evaluate" / "evaluation.json").read_text())["sets"]
+    copy = work / run_dir.name
+    if not (copy / "evaluate" / "evaluation.json").is_file():
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("evaluate", "tensorboard", "state"))
+        t0 = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", "raydf.calibrate", str(copy), "predict.threshold=youden", "-q"], check=True, cwd=REPO
+        )
+        calibrate_s = time.perf_counter() - t0
+        cmd = [sys.executable, "-m", "raydf.evaluate", "--run", str(copy), "-q"]
+        subprocess.run([*cmd, *[a for s in sets for a in ("--data", s)]], check=True, cwd=REPO)
+        (copy / "calibrate_seconds.txt").write_text(f"{calibrate_s:.2f}\n")
+    after = json.loads((copy / "evaluate" / "evaluation.json").read_text())["sets"]
+    summary = json.loads((copy / "summary.json").read_text())
+    # The original may have scored a set under another name (a copy of the same CSV elsewhere): match by its rows.
+    by_rows = {_rows_key(r["set"]): name for name, r in before.items()}
+    rows = {}
+    for name, result in after.items():
+        level = "per image"
+        before_name = by_rows[_rows_key(result["set"])]
+        pred = pd.read_csv(copy / "evaluate" / name / "predictions.csv")
+        truth = read_test(result["set"])  # the predictions' rows, in order
+        rows[name.split("-")[-1]] = {
+            # scored again from the original's predictions: runs made before ECE and Brier were reported lack them
+            "before": _pick(classification_metrics(truth["label"], _original(run_dir, before_name)["prob_fake"])),
+            "after": _pick(result[level]),
+            "accuracy_at_threshold": float((pred["label"].to_numpy() == truth["label"].to_numpy()).mean()),
+        }
+    return {
+        "run": str(run_dir),
+        "calibration": summary["calibration"],
+        "threshold": summary["threshold"],
+        "calibrate_command_seconds": float((copy / "calibrate_seconds.txt").read_text()),
+        "sets": rows,
+    }
+
+
+def _original(run_dir: Path, name: str) -> pd.DataFrame:
+    return pd.read_csv(run_dir / "evaluate" / name / "predictions.csv")
+
+
+def _rows_key(spec: str) -> tuple:
+    table = read_test(spec)
+    return tuple(map(str, table["path"])), tuple(table["label"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shared", type=Path, help="a run on the shared set with a labelled test split")
+    parser.add_argument("--train", action="store_true", help="train --shared first when it does not exist")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--swaps", type=Path, nargs="*", default=[], help="finished runs of benchmarks.cross_swaps")
+    parser.add_argument("--sets", nargs="*", default=[], help="labelled sets raydf.evaluate scores the --swaps runs on")
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "raydf-calibration")
+    parser.add_argument("--name", default="calibration")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results")
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    report: dict = {"date": time.strftime("%Y-%m-%d")}
+    if args.shared:
+        if args.train and not (args.shared / "summary.json").is_file():
+            train_shared(args.shared, args.data, args.work)
+        report["shared"] = shared_figures(args.shared, args.work)
+        print(json.dumps(report["shared"], indent=1), flush=True)
+    report["swaps"] = [swaps_figures(run, args.work, args.sets) for run in args.swaps]
+    for row in report["swaps"]:
+        print(json.dumps(row, indent=1), flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
