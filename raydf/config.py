@@ -182,6 +182,13 @@ class ResourcesConfig:
     # DataLoader worker processes per fold; None = cpus_per_fold - 1 on a GPU (one core drives the GPU), and 0 on
     # CPU, where augmenting in the training process costs ~5% of a step and workers would take cores from torch.
     loader_workers: Optional[int] = None
+    # Data-parallel folds (PyTorch DDP on Ray Train): processes per fold, each with cpus_per_fold CPUs and, on GPUs,
+    # one GPU. None = gpus_per_fold when it is above 1, else 1 (a plain fold task). The fold's batch is split over
+    # its workers: train.batch_size stays the global batch and must divide by the worker count.
+    workers_per_fold: Optional[int] = None
+    # SyncBatchNorm in data-parallel folds: BatchNorm statistics over the whole batch (GPUs only, as torch's);
+    # False = each worker normalises with the statistics of its own share of the batch.
+    sync_bn: bool = False
 
 
 @dataclass
@@ -288,6 +295,33 @@ class Config:
     serve: ServeConfig = field(default_factory=ServeConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+
+
+def data_parallel_workers(cfg: Config) -> int:
+    """Worker processes per fold: `resources.workers_per_fold`, else one per GPU of `gpus_per_fold` (1: no DDP)."""
+    if cfg.resources.workers_per_fold is not None:
+        return cfg.resources.workers_per_fold
+    g = cfg.resources.gpus_per_fold
+    return int(g) if g is not None and g > 1 else 1
+
+
+def _validate_data_parallel(cfg: Config) -> None:
+    r = cfg.resources
+    w, g = r.workers_per_fold, r.gpus_per_fold
+    _require(w is None or w >= 1, "resources.workers_per_fold", f"must be at least 1, or null (got {w})")
+    workers = data_parallel_workers(cfg)
+    _require(
+        w is None or g is None or g <= 1 and w == 1 or g == 0 or g == w,
+        "resources.workers_per_fold",
+        f"is {w} with resources.gpus_per_fold={g}: a data-parallel fold runs one worker per GPU; set "
+        f"resources.gpus_per_fold={w} (or 0 to train on CPUs), or leave workers_per_fold unset",
+    )
+    _require(
+        workers == 1 or cfg.train.batch_size % workers == 0,
+        "train.batch_size",
+        f"{cfg.train.batch_size} is the global batch of a data-parallel fold, split over its {workers} workers: "
+        f"make it a multiple of {workers}",
+    )
 
 
 def valid_keys(node: Any = Config, prefix: str = "") -> list[str]:
@@ -581,6 +615,7 @@ def _validate_values(cfg: Config) -> None:
         "train.seeds",
         f"must be a list of distinct seeds, or null for [train.seed] (got {seeds})",
     )
+    _validate_data_parallel(cfg)
     _require(
         cfg.resources.loader_workers is None or cfg.resources.loader_workers >= 0,
         "resources.loader_workers",

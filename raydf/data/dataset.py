@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler
 
 from raydf.data.self_blend import BlendSettings, self_blend
 from raydf.data.transforms import seed_transform
@@ -86,6 +86,28 @@ class ImageArrayDataset(Dataset):
         return img, label
 
 
+class ShardedBatchSampler(Sampler[list[int]]):
+    """The global batches of `sampler` (`batch_size` each, the last partial one dropped), each cut into
+    `world_size` equal contiguous shares: this rank's share of every batch.
+
+    Every rank must draw the same order: give each the same seeded sampler.
+    """
+
+    def __init__(self, sampler: Sampler[int], batch_size: int, rank: int, world_size: int):
+        if batch_size % world_size:
+            raise ValueError(f"batch size {batch_size} does not divide into {world_size} equal shares")
+        self.batches = BatchSampler(sampler, batch_size, drop_last=True)
+        self.sampler = sampler  # the fold loop reseeds `sampler.generator` per epoch, as for a plain loader
+        self.share, self.rank = batch_size // world_size, rank
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.batches:
+            yield batch[self.rank * self.share : (self.rank + 1) * self.share]
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
 def make_loader(
     dataset: ImageArrayDataset,
     batch_size: int,
@@ -94,15 +116,26 @@ def make_loader(
     workers: int = 0,
     seed: int = 0,
     pin_memory: bool = False,
+    shard: Optional[tuple[int, int]] = None,
 ) -> DataLoader:
     """Training loaders shuffle and drop the last partial batch (BatchNorm1d cannot train on one image).
 
-    Reseed `loader.sampler.generator` before an epoch to fix that epoch's order. The order has a generator of its
-    own: the DataLoader draws its workers' base seed from `loader.generator` whenever it creates an iterator, which
-    is every epoch without workers but only the first epoch with persistent ones, so an order drawn from that same
-    generator changed with the number of epochs a loader had run (a resumed fold with workers shuffled differently).
+    Reseed `loader.batch_sampler.sampler.generator` before an epoch to fix that epoch's order (with or without a
+    `shard`). The order has a generator of its own: the DataLoader draws its workers' base seed from
+    `loader.generator` whenever it creates an iterator, which is every epoch without workers but only the first epoch
+    with persistent ones, so an order drawn from that same generator changed with the number of epochs a loader had
+    run (a resumed fold with workers shuffled differently). `shard` (rank, world size): see `ShardedBatchSampler`.
     """
     sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed)) if train else None
+    if shard is not None:  # (rank, world size) of a data-parallel fold: this rank's share of every global batch
+        return DataLoader(
+            dataset,
+            batch_sampler=ShardedBatchSampler(sampler, batch_size, *shard),
+            num_workers=workers,
+            generator=torch.Generator().manual_seed(seed),
+            persistent_workers=workers > 0,
+            pin_memory=pin_memory,
+        )
     return DataLoader(
         dataset,
         batch_size=batch_size,

@@ -18,6 +18,7 @@ import torch
 from raydf import signals
 from raydf.config import Config
 from raydf.data.cache import DecodedCache
+from raydf.distributed import ddp_fold
 from raydf.distributed.data import ImagesHandle, resolve_images
 from raydf.distributed.progress import EventSender, drain, start_progress_actor
 from raydf.distributed.stop import StopPoller, start_stop_flag
@@ -155,6 +156,7 @@ def run_folds(
     # not already in its node's object store (one pull per object id: src/ray/object_manager/pull_manager.h),
     # and every worker on the node maps that one copy read-only (docs: ray-core/objects, serialization).
     task = _fold_task.options(max_retries=cfg.ray.max_retries, scheduling_strategy="SPREAD", **resources)
+    task = ddp_fold.fold_task(cfg) or task  # data-parallel folds: Ray Train (raydf.distributed.ddp_fold)
     progress = start_progress_actor() if on_events else None
     stop_flag = start_stop_flag()
     submitted = {}

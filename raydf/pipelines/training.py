@@ -27,6 +27,7 @@ from raydf.data.face_store import is_face_manifest, read_manifest
 from raydf.data.preflight import check_test_set
 from raydf.distributed.cluster import check_readable_on_every_node
 from raydf.distributed.data import plan_cache, share_images
+from raydf.distributed.ddp_fold import check_data_parallel
 from raydf.distributed.folds import run_folds
 from raydf.distributed.inference import soft_vote_predict
 from raydf.distributed.preflight import preflight_check
@@ -193,6 +194,7 @@ def train(cfg: Config) -> str:
     # One Ray session from here on: auto's choice of cache weighs the nodes, and the pre-flight of a large set runs
     # on them.
     with ray_session(cfg.ray.address) as session:
+        check_data_parallel(cfg, session)  # a data-parallel fold no node can hold: refused before the pre-flight
         try:
             inputs = _reopen_run(cfg) if cfg.resume else _start_run(cfg)
         except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM (raydf.signals)

@@ -157,9 +157,15 @@ def evaluate(
     precision: Precision = Precision(),
     should_stop: Optional[Callable[[], bool]] = None,
     norm: Normalization = IMAGENET,
+    gather: Optional[Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]] = None,
 ) -> tuple[dict[str, float], np.ndarray]:
-    """Sample-weighted cross-entropy and accuracy, plus the softmax probabilities (N, 2)."""
+    """Sample-weighted cross-entropy and accuracy, plus the softmax probabilities (N, 2).
+
+    `gather(logits, labels)`: the whole set's from this process's shard (a data-parallel fold), before scoring.
+    """
     logits, labels = predict_logits(model, loader, device, precision, should_stop, norm)
+    if gather is not None:
+        logits, labels = gather(logits, labels)
     metrics = {
         "loss": F.cross_entropy(logits, labels).item(),
         "acc": (logits.argmax(1) == labels).float().mean().item(),

@@ -1,6 +1,7 @@
 """Train one fold: RAdam + cosine schedule, early stopping on validation loss, best weights copied.
 
-Plain PyTorch; the Ray layer (`raydf.distributed.folds`) runs one of these per fold.
+Plain PyTorch; the Ray layer (`raydf.distributed.folds`) runs one of these per fold, or, for a data-parallel fold,
+one per worker of its process group (`raydf.distributed.ddp_fold`, `raydf.training.data_parallel`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from raydf.models.factory import build_model
 from raydf.models.normalization import input_normalization
 from raydf.models.weights import apply_start_weights
 from raydf.runs.model_key import ModelKey, as_key
-from raydf.training.engine import Precision, default_device, evaluate, train_one_epoch
+from raydf.training.data_parallel import DataParallel
+from raydf.training.engine import Precision, StopRequested, default_device, evaluate, train_one_epoch
 from raydf.training.fold_state import FoldStateStore
 from raydf.training.recipe import BackboneFreeze, LrSchedule, make_weight_average, param_groups
 
@@ -139,6 +141,7 @@ def train_fold(
     start_weights: Optional[dict[str, np.ndarray]] = None,
     should_stop: Optional[Callable[[], bool]] = None,
     landmarks: Optional[np.ndarray] = None,
+    data_parallel: Optional[DataParallel] = None,
 ) -> FoldOutcome:
     """Train on `images[train_idx]`, select the epoch with the lowest validation loss on `images[val_idx]`.
 
@@ -151,8 +154,15 @@ def train_fold(
     `raydf.training.start_weights`) replace the random initial weights of a fold that starts from scratch.
     `should_stop()` is asked before every batch; True raises `StopRequested` (the saved state stays the last
     completed epoch's). `landmarks` (N, 5, 2): see `fold_datasets`.
+
+    With `data_parallel` this process is one rank of a data-parallel fold (the process group is set up): it trains
+    on its share of every global batch in DistributedDataParallel and scores its share of the validation rows; every
+    rank sees the same validation metrics, so all take the same early-stopping decision. Each rank reads `state` to
+    resume; rank 0 alone saves it, calls `on_epoch` and returns the best weights (the others return none).
     """
-    device = device or default_device()
+    dp = data_parallel
+    main = dp is None or dp.is_main
+    device = dp.device if dp is not None else device or default_device()
     key = as_key(fold, cfg)
     seed = key.rng_seed
     seed_everything(seed)
@@ -166,8 +176,12 @@ def train_fold(
     else:
         train_tf = FastTrainTransform(cfg.data.crop) if cfg.train.fast_augment else train_transform(cfg.data.crop)
     train_set, val_set = fold_datasets(images, labels, train_idx, val_idx, cfg, train_tf, seed, landmarks)
-    train_loader = make_loader(train_set, cfg.train.batch_size, train=True, workers=workers, seed=seed, pin_memory=pin)
-    val_loader = make_loader(val_set, cfg.train.eval_batch_size, train=False, workers=workers, pin_memory=pin)
+    shard = (dp.rank, dp.world_size) if dp is not None else None
+    train_loader = make_loader(
+        train_set, cfg.train.batch_size, train=True, workers=workers, seed=seed, pin_memory=pin, shard=shard
+    )
+    val_rows = val_set if dp is None else torch.utils.data.Subset(val_set, dp.shard_rows(len(val_set)).tolist())
+    val_loader = make_loader(val_rows, cfg.train.eval_batch_size, train=False, workers=workers, pin_memory=pin)
     # The epoch chosen on: with `only`, the validation reals and their self-blended fakes (labelled fakes are scored
     # for the out-of-fold table, but choosing the epoch on them would tune the fold to their kind of fake).
     n_val = len(val_idx)
@@ -182,6 +196,8 @@ def train_fold(
     if start_weights is not None:  # np.array: a writable copy of the object store's read-only view
         apply_start_weights(model, {k: torch.from_numpy(np.array(v)) for k, v in start_weights.items()})
     model = model.to(device, memory_format=torch.channels_last)
+    if dp is not None and dp.sync_bn:  # BatchNorm statistics over the global batch (same parameter names)
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     # The compiled module shares the parameters; state dicts are taken from `model` (no "_orig_mod." prefix).
     net = torch.compile(model) if cfg.train.compile else model
     optimizer = make_optimizer(model, cfg)
@@ -194,6 +210,14 @@ def train_fold(
     if ema is not None:
         evaluated = ema.module
         eval_net = torch.compile(evaluated) if cfg.train.compile else evaluated
+
+    stop = should_stop
+    if dp is not None:
+        # Every rank polls at its own moment: they stop together, at the first batch where any of them saw it.
+        stop = lambda: dp.any(bool(should_stop and should_stop()))  # noqa: E731
+        if ema is None:  # evaluated without the DDP wrapper: its forward runs collectives (uneven shards)
+            eval_net = torch.compile(model) if cfg.train.compile else model
+    train_net, wrapped_for = net, None
 
     def after_step() -> None:
         scheduler.after_step()
@@ -221,16 +245,31 @@ def train_fold(
         if stale >= cfg.train.patience:
             break
         t0 = time.time()
-        torch.manual_seed(sample_seed(seed, epoch))  # dropout
-        train_loader.sampler.generator.manual_seed(sample_seed(seed, epoch, 1))  # order
+        # Dropout; another draw per rank of a data-parallel fold (not the same masks on every share).
+        torch.manual_seed(sample_seed(seed, epoch, *([] if main else [2, dp.rank])))
+        train_loader.batch_sampler.sampler.generator.manual_seed(sample_seed(seed, epoch, 1))  # order
         train_set.set_epoch(epoch)  # augmentation
         frozen = freeze.apply(epoch)
+        if dp is not None and frozen != wrapped_for:  # DDP reduces what required a gradient when it was wrapped
+            train_net = dp.wrap(model)
+            train_net = torch.compile(train_net) if cfg.train.compile else train_net
+            wrapped_for = frozen
         # The head's (or the only group's) learning rate at the epoch's first step, and the backbone's (0 if frozen).
         lr, lr_backbone = optimizer.param_groups[0]["lr"], 0.0 if frozen else optimizer.param_groups[-1]["lr"]
         train_m = train_one_epoch(
-            net, train_loader, optimizer, device, precision, scaler, should_stop, norm, on_step=after_step
+            train_net, train_loader, optimizer, device, precision, scaler, stop, norm, on_step=after_step
         )
-        val_m, val_probs = evaluate(eval_net, val_loader, device, precision, should_stop, norm)
+        gather = None
+        if dp is not None:
+            train_m = dp.mean(train_m)
+            dp.sync_buffers(evaluated)  # every rank scores rank 0's weights (BatchNorm statistics included)
+            gather = dp.gather_cat
+        # A data-parallel fold's shares may differ by a batch: its ranks agree on stopping around, not inside, it.
+        val_m, val_probs = evaluate(
+            eval_net, val_loader, device, precision, should_stop if dp is None else None, norm, gather
+        )
+        if dp is not None and stop():
+            raise StopRequested()
         if select is not None:
             val_m = selection_metrics(val_probs, val_labels, select)
         scheduler.after_epoch()  # the cosine steps once per epoch, as the seed's did
@@ -240,7 +279,9 @@ def train_fold(
                 "loss": val_m["loss"],
                 "epoch": epoch,
                 "acc": val_m["acc"],
-                "weights": {k: v.detach().to("cpu", copy=True) for k, v in evaluated.state_dict().items()},
+                "weights": {k: v.detach().to("cpu", copy=True) for k, v in evaluated.state_dict().items()}
+                if main
+                else {},
                 "probs": torch.from_numpy(val_probs[:n_val, 1].copy()),  # the labelled rows: out-of-fold
                 "blend_probs": torch.from_numpy(val_probs[n_val:, 1].copy()),  # their self-blended fakes (only)
             }
@@ -260,7 +301,7 @@ def train_fold(
             "best_epoch": best["epoch"],
         }
         history.append(row)
-        if state:
+        if state and main:
             # In an improving epoch the best weights are the evaluated module's: not stored twice (94 MB at fp32).
             best_saved = best | {"weights": None} if best["epoch"] == epoch else best
             state.save(
@@ -276,7 +317,7 @@ def train_fold(
                     "stale": stale,
                 }
             )
-        if on_epoch:
+        if on_epoch and main:
             on_epoch(row)
     return FoldOutcome(
         weights={k: v.numpy() for k, v in best["weights"].items()},
