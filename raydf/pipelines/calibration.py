@@ -95,6 +95,19 @@ def oof_data(cfg: Config, storage: RunStorage) -> OofData:
     return OofData(z, labels)
 
 
+def write_calibrated_oof(storage: RunStorage, cal: Calibration, data: OofData) -> None:
+    """The calibrated OOF P(fake) beside the uncalibrated one (oof.csv, oof_sources.csv: `prob_fake_calibrated`)."""
+    oof = read_csv(storage, "oof.csv")
+    oof[CALIBRATED] = np.nan
+    scored = oof["prob_fake"].notna().to_numpy()
+    oof.loc[scored, CALIBRATED] = cal.prob(oof_models(oof[scored]))
+    write_csv(storage, "oof.csv", oof)
+    if data.groups is not None and storage.exists("oof_sources.csv"):
+        sources = read_csv(storage, "oof_sources.csv")
+        sources[CALIBRATED] = data.unit_prob(cal.prob(oof_models(oof[scored])))
+        write_csv(storage, "oof_sources.csv", sources)
+
+
 def fit_run_calibration(
     cfg: Config, storage: RunStorage, metas: Sequence[dict], fixed: Optional[Calibration] = None
 ) -> Calibration:
@@ -105,16 +118,7 @@ def fit_run_calibration(
     data = oof_data(cfg, storage)
     cal = fit_calibration(data, cfg.predict.calibration, cfg.predict.threshold, fixed)
     storage.write_text(CALIBRATION_FILE, calibration_json(cal, fingerprint(metas)))
-    oof = read_csv(storage, "oof.csv")
-    oof[CALIBRATED] = np.nan
-    scored = oof["prob_fake"].notna().to_numpy()
-    oof.loc[scored, CALIBRATED] = cal.prob(oof_models(oof[scored]))
-    write_csv(storage, "oof.csv", oof)
-    if data.groups is not None and storage.exists("oof_sources.csv"):
-        sources = read_csv(storage, "oof_sources.csv")
-        rows = oof.dropna(subset=["prob_fake"])
-        sources[CALIBRATED] = data.unit_prob(cal.prob(oof_models(rows)))
-        write_csv(storage, "oof_sources.csv", sources)
+    write_calibrated_oof(storage, cal, data)
     fit = cal.fit
     log.info(
         "calibration %s%s on %d out-of-fold %ss: log loss %.4f -> %.4f, ECE %.4f -> %.4f; threshold %s = %.4f (%.2fs)",

@@ -41,7 +41,9 @@ from raydf.pipelines.calibration import (
     calibration_summary,
     fit_run_calibration,
     model_probs,
+    oof_data,
     read_calibration,
+    write_calibrated_oof,
     write_test_models,
 )
 from raydf.pipelines.faces import with_extracted_faces
@@ -425,7 +427,9 @@ def _calibrate(cfg: Config, storage: RunStorage, infos: list[dict], timings: dic
     t0 = time.time()
     if cfg.resume and storage.exists(CALIBRATION_FILE):
         try:
-            return read_calibration(storage, infos)
+            calibration = read_calibration(storage, infos)
+            write_calibrated_oof(storage, calibration, oof_data(cfg, storage))  # oof.csv was written again
+            return calibration
         except ConfigError as e:
             log.warning("%s; fitting it again", e)
     calibration = fit_run_calibration(cfg, storage, infos)
