@@ -33,17 +33,17 @@ def shared_data() -> Path:
 # XDIST) neither worker is then left alone with a long file at the end. test_safety and test_real_data_checks stay after
 # test_ray_pipeline (see their docstrings).
 LONGEST_FIRST = [
+    "test_tune.py",
     "test_faces.py",
     "test_signals.py",
-    "test_tune.py",
     "test_fault_tolerance.py",
-    "test_multinode.py",
-    "test_gpu_benchmark.py",
     "test_ray_pipeline.py",
+    "test_seeds.py",
+    "test_multinode.py",
     "test_s3_run_dir.py",
     "test_serve.py",
+    "test_gpu_benchmark.py",
     "test_data_parallel.py",
-    "test_seeds.py",
 ]
 
 

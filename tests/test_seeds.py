@@ -34,9 +34,11 @@ def seeds_run(ray_local, tiny_demo, tmp_path_factory):
     from raydf.pipelines.training import train
 
     run_dir = tmp_path_factory.mktemp("seeds") / "run"
-    # Two epochs: a task's training outlasts the start of the other tasks' workers (Ray starts two at a time on
-    # 2 CPUs), so the overlap the test sees is the tasks', not luck.
-    cfg = load_config(None, tiny_overrides(run_dir, tiny_demo) + SEED_OVERRIDES + ["train.epochs=2"])
+    # Five epochs: a task's training outlasts the start of the other tasks' workers (Ray starts two at a time on
+    # 2 CPUs, each start several seconds on a loaded machine: with two epochs a CI run saw the fourth task start 7 s
+    # after the first had finished), so the overlap the test sees is the tasks', not luck.
+    overrides = SEED_OVERRIDES + ["train.epochs=5", "train.patience=99"]
+    cfg = load_config(None, tiny_overrides(run_dir, tiny_demo) + overrides)
     assert train(cfg) == str(run_dir)
     return run_dir, cfg
 
@@ -96,7 +98,7 @@ def test_four_fold_tasks_train_at_once_each_with_its_own_files(seeds_run):
         assert (run_dir / "state" / f"{name}.pt").is_file() and (run_dir / "tensorboard" / name).is_dir()
     history = pd.read_csv(run_dir / "history.csv")
     assert sorted(zip(history["seed"], history["fold"], history["epoch"])) == sorted(
-        m + (e,) for m in MODELS for e in (1, 2)
+        m + (e,) for m in MODELS for e in range(1, 6)
     )
     # The two models of a fold share its rows but not their weights.
     w42, w7 = (torch.load(run_dir / f"checkpoints/s{s}_fold0.pt", weights_only=True) for s in SEEDS)
