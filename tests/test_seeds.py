@@ -143,9 +143,10 @@ def test_an_interrupted_run_resumes_without_touching_its_finished_models(ray_loc
     from raydf.runs.resume import resume_config
 
     run_dir = tmp_path / "run"
-    # One CPU per task: two models at a time, so some finish while others still train; 12 short epochs each, so the
-    # stop lands while the last two still train (with 6, a loaded machine let them finish before it).
-    overrides = tiny_overrides(run_dir, tiny_demo) + SEED_OVERRIDES + ["data.test=null", "train.epochs=12"]
+    # One CPU per task: two models at a time, so some finish while others still train; 40 short epochs each (about
+    # 0.25 s each), so the stop lands while the last two still train: the Ctrl-C reaches the folds through the
+    # driver's wait (up to 0.5 s) and the tasks' stop polls (0.5 s), and a loaded CI run let 12 epochs finish first.
+    overrides = tiny_overrides(run_dir, tiny_demo) + SEED_OVERRIDES + ["data.test=null", "train.epochs=40"]
     cfg = load_config(None, overrides + ["train.patience=99", "resources.cpus_per_fold=1"])
     checkpoints, states = run_dir / "checkpoints", run_dir / "state"
     finished: dict[str, tuple[bytes, int]] = {}
@@ -180,7 +181,7 @@ def test_an_interrupted_run_resumes_without_touching_its_finished_models(ray_loc
         assert path.read_bytes() == data and path.stat().st_mtime_ns == mtime, name
     models = {f"s{f['seed']}_fold{f['fold']}": f for f in json.loads((run_dir / "summary.json").read_text())["folds"]}
     assert list(models) == _names(MODELS)
-    assert all(f["epochs_run"] == 12 for f in models.values())
+    assert all(f["epochs_run"] == 40 for f in models.values())
     for name in midway:
         assert models[name]["resumed_from_epoch"] >= 1 and models[name]["attempts"] == 2, name
     for name in finished:
