@@ -21,6 +21,7 @@ import threading
 from typing import Callable, Iterator, Optional
 
 HANDLED = (signal.SIGINT, signal.SIGTERM)
+_TUNE_SIGNALS = tuple(s for s in (signal.SIGINT, getattr(signal, "SIGUSR1", None)) if s is not None)
 
 
 class Stopped(KeyboardInterrupt):
@@ -150,10 +151,21 @@ def on_hard_exit(callback: Callable[[], None]) -> Iterator[None]:
 
 @contextlib.contextmanager
 def sigterm_as_sigint() -> Iterator[None]:
-    """While inside, SIGTERM goes to the current SIGINT handler (Ray Tune's graceful stop) when it has one."""
+    """While inside, SIGTERM goes to the current SIGINT handler (Ray Tune's graceful stop) when it has one.
+
+    On the way out the SIGINT and SIGUSR1 handlers are put back as they were: Ray Tune installs its own on both
+    and restores SIGINT's only when a signal arrives (ray/tune/tune.py, `_setup_signal_catching`), so after a
+    sweep that ended by itself a later Ctrl-C in the same process (then_train, a notebook, a test session) only
+    set Tune's stale flag and the run went on training.
+    """
     global _delegate_to_sigint
+    main = threading.current_thread() is threading.main_thread()
+    kept = {sig: signal.getsignal(sig) for sig in _TUNE_SIGNALS} if main else {}
     _delegate_to_sigint = True
     try:
         yield
     finally:
         _delegate_to_sigint = False
+        for sig, handler in kept.items():
+            if handler is not None:  # None: set from C, nothing Python can put back
+                signal.signal(sig, handler)

@@ -238,13 +238,23 @@ def sweep(ray_local, tiny_demo, tmp_path_factory):
         _sweep_overrides(run_dir, tiny_demo)
         + [f"tune.space[optim.lr]={grid}", "tune.then_train=true", "tune.baseline=false"],
     )
+    handlers = lambda: {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGUSR1)}  # noqa: E731
+    before = handlers()
     assert run_sweep(cfg) == str(run_dir)
-    return run_dir, cfg
+    return run_dir, cfg, (before, handlers())
+
+
+@pytest.mark.slow
+def test_a_finished_sweep_gives_ctrl_c_back(sweep):
+    # Ray Tune puts its own SIGINT/SIGUSR1 handler in and leaves it there after a sweep no signal stopped: a
+    # Ctrl-C during a later training in this process only set Tune's flag, and the run trained on to the end.
+    _, _, (before, after) = sweep
+    assert after == before
 
 
 @pytest.mark.slow
 def test_sweep_writes_table_plot_and_a_best_config_inside_the_space(sweep):
-    run_dir, cfg = sweep
+    run_dir, cfg, _ = sweep
     table = pd.read_csv(run_dir / "trials.csv")
     assert len(table) == 3 and sorted(table["optim.lr"]) == sorted([GOOD_LR, *ABSURD_LRS])
     assert {"best_val_loss", "epochs_run", "stopped_early", "status"} <= set(table.columns)
@@ -267,7 +277,7 @@ def test_sweep_writes_table_plot_and_a_best_config_inside_the_space(sweep):
 
 @pytest.mark.slow
 def test_asha_stops_a_bad_trial_at_the_first_rung(sweep):
-    run_dir, _ = sweep
+    run_dir, _, _ = sweep
     table = pd.read_csv(run_dir / "trials.csv").set_index("optim.lr")
     assert table.loc[GOOD_LR, "epochs_run"] == 3 and table.loc[GOOD_LR, "status"] == "done"
     assert table.loc[ABSURD_LRS[0], "epochs_run"] == 1 and table.loc[ABSURD_LRS[0], "status"] == "asha"
@@ -276,7 +286,7 @@ def test_asha_stops_a_bad_trial_at_the_first_rung(sweep):
 
 @pytest.mark.slow
 def test_trials_keep_one_checkpoint_of_their_fold_states(sweep):
-    run_dir, _ = sweep
+    run_dir, _, _ = sweep
     for trial in glob.glob(str(run_dir / "tune" / "trial_*")):
         checkpoints = glob.glob(f"{trial}/checkpoint_*")
         assert len(checkpoints) == 1, checkpoints  # num_to_keep=1: a fold state is ~300 MB
@@ -285,7 +295,7 @@ def test_trials_keep_one_checkpoint_of_their_fold_states(sweep):
 
 @pytest.mark.slow
 def test_then_train_trains_all_folds_with_the_best_config(sweep):
-    run_dir, _ = sweep
+    run_dir, _, _ = sweep
     summary = json.loads((run_dir / "train" / "summary.json").read_text())
     assert [f["fold"] for f in summary["folds"]] == [0, 1] and "cv" in summary
     assert to_dict(load_config(run_dir / "train" / "config.yaml")) == to_dict(load_config(run_dir / "best.yaml"))
