@@ -39,7 +39,7 @@ from raydf.runs.storage import RunStorage
 from raydf.training.data_parallel import DataParallel
 from raydf.training.engine import StopRequested
 from raydf.training.fold_loop import train_fold
-from raydf.training.fold_state import FoldStateStore
+from raydf.training.fold_state import FoldStateStore, start_attempt
 
 log = logging.getLogger(__name__)
 
@@ -246,12 +246,7 @@ def _ddp_fold_task(
     from ray.train.torch import TorchConfig, TorchTrainer
 
     ctx = ray.get_runtime_context()
-    state = FoldStateStore(storage, key) if storage else None
-    attempt = (
-        state.begin_attempt(pid=os.getpid(), node_id=ctx.get_node_id())
-        if state
-        else {"attempts": 1, "first_started_at": time.time()}
-    )
+    state, attempt = start_attempt(storage, key, pid=os.getpid(), node_id=ctx.get_node_id())
     # Ray Train would run the workers in its run folder: a relative run_dir must stay relative to the driver's.
     os.environ["RAY_CHDIR_TO_TRIAL_DIR"] = "0"
     # A fold queued behind others waits for their GPUs: Ray Train would give up on its placement group every 60 s,

@@ -26,7 +26,7 @@ from raydf.errors import RaydfError, find_user_error
 from raydf.runs.model_key import ModelKey, as_key
 from raydf.runs.storage import RunStorage
 from raydf.training.fold_loop import train_fold
-from raydf.training.fold_state import FoldStateStore
+from raydf.training.fold_state import FoldStateStore, start_attempt
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +49,7 @@ def _fold_task(
     # cache file: either way every fold on a node shares one copy.
     # Ray re-runs this task when its worker dies (max_retries); the state store makes the rerun resume.
     ctx = ray.get_runtime_context()
-    state = FoldStateStore(storage, key) if storage else None
-    attempt = (
-        state.begin_attempt(pid=os.getpid(), node_id=ctx.get_node_id())
-        if state
-        else {"attempts": 1, "first_started_at": time.time()}
-    )
+    state, attempt = start_attempt(storage, key, pid=os.getpid(), node_id=ctx.get_node_id())
     torch.set_num_threads(max(1, int(cfg.resources.cpus_per_fold)))  # a fraction of a CPU: one thread
     images = resolve_images(images)
     events = EventSender(progress)

@@ -80,3 +80,13 @@ class FoldStateStore:
         record.update(info, attempts=record["attempts"] + 1, started_at=time.time())
         self.storage.write_text(self.attempt_file, json.dumps(record))
         return record
+
+
+def start_attempt(
+    storage: Optional[RunStorage], key: int | ModelKey, **info: Any
+) -> tuple[Optional[FoldStateStore], dict[str, Any]]:
+    """A fold task's first step: its state store (None without a run directory) and this attempt's record."""
+    if storage is None:
+        return None, {"attempts": 1, "first_started_at": time.time()}
+    state = FoldStateStore(storage, key)
+    return state, state.begin_attempt(**info)
