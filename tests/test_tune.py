@@ -377,15 +377,22 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tiny_demo, tmp_p
     [second] = run_dir.glob("tune/trial_*_00001")
     first_results = (first / "result.json").read_text()
 
-    proc = subprocess.run(
-        [sys.executable, "-m", "raydf.tune", f"resume={run_dir}"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = tmp_path / "resume.err"  # kept for the failure message, also when the resume runs out of time
+    with open(log, "w") as err:
+        resume = subprocess.Popen(
+            [sys.executable, "-m", "raydf.tune", f"resume={run_dir}"],
+            cwd=REPO,
+            env=env,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+        try:
+            code = resume.wait(timeout=400)
+        except subprocess.TimeoutExpired:
+            kill_session(resume.pid)
+            raise AssertionError(f"the resume ran past 400 s:\n{log.read_text()[-6000:]}") from None
+    assert code == 0, log.read_text()[-3000:]
     assert (first / "result.json").read_text() == first_results  # the finished trial did not run again
     # (Rows Tune had not flushed to result.json when it was killed are lost; those it wrote stay.)
     last = [json.loads(line) for line in (second / "result.json").read_text().splitlines()][-1]
