@@ -48,9 +48,17 @@ def _pick(m: dict) -> dict:
 
 
 def shared_figures(run_dir: Path, work: Path) -> dict:
+    """The shared run's figures under the current code: a copy is calibrated again by `raydf.calibrate` (temperature,
+    youden; no inference, no training), so a run trained before a change to the fit is measured with it."""
     from raydf.pipelines.calibration import calibrate_run
 
-    s = json.loads((run_dir / "summary.json").read_text())
+    current = work / f"{run_dir.name}-temperature"
+    shutil.rmtree(current, ignore_errors=True)
+    shutil.copytree(run_dir, current, ignore=shutil.ignore_patterns("tensorboard", "state"))
+    t0 = time.perf_counter()
+    calibrate_run(str(current), ["predict.calibration=temperature", "predict.threshold=youden"])
+    s = json.loads((current / "summary.json").read_text())
+    trained = json.loads((run_dir / "summary.json").read_text())
     out = {
         "run": str(run_dir),
         "calibration": s["calibration"],
@@ -58,11 +66,13 @@ def shared_figures(run_dir: Path, work: Path) -> dict:
         "test_before": _pick(s.get("test_uncalibrated", s["test"])),  # the same when calibration fell back
         "test_after": _pick(s["test"]),
         "test_accuracy_at_threshold": s["threshold_test_accuracy"],
-        "calibration_seconds": s["timings"].get("calibration_seconds"),
+        "calibration_seconds": s["calibration"]["seconds"],
+        "calibrate_command_seconds": time.perf_counter() - t0,
         "training_images": int(pd.read_csv(run_dir / "oof.csv").shape[0]),
-        "wall_seconds": s["wall_seconds"],
+        "wall_seconds": trained["wall_seconds"],
     }
-    out["mean_of_logits_vs_probabilities"] = _vote_variants(run_dir, s)
+    out["pools_and_temperatures"] = _vote_variants(current, s)
+    out["ece_sampling_floor"] = _ece_floor(current)
     copy = work / f"{run_dir.name}-isotonic"
     shutil.rmtree(copy, ignore_errors=True)
     shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("tensorboard", "state"))
@@ -79,25 +89,54 @@ def shared_figures(run_dir: Path, work: Path) -> dict:
     return out
 
 
-def _vote_variants(run_dir: Path, s: dict) -> dict:
-    """Test log loss and ECE of the run's temperature applied to the mean of the folds' logits (what raydf does) and
-    to the logit of the mean of their probabilities (the alternative), from test_models.csv."""
-    import numpy as np
-    from scipy.special import expit, logit
-
+def _test_probs(run_dir: Path):
     from raydf.pipelines.calibration import model_probs
+
+    probs = model_probs(pd.read_csv(run_dir / "test_models.csv"))
+    truth = pd.read_csv(run_dir / "test_labels.csv").set_index("image")["label"]
+    images = pd.read_csv(run_dir / "test_models.csv")["image"]
+    return probs, truth.loc[images].to_numpy()
+
+
+def _vote_variants(run_dir: Path, s: dict) -> dict:
+    """Test log loss and ECE of both pools (the logit of the mean of the models' probabilities, raydf's vote; the
+    mean of their logits, what calibration files of 2026-12-04 used) at the temperature fitted to the vote, at the
+    one fitted to single out-of-fold rows, and at the one the test labels would choose (an oracle, for scale)."""
+    from scipy.optimize import minimize_scalar
+    from scipy.special import expit
+
+    from raydf.inference.calibration import models_logit
     from raydf.training.metrics import expected_calibration_error, log_loss_of
 
-    if s["calibration"]["method"] != "temperature":
+    c = s["calibration"]
+    if c["method"] != "temperature":
         return {}
-    t = s["calibration"]["temperature"]
-    probs = np.clip(model_probs(pd.read_csv(run_dir / "test_models.csv")), 1e-7, 1 - 1e-7)
-    labels = pd.read_csv(run_dir / "test_labels.csv")["label"].to_numpy()
+    temperatures = {"vote": c["temperature"], "one_row": c.get("ensemble", {}).get("temperature_one_row")}
+    probs, labels = _test_probs(run_dir)
     out = {}
-    for name, z in (("mean_of_logits", logit(probs).mean(0)), ("logit_of_mean_probability", logit(probs.mean(0)))):
-        p = expit(z / t)
-        out[name] = {"log_loss": log_loss_of(labels, p), "ece": expected_calibration_error(labels, p)}
+    for pool in ("mean_prob", "mean_logit"):
+        z = models_logit(probs, pool)
+        best = minimize_scalar(lambda t, z=z: log_loss_of(labels, expit(z / t)), bounds=(0.05, 20), method="bounded").x
+        rows = {}
+        for name, t in {**temperatures, "test_oracle": float(best), "T=1": 1.0}.items():
+            if t is not None:
+                p = expit(z / t)
+                rows[name] = {"T": t, "log_loss": log_loss_of(labels, p), "ece": expected_calibration_error(labels, p)}
+        out[pool] = rows
     return out
+
+
+def _ece_floor(run_dir: Path, draws: int = 500) -> dict:
+    """The ECE (15 bins) a perfectly calibrated P(fake) scores on a test set of this size: labels drawn from the
+    run's calibrated test P(fake) itself. A measured ECE near it is sampling noise, not miscalibration."""
+    import numpy as np
+
+    from raydf.training.metrics import expected_calibration_error
+
+    p = pd.read_csv(run_dir / "submission.csv")["prob_fake"].to_numpy()
+    rng = np.random.default_rng(0)
+    eces = [expected_calibration_error((rng.random(len(p)) < p).astype(int), p) for _ in range(draws)]
+    return {"n": int(len(p)), "mean": float(np.mean(eces)), "p90": float(np.percentile(eces, 90))}
 
 
 def swaps_figures(run_dir: Path, work: Path, sets: list[str]) -> dict:

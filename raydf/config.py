@@ -203,7 +203,8 @@ class PredictConfig:
     # RUN_DIR/explain/ and shown in report.md; 0 = none
     explain: int = 4
     # The soft vote's P(fake), fitted on the out-of-fold predictions after the folds finish (RUN_DIR/calibration.json):
-    # none (the mean of the folds' P(fake)) | temperature (sigmoid of the folds' mean logit / T) | isotonic
+    # none (the mean of the folds' P(fake)) | temperature (sigmoid of the logit of that mean / T, T fitted to the
+    # vote of all the folds) | isotonic
     calibration: str = "temperature"
     # The cut that makes `label` (P(fake) > it), chosen on the same out-of-fold data: 0.5 | eer | youden | fpr@X
     threshold: str = "0.5"

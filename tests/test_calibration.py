@@ -40,14 +40,60 @@ def test_temperature_recovers_an_overconfident_ensembles_factor_and_lowers_its_l
     assert cal.temperature == pytest.approx(5.0, rel=0.1)
     before, after = cal.fit["oof_before"], cal.fit["oof_after"]
     assert after["log_loss"] < before["log_loss"] - 0.1 and after["ece"] < before["ece"] / 3
-    # Applied to the models' probabilities: sigmoid of the mean of their logits over T (P clipped to [1e-7, 1 - 1e-7]:
+    # Applied to the models' probabilities: sigmoid of the logit of their mean over T (P clipped to [1e-7, 1 - 1e-7]:
     # a float32 softmax rounds to 1.0 from logit 17 on).
-    clipped = np.clip(probs, 1e-7, 1 - 1e-7)
-    np.testing.assert_allclose(cal.prob(probs), expit(logit(clipped).mean(0) / cal.temperature), atol=1e-12)
+    clipped = np.clip(probs.mean(0), 1e-7, 1 - 1e-7)
+    np.testing.assert_allclose(cal.prob(probs), expit(logit(clipped) / cal.temperature), atol=1e-12)
+    # T = 1 is the uncalibrated vote, the plain mean of the models' probabilities
+    np.testing.assert_allclose(Calibration("temperature", temperature=1.0).prob(probs), clipped, atol=1e-12)
     assert (
         classification_metrics(labels, cal.prob(probs))["log_loss"]
         < classification_metrics(labels, probs.mean(0))["log_loss"]
     )
+
+
+def _gaussian_run(n: int, models: int, seed: int, mu: float = 2.0, tau2: float = 2.0, noise: float = 4.0):
+    """The logits of a K-fold run under the Gaussian model: an image's signal s (mean +-mu by class, variance tau2)
+    plus each model's own noise (variance `noise`). Out-of-fold rows see one model, (1, n); the test set all of
+    them, (models, n). The true P(fake | logits) is not a sigmoid of any pooled logit: the test labels decide."""
+    rng = np.random.default_rng(seed)
+
+    def draw(k: int):
+        y = rng.integers(0, 2, n)
+        s = np.where(y == 1, mu, -mu) + np.sqrt(tau2) * rng.standard_normal(n)
+        return expit(s[None] + np.sqrt(noise) * rng.standard_normal((k, n))), y
+
+    return draw(1), draw(models)
+
+
+def test_a_temperature_fitted_to_the_whole_vote_from_the_models_spread_on_unlabelled_images():
+    """One model's out-of-fold rows ask for a higher temperature than the vote of four needs (averaging removes
+    most of each model's noise). Given the four models' spread on the test images (no label read), the fit
+    simulates their vote for every out-of-fold row and lands on the temperature the test labels prefer."""
+    from scipy.optimize import minimize_scalar
+
+    from raydf.inference.calibration import EnsembleSpread
+
+    (oof_probs, oof_labels), (test_probs, test_labels) = _gaussian_run(4000, models=4, seed=6)
+    data = OofData(models_logit(oof_probs), oof_labels)
+    spread = EnsembleSpread.of(test_probs)
+    assert spread.models == 4 and spread.member_var == pytest.approx(4.0, rel=0.05)
+
+    def test_loss(t: float) -> float:
+        return classification_metrics(test_labels, expit(models_logit(test_probs) / t))["log_loss"]
+
+    best = minimize_scalar(test_loss, bounds=(0.05, 20), method="bounded").x  # what the test labels prefer
+    one = fit_calibration(data, "temperature")
+    vote = fit_calibration(data, "temperature", spread=spread)
+    assert "ensemble" not in one.fit and vote.fit["ensemble"]["temperature_one_row"] == pytest.approx(one.temperature)
+    assert one.temperature > 1.3 * best  # one model's temperature over-softens the vote
+    # Within the scatter of a 4,000-image fit (seeds 6-8: 9-11% from `best`), and as good on the test labels
+    assert vote.temperature == pytest.approx(best, rel=0.15)
+    assert test_loss(vote.temperature) < test_loss(best) + 0.005 < test_loss(one.temperature)
+    # The same files, the same temperature (the simulation is seeded); a vote of one model needs no simulation.
+    assert fit_calibration(data, "temperature", spread=spread).temperature == vote.temperature
+    alone = fit_calibration(data, "temperature", spread=EnsembleSpread.of(test_probs[:1].repeat(2, 0)))
+    assert alone.temperature == pytest.approx(one.temperature, rel=0.05)
 
 
 def test_isotonic_fit_is_monotone_and_stays_in_0_1():
@@ -122,6 +168,19 @@ def test_a_calibration_file_edited_by_hand_or_of_another_run_is_refused_naming_i
     assert NONE.method == "none" and NONE.threshold == 0.5
 
 
+def test_a_calibration_file_written_before_the_pool_was_recorded_pools_logits_as_it_did():
+    cal = Calibration("temperature", temperature=2.0)
+    old = json.loads(calibration_json(cal, "run-a"))
+    del old["pool"], old["checksum"]  # what a file of 2026-12-04 holds
+    old.pop("run")
+    text = calibration_json(Calibration.from_dict(old), "run-a")
+    assert json.loads(text)["pool"] == "mean_logit"
+    read = parse_calibration(text, "run-a", "calibration.json")
+    probs = np.array([[0.9, 0.2], [0.6, 0.7]])
+    np.testing.assert_allclose(read.prob(probs), expit(logit(probs).mean(0) / 2.0), atol=1e-12)
+    assert not np.allclose(cal.prob(probs), read.prob(probs))  # the new pool differs on these
+
+
 def test_with_faces_the_temperature_is_fitted_per_video_after_aggregating_its_faces():
     """Faces of one video share its label: the fit scores each video once, by the mean of its faces' calibrated
     P(fake) (predict.aggregate), and finds an over-confident ensemble's factor there too."""
@@ -158,3 +217,35 @@ def test_out_of_fold_data_with_one_class_use_the_runs_self_blended_fakes(tmp_pat
     data = oof_data(cfg, RunStorage(tmp_path))
     assert data.level == "image (with self-blended fakes)" and sorted(set(data.labels)) == [0, 1] and len(data.z) == 80
     assert fit_calibration(data, "isotonic").method == "isotonic"
+
+
+def test_a_run_fits_its_vote_once_its_test_set_is_predicted(tmp_path):
+    """fit_run_calibration (the run, raydf.calibrate): from oof.csv alone T is one model's; with test_models.csv
+    (the models' P(fake) of the test images) it is the vote's, recorded in calibration.json with the spread."""
+    import pandas as pd
+
+    from raydf.config import load_config
+    from raydf.pipelines.calibration import TEST_MODELS, fit_run_calibration, read_calibration
+    from raydf.runs.storage import RunStorage
+
+    (oof_probs, oof_labels), (test_probs, _) = _gaussian_run(2000, models=4, seed=9)
+    n = len(oof_labels)
+    pd.DataFrame(
+        {
+            "path": [f"i{i}.png" for i in range(n)],
+            "label": oof_labels,
+            "fold": np.arange(n) % 4,
+            "prob_fake": oof_probs[0],
+        }
+    ).to_csv(tmp_path / "oof.csv", index=False)
+    cfg = load_config(None, [f"data.train={tmp_path / 'train.csv'}", "predict.calibration=temperature"])
+    storage, metas = RunStorage(tmp_path), [{"val_prob_fake": oof_probs[0][np.arange(n) % 4 == k]} for k in range(4)]
+    one = fit_run_calibration(cfg, storage, metas)
+    assert "ensemble" not in one.fit
+    models = {f"prob_fold{k}": test_probs[k] for k in range(4)}
+    pd.DataFrame({"image": [f"t{i}.png" for i in range(n)], **models}).to_csv(tmp_path / TEST_MODELS, index=False)
+    vote = fit_run_calibration(cfg, storage, metas)
+    assert vote.fit["ensemble"]["models"] == 4 and vote.fit["ensemble"]["spread_images"] == n
+    assert vote.temperature < one.temperature / 1.3 and vote.fit["ensemble"]["temperature_one_row"] == one.temperature
+    assert read_calibration(storage, metas) == vote  # what predict, evaluate and serve will use
+    assert vote.pool == "mean_prob"

@@ -77,14 +77,14 @@ def test_run_directory_follows_the_contract(finished_run, tiny_demo):
 
 
 def test_distributed_soft_vote_equals_single_process_vote(finished_run, tiny_demo):
-    """The submission is the calibrated soft vote: sigmoid of the folds' mean logit over the run's temperature
-    (calibration.json), computed here from each fold's checkpoint."""
+    """The submission is the calibrated soft vote: sigmoid of the logit of the folds' mean P(fake) over the run's
+    temperature (calibration.json), computed here from each fold's checkpoint."""
     run_dir, cfg = finished_run
     assert cfg.train.precision == "fp32"  # bf16 results depend slightly on how a batch is split: no tight check
     calibration = json.loads((run_dir / "calibration.json").read_text())
     assert calibration["method"] == "temperature" and calibration["temperature"] == TINY_T
     folds = checkpoint_prob_fake(run_dir, read_test(tiny_demo.test)["path"])
-    expected = expit(logit(folds.astype(np.float64)).mean(0) / TINY_T)
+    expected = expit(logit(folds.astype(np.float64).mean(0)) / TINY_T)
     sub = pd.read_csv(run_dir / "submission.csv")
     atol = 1e-6  # fp32 agrees to 6e-8 here (different batches, memory format and thread count)
     np.testing.assert_allclose(sub["prob_fake"], expected, rtol=0, atol=atol)

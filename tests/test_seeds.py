@@ -26,6 +26,7 @@ SEEDS = [42, 7]
 MODELS = [(42, 0), (42, 1), (7, 0), (7, 1)]  # (seed, fold), in the run's order: seed by seed
 # fp32: probabilities are compared with ones computed here to float rounding. A half CPU per fold task: all four
 # fit on the session's 2 CPUs at once (each trains with one torch thread).
+SEEDS_RUN_EPOCHS = 15  # the shared run's (seeds_run)
 SEED_OVERRIDES = ["train.precision=fp32", "train.seeds=[42,7]", "resources.cpus_per_fold=0.5", "predict.explain=0"]
 
 
@@ -34,10 +35,10 @@ def seeds_run(ray_local, tiny_demo, tmp_path_factory):
     from raydf.pipelines.training import train
 
     run_dir = tmp_path_factory.mktemp("seeds") / "run"
-    # Five epochs: a task's training outlasts the start of the other tasks' workers (Ray starts two at a time on
-    # 2 CPUs, each start several seconds on a loaded machine: with two epochs a CI run saw the fourth task start 7 s
-    # after the first had finished), so the overlap the test sees is the tasks', not luck.
-    overrides = SEED_OVERRIDES + ["train.epochs=5", "train.patience=99"]
+    # SEEDS_RUN_EPOCHS: a task's training must outlast the start of the other tasks' workers. Ray starts at most as many
+    # worker processes at once as the node has CPUs (two here), each several seconds on a loaded machine (importing
+    # torch): CI runs saw the fourth task start 7 s after the first had finished with 2 epochs, 8.6 s with 5.
+    overrides = SEED_OVERRIDES + [f"train.epochs={SEEDS_RUN_EPOCHS}", "train.patience=99"]
     cfg = load_config(None, tiny_overrides(run_dir, tiny_demo) + overrides)
     assert train(cfg) == str(run_dir)
     return run_dir, cfg
@@ -98,7 +99,7 @@ def test_four_fold_tasks_train_at_once_each_with_its_own_files(seeds_run):
         assert (run_dir / "state" / f"{name}.pt").is_file() and (run_dir / "tensorboard" / name).is_dir()
     history = pd.read_csv(run_dir / "history.csv")
     assert sorted(zip(history["seed"], history["fold"], history["epoch"])) == sorted(
-        m + (e,) for m in MODELS for e in range(1, 6)
+        m + (e,) for m in MODELS for e in range(1, SEEDS_RUN_EPOCHS + 1)
     )
     # The two models of a fold share its rows but not their weights.
     w42, w7 = (torch.load(run_dir / f"checkpoints/s{s}_fold0.pt", weights_only=True) for s in SEEDS)
@@ -124,10 +125,17 @@ def test_oof_of_an_image_is_the_mean_of_its_folds_two_models(seeds_run):
 
 
 def test_submission_is_the_mean_of_the_four_models(seeds_run, tiny_demo):
+    from scipy.special import expit, logit
+
     from raydf.pipelines.prediction import load_finished_run
 
     run_dir, _ = seeds_run
-    expected = checkpoint_prob_fake(run_dir, read_test(tiny_demo.test)["path"], names=_names(MODELS)).mean(0)
+    mean = checkpoint_prob_fake(run_dir, read_test(tiny_demo.test)["path"], names=_names(MODELS)).mean(0)
+    # The run's calibrated vote: the logit of that mean over the temperature fitted to the 4-model vote (T = 1, the
+    # plain mean, when the fit fell back)
+    calibration = json.loads((run_dir / "calibration.json").read_text())
+    t = calibration["temperature"] if calibration["method"] == "temperature" else 1.0
+    expected = expit(logit(np.clip(mean.astype(np.float64), 1e-7, 1 - 1e-7)) / t)
     sub = pd.read_csv(run_dir / "submission.csv")
     np.testing.assert_allclose(sub["prob_fake"], expected, rtol=0, atol=1e-6)
     assert expected.std() > 20e-6

@@ -57,9 +57,10 @@ def test_each_face_gets_the_soft_vote_of_the_run(server, tiny_demo):
         body = response.json()
         assert body["calibration"] == "temperature" and body["threshold"] == calibration["threshold"]
         assert body["label"] == ("fake" if body["prob_fake"] > calibration["threshold"] else "real")
-        # The run's calibrated vote of its folds (conftest.finished_run): sigmoid(mean fold logit / T)
-        folds = np.clip(body["prob_fake_folds"], 1e-7, 1 - 1e-7)
-        vote = expit(np.mean(np.log(folds) - np.log1p(-folds)) / calibration["temperature"])
+        # The run's calibrated vote of its folds (conftest.finished_run): sigmoid(logit of the folds' mean / T)
+        folds = np.asarray(body["prob_fake_folds"])
+        mean = np.clip(folds.mean(), 1e-7, 1 - 1e-7)
+        vote = expit((np.log(mean) - np.log1p(-mean)) / calibration["temperature"])
         assert len(folds) == 2 and np.isclose(vote, body["prob_fake"], rtol=0, atol=ATOL)
         width, height = Image.open(path).size
         assert [(f["box"], f["prob_fake"]) for f in body["faces"]] == [([0, 0, width, height], body["prob_fake"])]

@@ -1,10 +1,18 @@
 """Calibrated P(fake) and the decision threshold, fitted on a run's out-of-fold predictions (plain numpy, scipy,
 scikit-learn; no Ray).
 
-The soft vote of a calibrated run is `Calibration.prob`: the models' logits are averaged (the mean of the folds'
-logits), then divided by a temperature (`temperature`) or mapped through an isotonic fit (`isotonic`); `none` keeps
-the mean of the models' probabilities, exactly what raydf computed before calibration existed. Everything works on
-"the list of models' probabilities" (M, N): M = K folds today, K x S with several seeds.
+The soft vote of a calibrated run is `Calibration.prob`: the mean of the models' probabilities (`none`: exactly what
+raydf computed before calibration existed), whose logit is divided by a temperature (`temperature`) or mapped through
+an isotonic fit (`isotonic`). Everything works on "the list of models' probabilities" (M, N): M = K folds, K x S
+with several seeds. (Files fitted before 2026-12-05 pooled the mean of the models' logits; they say so, `pool`,
+and predict as they did. The mean of probabilities scored better on the shared set's test images at every
+temperature: benchmarks/README.md, "Calibration".)
+
+A model's out-of-fold rows show one model (or a fold's S seeds), but the run predicts with the vote of all M: a
+vote is less noisy than one model, so the temperature that calibrates one model over-softens the vote (T = 1.83 for
+one model, 1.09 best for the 2-model vote on the shared set). `temperature` is therefore fitted on simulated votes
+when the spread of the models' logits on images they all predict out of sample is known (the run's test set, no
+label used): `EnsembleSpread`, `simulated_votes`.
 
 A run's `calibration.json` holds the method, its parameters, the threshold and the out-of-fold log loss and ECE
 before and after; `run` ties it to its run (a hash of the models' out-of-fold predictions), `checksum` to its own
@@ -38,11 +46,22 @@ T_RANGE = (0.05, 20.0)  # a fitted temperature outside: the models' scores carry
 EPS = 1e-7  # probabilities are clipped to [EPS, 1 - EPS] before their logit (a softmax can round to 1.0)
 
 
-def models_logit(model_probs: np.ndarray) -> np.ndarray:
-    """The mean over models of each model's logit of P(fake): (M, N) -> (N,). For a 2-class softmax the logit of
-    P(fake) is the difference of the two class logits, so this is the mean of the folds' logits."""
-    p = np.clip(np.asarray(model_probs, dtype=np.float64), EPS, 1 - EPS)
-    return np.mean(np.log(p) - np.log1p(-p), axis=0)
+POOLS = ("mean_prob", "mean_logit")  # how the models' P(fake) make the vote that a calibration acts on
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, EPS, 1 - EPS)
+    return np.log(p) - np.log1p(-p)
+
+
+def models_logit(model_probs: np.ndarray, pool: str = "mean_prob") -> np.ndarray:
+    """The vote's logit, (M, N) models' P(fake) -> (N,): the logit of the mean of their probabilities (`mean_prob`),
+    or the mean of their logits (`mean_logit`: for a 2-class softmax, the mean of the difference of the two class
+    logits; what calibration files made before 2026-12-05 used)."""
+    p = np.asarray(model_probs, dtype=np.float64)
+    if pool == "mean_logit":
+        return np.mean(_logit(p), axis=0)
+    return _logit(p.mean(axis=0))
 
 
 @dataclass(frozen=True)
@@ -50,23 +69,24 @@ class Calibration:
     """A fitted calibration: how the models' probabilities become the run's P(fake), and where `label` cuts it."""
 
     method: str = "none"
-    temperature: float = 1.0  # `temperature`: P = sigmoid(mean logit / T)
-    iso_x: tuple[float, ...] = ()  # `isotonic`: P = interp(sigmoid(mean logit), iso_x, iso_y), clipped at the ends
+    temperature: float = 1.0  # `temperature`: P = sigmoid(vote logit / T)
+    iso_x: tuple[float, ...] = ()  # `isotonic`: P = interp(sigmoid(vote logit), iso_x, iso_y), clipped at the ends
     iso_y: tuple[float, ...] = ()
     threshold: float = 0.5  # label = P(fake) > threshold
     threshold_mode: str = "0.5"
     fallback: Optional[str] = None  # why the asked-for method was not used (then method is none)
     fit: dict = field(default_factory=dict)  # asked method, level, rows, OOF log loss/ECE before and after, seconds
+    pool: str = "mean_prob"  # how the models' P(fake) are pooled into the vote's logit (models_logit)
 
     def prob(self, model_probs: np.ndarray) -> np.ndarray:
         """The soft vote of the models' P(fake) (M, N) -> (N,), calibrated."""
         model_probs = np.asarray(model_probs, dtype=np.float64)
         if self.method == "none":
             return model_probs.mean(axis=0)  # as before calibration existed: the mean of the fold softmaxes
-        return self.from_logit(models_logit(model_probs))
+        return self.from_logit(models_logit(model_probs, self.pool))
 
     def from_logit(self, z: np.ndarray) -> np.ndarray:
-        """Calibrated P(fake) of ensemble logits `z` (the mean of the models' logits)."""
+        """Calibrated P(fake) of vote logits `z` (`models_logit` with this calibration's pool)."""
         z = np.asarray(z, dtype=np.float64)
         if self.method == "temperature":
             return expit(z / self.temperature)
@@ -86,6 +106,7 @@ class Calibration:
     def from_dict(cls, d: dict) -> Calibration:
         d = dict(d)
         d["iso_x"], d["iso_y"] = tuple(d.get("iso_x", ())), tuple(d.get("iso_y", ()))
+        d.setdefault("pool", "mean_logit")  # a file written before the pool was recorded: what it was fitted with
         return cls(**d)
 
 
@@ -152,6 +173,11 @@ class OofData:
     groups: Optional[np.ndarray] = None  # integer codes 0..G-1 per row, or None: every row is its own unit
     aggregate: Optional[Callable[[np.ndarray], np.ndarray]] = None  # row P(fake) -> group P(fake), in code order
     level: str = "image"
+    members: Optional[np.ndarray] = None  # (S, N) P(fake) of the S models behind each row (a fold's seeds); None: one
+
+    def member_logits(self) -> np.ndarray:
+        """(S, N) logits of the models behind each row."""
+        return self.z[None] if self.members is None else _logit(np.asarray(self.members, dtype=np.float64))
 
     def unit_labels(self) -> np.ndarray:
         if self.groups is None:
@@ -170,14 +196,72 @@ class OofData:
         return 1.0 / np.bincount(self.groups)[self.groups]
 
 
+@dataclass(frozen=True)
+class EnsembleSpread:
+    """How much the run's M models disagree where none of them trained: the mean over images of the variance of
+    their logits (an unbiased per-image variance over the M models), measured on `images` unlabelled images."""
+
+    member_var: float
+    models: int
+    images: int
+    source: str = "test set"
+
+    @classmethod
+    def of(cls, model_probs: np.ndarray, source: str = "test set") -> Optional[EnsembleSpread]:
+        """From (M, N) models' P(fake); None with one model or fewer than MIN_ROWS images (no estimate)."""
+        z = _logit(np.asarray(model_probs, dtype=np.float64))
+        if z.shape[0] < 2 or z.shape[1] < MIN_ROWS:
+            return None
+        return cls(float(z.var(axis=0, ddof=1).mean()), int(z.shape[0]), int(z.shape[1]), source)
+
+
+SIM_REPLICATES = 20  # simulated votes per out-of-fold row: the fitted T moves by < 0.01 between seeds at 1,760 rows
+
+
+def simulated_votes(data: OofData, spread: EnsembleSpread, replicates: int = SIM_REPLICATES) -> np.ndarray:
+    """(R, N) logits of the M-model vote each out-of-fold row would have had, simulated from its S real models.
+
+    The Gaussian model of the models' logits: z_m = s + e_m, the image's signal s (class-conditional normal, mean
+    mu_y, variance tau2) and each model's own noise e_m ~ N(0, spread.member_var). A row's S observed logits fix
+    s up to its posterior (normal); the M - S models it lacks are drawn around a draw of s, and the vote pools
+    all M (mean of probabilities). tau2 is the rows' within-class variance less the noise of their S-model mean
+    (at least 5% of it: a test set far noisier than the out-of-fold data would make it negative). Seeded: the
+    same files give the same temperature.
+    """
+    rng = np.random.default_rng(0)
+    observed = data.member_logits()  # (S, N)
+    s_count, n = observed.shape
+    missing = max(spread.models - s_count, 0)
+    row = observed.mean(axis=0)
+    y = data.labels.astype(int)
+    mu = np.where(y == 1, row[y == 1].mean(), row[y == 0].mean())
+    within = float(np.mean([row[y == c].var() for c in (0, 1)]))
+    noise = spread.member_var / s_count  # of the S-model mean
+    tau2 = max(within - noise, 0.05 * within)
+    gain = tau2 / (tau2 + noise)
+    post_mean, post_sd = mu + gain * (row - mu), math.sqrt(gain * noise)
+    votes = np.empty((replicates, n))
+    for r in range(replicates):
+        signal = post_mean + post_sd * rng.standard_normal(n)
+        drawn = signal[None] + math.sqrt(spread.member_var) * rng.standard_normal((missing, n))
+        votes[r] = _logit(expit(np.concatenate([observed, drawn])).mean(axis=0))
+    return votes
+
+
 def fit_calibration(
-    data: OofData, method: str, threshold: str = "0.5", fixed: Optional[Calibration] = None
+    data: OofData,
+    method: str,
+    threshold: str = "0.5",
+    fixed: Optional[Calibration] = None,
+    spread: Optional[EnsembleSpread] = None,
 ) -> Calibration:
     """Fit `method` on the out-of-fold data and choose `threshold` on the calibrated result (`choose_threshold`).
     `fixed`: a calibration to use instead of fitting one (its threshold is still chosen here, and it is scored).
 
     Falls back to `none`, with a warning that names why, for out-of-fold data with one class, fewer than
-    MIN_ROWS rows or video/photos, or a fitted temperature outside T_RANGE.
+    MIN_ROWS rows or video/photos, or a fitted temperature outside T_RANGE. `spread`: the models' disagreement on
+    images none trained on; with it (and more models in the vote than behind a row) `temperature` is fitted on
+    simulated votes (`simulated_votes`), and the fit records the one-model temperature beside it.
     """
     import time
 
@@ -186,6 +270,7 @@ def fit_calibration(
     before = data.unit_prob(expit(data.z))
     fallback = None
     fitted = NONE
+    fit_extra: dict = {}
     if fixed is not None:
         method, fitted = fixed.method, fixed
     elif method != "none":
@@ -195,6 +280,18 @@ def fit_calibration(
             fallback = f"the out-of-fold {data.level}s hold one class only (label {int(y[0])})"
         elif method == "temperature":
             t = fit_temperature(data)
+            ensemble = None
+            if spread is not None and spread.models > data.member_logits().shape[0] and T_RANGE[0] < t < T_RANGE[1]:
+                votes = simulated_votes(data, spread)
+                ensemble = {
+                    "temperature_one_row": t,  # what the out-of-fold rows alone ask for
+                    "member_var": spread.member_var,
+                    "models": spread.models,
+                    "spread_images": spread.images,
+                    "spread_source": spread.source,
+                    "replicates": int(len(votes)),
+                }
+                t = fit_temperature(data, votes)
             if not T_RANGE[0] < t < T_RANGE[1]:
                 fallback = (
                     f"the fitted temperature {t:.4g} is outside {T_RANGE}: the out-of-fold scores carry next to no "
@@ -202,6 +299,8 @@ def fit_calibration(
                 )
             else:
                 fitted = Calibration("temperature", temperature=float(t))
+                if ensemble:
+                    fit_extra["ensemble"] = ensemble
         elif method == "isotonic":
             fitted = fit_isotonic(data)
         else:
@@ -219,6 +318,7 @@ def fit_calibration(
         "oof_after": {"log_loss": log_loss_of(y, after), "ece": expected_calibration_error(y, after)},
         "oof_accuracy_at_threshold": float(((after > cut).astype(int) == y).mean()),
         "oof_accuracy_at_0.5": float(((after > 0.5).astype(int) == y).mean()),
+        **fit_extra,
     }
     fit["seconds"] = time.perf_counter() - t0
     return Calibration(
@@ -230,16 +330,20 @@ def fit_calibration(
         threshold_mode=threshold,
         fallback=fallback,
         fit=fit,
+        pool=fitted.pool,  # a fixed calibration keeps its own
     )
 
 
-def fit_temperature(data: OofData) -> float:
+def fit_temperature(data: OofData, votes: Optional[np.ndarray] = None) -> float:
     """The temperature T minimising the out-of-fold log loss of sigmoid(z / T) (per video/photo after aggregating
-    its faces when the data has groups): scipy's bounded scalar search over log T in [1e-3, 1e3]."""
+    its faces when the data has groups): scipy's bounded scalar search over log T in [1e-3, 1e3]. `votes`: (R, N)
+    simulated vote logits of the rows (`simulated_votes`) to fit on instead of the rows' own, all R scored."""
     y = data.unit_labels()
+    zs = data.z[None] if votes is None else votes
 
     def loss(log_t: float) -> float:
-        return log_loss_of(y, data.unit_prob(expit(data.z / math.exp(log_t))))
+        t = math.exp(log_t)
+        return float(np.mean([log_loss_of(y, data.unit_prob(expit(z / t))) for z in zs]))
 
     res = minimize_scalar(loss, bounds=(math.log(1e-3), math.log(1e3)), method="bounded", options={"xatol": 1e-5})
     return float(math.exp(res.x))

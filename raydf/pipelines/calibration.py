@@ -18,6 +18,7 @@ from raydf.inference.calibration import (
     CALIBRATION_FILE,
     NONE,
     Calibration,
+    EnsembleSpread,
     OofData,
     calibration_json,
     fit_calibration,
@@ -63,7 +64,7 @@ def _group_aggregate(codes: np.ndarray, how: str):
 
 def oof_models(oof: pd.DataFrame) -> np.ndarray:
     """The out-of-fold P(fake) per model, (M, N): a multi-seed run's rows are each the ensemble of their fold's S
-    models (oof.csv's `prob_fake_s{seed}`), so the fit sees the same mean of logits as the soft vote; else (1, N)."""
+    models (oof.csv's `prob_fake_s{seed}`), pooled as the soft vote pools; else (1, N)."""
     per_seed = [c for c in oof.columns if c.startswith("prob_fake_s") and c[len("prob_fake_s") :].lstrip("-").isdigit()]
     return oof[per_seed].to_numpy().T if per_seed else oof["prob_fake"].to_numpy()[None]
 
@@ -73,7 +74,8 @@ def oof_data(cfg: Config, storage: RunStorage) -> OofData:
     source from the training manifest), else per image; with one class only, the self-blended validation fakes of
     data.synthetic_fakes=only (oof_blended.csv) beside the reals, when the run has them."""
     oof = read_csv(storage, "oof.csv").dropna(subset=["prob_fake"])
-    z = models_logit(oof_models(oof))
+    members = oof_models(oof)
+    z = models_logit(members)
     labels = oof["label"].to_numpy().astype(int)
     if len(np.unique(labels)) == 1 and storage.exists(OOF_BLENDED):
         blended = read_csv(storage, OOF_BLENDED)
@@ -91,8 +93,10 @@ def oof_data(cfg: Config, storage: RunStorage) -> OofData:
         manifest, _ = read_manifest(train_spec)
         source = oof["path"].map(dict(zip(manifest["path"], manifest["source"])))
         codes, _ = pd.factorize(source)  # first appearance: oof_sources.csv's order
-        return OofData(z, labels, codes, _group_aggregate(codes, cfg.predict.aggregate), level="video/photo")
-    return OofData(z, labels)
+        return OofData(
+            z, labels, codes, _group_aggregate(codes, cfg.predict.aggregate), level="video/photo", members=members
+        )
+    return OofData(z, labels, members=members)
 
 
 def write_calibrated_oof(storage: RunStorage, cal: Calibration, data: OofData) -> None:
@@ -113,13 +117,32 @@ def fit_run_calibration(
 ) -> Calibration:
     """Fit predict.calibration and predict.threshold on the run's out-of-fold files; write calibration.json and the
     calibrated OOF P(fake) beside the uncalibrated one (oof.csv, oof_sources.csv: `prob_fake_calibrated`).
-    `fixed`: a calibration to use instead of fitting one (the threshold is still chosen on the OOF data)."""
+    `fixed`: a calibration to use instead of fitting one (the threshold is still chosen on the OOF data).
+
+    With test_models.csv (the run predicted its test set) the models' disagreement there makes `temperature` fit
+    the vote of all the run's models, not one model (`EnsembleSpread`; no test label is read)."""
     t0 = time.perf_counter()
     data = oof_data(cfg, storage)
-    cal = fit_calibration(data, cfg.predict.calibration, cfg.predict.threshold, fixed)
+    cal = fit_calibration(data, cfg.predict.calibration, cfg.predict.threshold, fixed, test_spread(storage))
     storage.write_text(CALIBRATION_FILE, calibration_json(cal, fingerprint(metas)))
     write_calibrated_oof(storage, cal, data)
     fit = cal.fit
+    if cal.method == "temperature" and not cfg.data.test and fixed is None:
+        log.info(
+            "calibration: no test set, so no measure of how the models disagree: T is fitted on the out-of-fold rows "
+            "(one model each), and may over-soften the vote of all the models (README: Calibrated probabilities)"
+        )
+    if "ensemble" in fit:
+        e = fit["ensemble"]
+        log.info(
+            "calibration: the %d models' vote, simulated from their spread on %d test images (logit variance %.3f): "
+            "T=%.3f (one model's rows alone: T=%.3f)",
+            e["models"],
+            e["spread_images"],
+            e["member_var"],
+            cal.temperature,
+            e["temperature_one_row"],
+        )
     log.info(
         "calibration %s%s on %d out-of-fold %ss: log loss %.4f -> %.4f, ECE %.4f -> %.4f; threshold %s = %.4f (%.2fs)",
         cal.method,
@@ -135,6 +158,13 @@ def fit_run_calibration(
         time.perf_counter() - t0,
     )
     return cal
+
+
+def test_spread(storage: RunStorage) -> Optional[EnsembleSpread]:
+    """The run's models' disagreement on its test set (test_models.csv), or None without one."""
+    if not storage.exists(TEST_MODELS):
+        return None
+    return EnsembleSpread.of(model_probs(read_csv(storage, TEST_MODELS)), source=TEST_MODELS)
 
 
 def calibration_summary(cal: Calibration) -> dict:

@@ -258,10 +258,14 @@ def _run(
         if start is not None:
             summary["start_weights"] = {"source": start.source, "summary": start.summary()}
         calibration = _calibrate(cfg, storage, infos, timings)
-        summary.update(calibration_summary(calibration))
+        test_summary = {}
         if test_df is not None:
             prior = float(table["label"].mean())  # P(fake) of an unreadable test image
-            summary.update(_predict_test(cfg, storage, test_df, weight_refs, test_bad, prior, timings, calibration))
+            test_summary, calibration = _predict_test(
+                cfg, storage, test_df, weight_refs, test_bad, prior, timings, calibration, infos
+            )
+        summary.update(calibration_summary(calibration))
+        summary.update(test_summary)
     summary["bad_inputs"] = n_bad
     timings["driver_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     plan = inputs.plan
@@ -437,6 +441,20 @@ def _calibrate(cfg: Config, storage: RunStorage, infos: list[dict], timings: dic
     return calibration
 
 
+def _fit_to_the_vote(
+    cfg: Config, storage: RunStorage, infos: list[dict], calibration: Calibration, timings: dict
+) -> Calibration:
+    """Once test_models.csv exists: the temperature fitted again for the vote of all the run's models, from their
+    spread on the test set (`fit_run_calibration`), unless it already was, or the run's calibration is not a fitted
+    temperature (none, isotonic, a fallback)."""
+    if calibration.method != "temperature" or "ensemble" in calibration.fit or not storage.exists(TEST_MODELS):
+        return calibration
+    t0 = time.time()
+    calibration = fit_run_calibration(cfg, storage, infos)
+    timings["calibration_seconds"] = timings.get("calibration_seconds", 0.0) + time.time() - t0
+    return calibration
+
+
 def _predict_test(
     cfg: Config,
     storage: RunStorage,
@@ -445,11 +463,13 @@ def _predict_test(
     test_bad: Collection[int],
     prior: float,
     timings: dict,
-    calibration: Calibration = NONE,
-) -> dict:
+    calibration: Calibration,
+    infos: list[dict],
+) -> tuple[dict, Calibration]:
     """submission.csv by the distributed soft vote (kept as it is when a resumed run already has it), and the
     summary's test metrics (`test`; with a faces manifest as the test set also `test_faces`, and submission.csv
-    then has one row per video/photo, submission_faces.csv one per face).
+    then has one row per video/photo, submission_faces.csv one per face); and the calibration, fitted to the whole
+    vote once the test set's per-model P(fake) are known (`_fit_to_the_vote`).
 
     Unreadable test rows are never dropped: they get `prior` and a flag. Test metrics score the submission
     as written (those rows count with the prior).
@@ -458,7 +478,8 @@ def _predict_test(
     faces = read_manifest(test_spec) if is_face_manifest(test_spec) else None
     if cfg.resume and storage.exists("submission.csv") and storage.exists(TEST_MODELS):
         log.info("submission.csv exists: not predicted again")
-        return rewrite_test_outputs(cfg, storage, calibration)
+        calibration = _fit_to_the_vote(cfg, storage, infos, calibration, timings)
+        return rewrite_test_outputs(cfg, storage, calibration), calibration
     if cfg.resume and storage.exists("submission.csv"):  # written before calibration existed
         log.info("submission.csv exists: not predicted again")
         sub = read_csv(storage, "submission.csv")
@@ -478,16 +499,20 @@ def _predict_test(
                 f"predicting the test set failed: {user}\nThe fold checkpoints are saved: once "
                 f"fixed, run python -m raydf.train resume={cfg.run_dir}"
             ) from e
-        names = faces[0]["source"].to_numpy()[_readable_rows(test_df, test_bad)] if faces is not None else None
-        explain_paths(cfg, weight_refs, readable, pred["prob_fake"].to_numpy(), storage, EXPLAIN_DIR, names=names)
         write_test_models(storage, readable, pred)
-        uncalibrated = model_probs(pred).mean(0)  # the soft vote as before calibration: the report's "before"
-        timings["inference_seconds"] = time.time() - t0
+        t_fit = time.time()
+        calibration = _fit_to_the_vote(cfg, storage, infos, calibration, timings)
+        fit_s = time.time() - t_fit  # counted in calibration_seconds
+        models = model_probs(pred)
+        prob = calibration.prob(models)
+        names = faces[0]["source"].to_numpy()[_readable_rows(test_df, test_bad)] if faces is not None else None
+        explain_paths(cfg, weight_refs, readable, prob, storage, EXPLAIN_DIR, names=names)
+        timings["inference_seconds"] = time.time() - t0 - fit_s
         log.info("soft vote over %d test images in %.1fs", len(readable), timings["inference_seconds"])
-        return _write_test_outputs(
-            cfg, storage, test_df, faces, pred["prob_fake"].to_numpy(), uncalibrated, test_bad, prior, calibration
-        )
-    return _test_metrics(storage, test_df, faces, sub, face_sub, None, calibration)
+        uncalibrated = models.mean(0)  # the soft vote as before calibration: the report's "before"
+        outputs = _write_test_outputs(cfg, storage, test_df, faces, prob, uncalibrated, test_bad, prior, calibration)
+        return outputs, calibration
+    return _test_metrics(storage, test_df, faces, sub, face_sub, None, calibration), calibration
 
 
 def _readable_rows(test_df: pd.DataFrame, test_bad: Collection[int]) -> np.ndarray:

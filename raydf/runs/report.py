@@ -206,6 +206,15 @@ def _calibration_section(run: RunFiles) -> list[str]:
     ]
     if c.get("fallback"):
         lines += ["", f"Not fitted: {c['fallback']}; the soft vote is the mean of the folds' P(fake)."]
+    if "ensemble" in c:
+        e = c["ensemble"]
+        lines += [
+            "",
+            f"T is fitted to the vote of all {e['models']} models, simulated for every out-of-fold row from their "
+            f"spread on {e['spread_images']} test images (logit variance {e['member_var']:.3f}; no label read): one "
+            f"model's out-of-fold rows alone would ask for T = {e['temperature_one_row']:.4f}. The out-of-fold table "
+            "below scores single models' rows at the vote's T.",
+        ]
     if "oof_before" in c:
         b, a = c["oof_before"], c["oof_after"]
         lines += [
