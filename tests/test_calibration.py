@@ -40,12 +40,14 @@ def test_temperature_recovers_an_overconfident_ensembles_factor_and_lowers_its_l
     assert cal.temperature == pytest.approx(5.0, rel=0.1)
     before, after = cal.fit["oof_before"], cal.fit["oof_after"]
     assert after["log_loss"] < before["log_loss"] - 0.1 and after["ece"] < before["ece"] / 3
-    # Applied to the models' probabilities: sigmoid of the logit of their mean over T (P clipped to [1e-7, 1 - 1e-7]:
-    # a float32 softmax rounds to 1.0 from logit 17 on).
-    clipped = np.clip(probs.mean(0), 1e-7, 1 - 1e-7)
-    np.testing.assert_allclose(cal.prob(probs), expit(logit(clipped) / cal.temperature), atol=1e-12)
-    # T = 1 is the uncalibrated vote, the plain mean of the models' probabilities
-    np.testing.assert_allclose(Calibration("temperature", temperature=1.0).prob(probs), clipped, atol=1e-12)
+    # Applied to the models' probabilities: with no measure of the models' spread, sigmoid of the mean of their logits
+    # over T (P clipped to [1e-7, 1 - 1e-7]: a float32 softmax rounds to 1.0 from logit 17 on).
+    assert cal.pool == "mean_logit"
+    clipped = np.clip(probs, 1e-7, 1 - 1e-7)
+    np.testing.assert_allclose(cal.prob(probs), expit(logit(clipped).mean(0) / cal.temperature), atol=1e-12)
+    # A vote of probabilities (a fit with the spread): T = 1 is the uncalibrated vote, the plain mean
+    vote = np.clip(probs.mean(0), 1e-7, 1 - 1e-7)
+    np.testing.assert_allclose(Calibration("temperature", temperature=1.0).prob(probs), vote, atol=1e-12)
     assert (
         classification_metrics(labels, cal.prob(probs))["log_loss"]
         < classification_metrics(labels, probs.mean(0))["log_loss"]
@@ -248,4 +250,4 @@ def test_a_run_fits_its_vote_once_its_test_set_is_predicted(tmp_path):
     assert vote.fit["ensemble"]["models"] == 4 and vote.fit["ensemble"]["spread_images"] == n
     assert vote.temperature < one.temperature / 1.3 and vote.fit["ensemble"]["temperature_one_row"] == one.temperature
     assert read_calibration(storage, metas) == vote  # what predict, evaluate and serve will use
-    assert vote.pool == "mean_prob"
+    assert (one.pool, vote.pool) == ("mean_logit", "mean_prob")

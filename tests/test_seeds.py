@@ -135,6 +135,7 @@ def test_submission_is_the_mean_of_the_four_models(seeds_run, tiny_demo):
     # plain mean, when the fit fell back)
     calibration = json.loads((run_dir / "calibration.json").read_text())
     t = calibration["temperature"] if calibration["method"] == "temperature" else 1.0
+    assert calibration["pool"] == "mean_prob"  # the run has a test set: the models' spread is measured there
     expected = expit(logit(np.clip(mean.astype(np.float64), 1e-7, 1 - 1e-7)) / t)
     sub = pd.read_csv(run_dir / "submission.csv")
     np.testing.assert_allclose(sub["prob_fake"], expected, rtol=0, atol=1e-6)

@@ -173,6 +173,7 @@ def calibration_summary(cal: Calibration) -> dict:
         "calibration": {
             "method": cal.method,
             **({"temperature": cal.temperature} if cal.method == "temperature" else {}),
+            **({"pool": cal.pool} if cal.method != "none" else {}),
             "fallback": cal.fallback,
             **{k: v for k, v in cal.fit.items() if k not in ("oof_accuracy_at_threshold", "oof_accuracy_at_0.5")},
         },

@@ -196,6 +196,9 @@ def _calibration_section(run: RunFiles) -> list[str]:
         return []
     c, t = s["calibration"], s.get("threshold", {})
     how = c["method"] + (f" (T = {c['temperature']:.4f})" if "temperature" in c else "")
+    how += {"mean_prob": " on the mean of the models' P(fake)", "mean_logit": " on the mean of the models' logits"}.get(
+        c.get("pool"), ""
+    )
     lines = [
         "",
         "## Calibration and threshold",
