@@ -92,10 +92,9 @@ def shared_figures(run_dir: Path, work: Path) -> dict:
 def _test_probs(run_dir: Path):
     from raydf.pipelines.calibration import model_probs
 
-    probs = model_probs(pd.read_csv(run_dir / "test_models.csv"))
+    models = pd.read_csv(run_dir / "test_models.csv")
     truth = pd.read_csv(run_dir / "test_labels.csv").set_index("image")["label"]
-    images = pd.read_csv(run_dir / "test_models.csv")["image"]
-    return probs, truth.loc[images].to_numpy()
+    return model_probs(models), truth.loc[models["image"]].to_numpy()
 
 
 def _vote_variants(run_dir: Path, s: dict) -> dict:

@@ -47,9 +47,6 @@ T_RANGE = (0.05, 20.0)  # a fitted temperature outside: the models' scores carry
 EPS = 1e-7  # probabilities are clipped to [EPS, 1 - EPS] before their logit (a softmax can round to 1.0)
 
 
-POOLS = ("mean_prob", "mean_logit")  # how the models' P(fake) make the vote that a calibration acts on
-
-
 def _logit(p: np.ndarray) -> np.ndarray:
     p = np.clip(p, EPS, 1 - EPS)
     return np.log(p) - np.log1p(-p)
@@ -287,32 +284,15 @@ def fit_calibration(
         elif len(np.unique(y)) < 2:
             fallback = f"the out-of-fold {data.level}s hold one class only (label {int(y[0])})"
         elif method == "temperature":
-            ensemble, pool = None, "mean_prob"
-            if spread is not None and spread.models > data.member_logits().shape[0]:
-                t = fit_temperature(data)
-            else:  # no measure of the models' spread: one T for the mean of logits, the rows as they are
-                pool = "mean_logit"
-                t = fit_temperature(replace(data, z=data.pooled(pool)))
-            if pool == "mean_prob" and T_RANGE[0] < t < T_RANGE[1]:
-                votes = simulated_votes(data, spread)
-                ensemble = {
-                    "temperature_one_row": t,  # what the out-of-fold rows alone ask for
-                    "member_var": spread.member_var,
-                    "models": spread.models,
-                    "spread_images": spread.images,
-                    "spread_source": spread.source,
-                    "replicates": int(len(votes)),
-                }
-                t = fit_temperature(data, votes)
+            t, pool, fit_extra = _vote_temperature(data, spread)
             if not T_RANGE[0] < t < T_RANGE[1]:
                 fallback = (
                     f"the fitted temperature {t:.4g} is outside {T_RANGE}: the out-of-fold scores carry next to no "
                     f"signal (an untrained or diverged model?)"
                 )
+                fit_extra = {}
             else:
                 fitted = Calibration("temperature", temperature=float(t), pool=pool)
-                if ensemble:
-                    fit_extra["ensemble"] = ensemble
         elif method == "isotonic":
             fitted = fit_isotonic(data)
         else:
@@ -344,6 +324,25 @@ def fit_calibration(
         fit=fit,
         pool=fitted.pool,  # a fixed calibration keeps its own
     )
+
+
+def _vote_temperature(data: OofData, spread: Optional[EnsembleSpread]) -> tuple[float, str, dict]:
+    """`temperature`'s T, the pool it acts on, and the fit's record of the vote simulation ({} without one)."""
+    if spread is None or spread.models <= data.member_logits().shape[0]:  # no spread: the rows as they are
+        return fit_temperature(replace(data, z=data.pooled("mean_logit"))), "mean_logit", {}
+    one = fit_temperature(data)  # what the out-of-fold rows alone ask for
+    if not T_RANGE[0] < one < T_RANGE[1]:
+        return one, "mean_prob", {}
+    votes = simulated_votes(data, spread)
+    record = {
+        "temperature_one_row": one,
+        "member_var": spread.member_var,
+        "models": spread.models,
+        "spread_images": spread.images,
+        "spread_source": spread.source,
+        "replicates": int(len(votes)),
+    }
+    return fit_temperature(data, votes), "mean_prob", {"ensemble": record}
 
 
 def fit_temperature(data: OofData, votes: Optional[np.ndarray] = None) -> float:

@@ -123,7 +123,7 @@ def fit_run_calibration(
     the vote of all the run's models, not one model (`EnsembleSpread`; no test label is read)."""
     t0 = time.perf_counter()
     data = oof_data(cfg, storage)
-    cal = fit_calibration(data, cfg.predict.calibration, cfg.predict.threshold, fixed, test_spread(storage))
+    cal = fit_calibration(data, cfg.predict.calibration, cfg.predict.threshold, fixed, spread_on_test_set(storage))
     storage.write_text(CALIBRATION_FILE, calibration_json(cal, fingerprint(metas)))
     write_calibrated_oof(storage, cal, data)
     fit = cal.fit
@@ -160,7 +160,7 @@ def fit_run_calibration(
     return cal
 
 
-def test_spread(storage: RunStorage) -> Optional[EnsembleSpread]:
+def spread_on_test_set(storage: RunStorage) -> Optional[EnsembleSpread]:
     """The run's models' disagreement on its test set (test_models.csv), or None without one."""
     if not storage.exists(TEST_MODELS):
         return None

@@ -257,13 +257,13 @@ def _run(
         summary = _summarize(cfg, storage, table, folds, infos)
         if start is not None:
             summary["start_weights"] = {"source": start.source, "summary": start.summary()}
-        calibration = _calibrate(cfg, storage, infos, timings)
-        test_summary = {}
-        if test_df is not None:
+        if test_df is not None:  # calibrated there, once the models' P(fake) of the test set are known
             prior = float(table["label"].mean())  # P(fake) of an unreadable test image
             test_summary, calibration = _predict_test(
-                cfg, storage, test_df, weight_refs, test_bad, prior, timings, calibration, infos
+                cfg, storage, test_df, weight_refs, test_bad, prior, timings, infos
             )
+        else:
+            test_summary, calibration = {}, _calibrate(cfg, storage, infos, timings)
         summary.update(calibration_summary(calibration))
         summary.update(test_summary)
     summary["bad_inputs"] = n_bad
@@ -426,8 +426,9 @@ def _summarize(cfg: Config, storage: RunStorage, table: pd.DataFrame, folds: np.
 
 
 def _calibrate(cfg: Config, storage: RunStorage, infos: list[dict], timings: dict) -> Calibration:
-    """The run's calibration: fitted on its out-of-fold files (calibration.json), or, for a resumed run that has one
-    fitted on these folds already, read back (its submission may have been written with it)."""
+    """The run's calibration: fitted on its out-of-fold files (calibration.json; with test_models.csv, to the vote
+    of all its models), or, for a resumed run that has one fitted on these folds already, read back (its submission
+    may have been written with it)."""
     t0 = time.time()
     if cfg.resume and storage.exists(CALIBRATION_FILE):
         try:
@@ -441,20 +442,6 @@ def _calibrate(cfg: Config, storage: RunStorage, infos: list[dict], timings: dic
     return calibration
 
 
-def _fit_to_the_vote(
-    cfg: Config, storage: RunStorage, infos: list[dict], calibration: Calibration, timings: dict
-) -> Calibration:
-    """Once test_models.csv exists: the temperature fitted again for the vote of all the run's models, from their
-    spread on the test set (`fit_run_calibration`), unless it already was, or the run's calibration is not a fitted
-    temperature (none, isotonic, a fallback)."""
-    if calibration.method != "temperature" or "ensemble" in calibration.fit or not storage.exists(TEST_MODELS):
-        return calibration
-    t0 = time.time()
-    calibration = fit_run_calibration(cfg, storage, infos)
-    timings["calibration_seconds"] = timings.get("calibration_seconds", 0.0) + time.time() - t0
-    return calibration
-
-
 def _predict_test(
     cfg: Config,
     storage: RunStorage,
@@ -463,13 +450,13 @@ def _predict_test(
     test_bad: Collection[int],
     prior: float,
     timings: dict,
-    calibration: Calibration,
     infos: list[dict],
 ) -> tuple[dict, Calibration]:
     """submission.csv by the distributed soft vote (kept as it is when a resumed run already has it), and the
     summary's test metrics (`test`; with a faces manifest as the test set also `test_faces`, and submission.csv
-    then has one row per video/photo, submission_faces.csv one per face); and the calibration, fitted to the whole
-    vote once the test set's per-model P(fake) are known (`_fit_to_the_vote`).
+    then has one row per video/photo, submission_faces.csv one per face); and the run's calibration (`_calibrate`),
+    fitted once each model's P(fake) of the test set is in test_models.csv: the models' spread there fits T to
+    their vote.
 
     Unreadable test rows are never dropped: they get `prior` and a flag. Test metrics score the submission
     as written (those rows count with the prior).
@@ -478,10 +465,11 @@ def _predict_test(
     faces = read_manifest(test_spec) if is_face_manifest(test_spec) else None
     if cfg.resume and storage.exists("submission.csv") and storage.exists(TEST_MODELS):
         log.info("submission.csv exists: not predicted again")
-        calibration = _fit_to_the_vote(cfg, storage, infos, calibration, timings)
+        calibration = _calibrate(cfg, storage, infos, timings)
         return rewrite_test_outputs(cfg, storage, calibration), calibration
     if cfg.resume and storage.exists("submission.csv"):  # written before calibration existed
         log.info("submission.csv exists: not predicted again")
+        calibration = _calibrate(cfg, storage, infos, timings)
         sub = read_csv(storage, "submission.csv")
         face_sub = read_csv(storage, FACE_SUBMISSION) if faces is not None else sub
         uncalibrated = None
@@ -490,7 +478,7 @@ def _predict_test(
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 and cfg.resources.gpus_per_fold != 0 else 0.0
         readable = _readable(test_df, test_bad)
         try:
-            pred = predict_paths(cfg, readable, weight_refs, gpus, calibration=calibration)
+            pred = predict_paths(cfg, readable, weight_refs, gpus)  # each model's P(fake): calibrated below
         except Exception as e:  # a test file changed since the pre-flight: say so, and how to go on
             user = find_user_error(e)
             if user is None:
@@ -501,7 +489,7 @@ def _predict_test(
             ) from e
         write_test_models(storage, readable, pred)
         t_fit = time.time()
-        calibration = _fit_to_the_vote(cfg, storage, infos, calibration, timings)
+        calibration = _calibrate(cfg, storage, infos, timings)
         fit_s = time.time() - t_fit  # counted in calibration_seconds
         models = model_probs(pred)
         prob = calibration.prob(models)
