@@ -30,10 +30,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Optional, Sequence
 
 import numpy as np
-from scipy.optimize import minimize_scalar
 from scipy.special import expit
-from sklearn.isotonic import IsotonicRegression
-from sklearn.metrics import roc_curve
 
 from raydf.errors import ConfigError
 from raydf.training.metrics import expected_calibration_error, log_loss_of
@@ -356,6 +353,8 @@ def fit_temperature(data: OofData, votes: Optional[np.ndarray] = None) -> float:
         t = math.exp(log_t)
         return float(np.mean([log_loss_of(y, data.unit_prob(expit(z / t))) for z in zs]))
 
+    from scipy.optimize import minimize_scalar  # here: applying a calibration (actors, replicas) needs none of these
+
     res = minimize_scalar(loss, bounds=(math.log(1e-3), math.log(1e3)), method="bounded", options={"xatol": 1e-5})
     return float(math.exp(res.x))
 
@@ -363,6 +362,8 @@ def fit_temperature(data: OofData, votes: Optional[np.ndarray] = None) -> float:
 def fit_isotonic(data: OofData) -> Calibration:
     """scikit-learn's IsotonicRegression of the label on sigmoid(z) (each video/photo weighing one when the data has
     groups: its faces share its label), kept as its interpolation table."""
+    from sklearn.isotonic import IsotonicRegression
+
     iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
     iso.fit(expit(data.z), data.labels.astype(float), sample_weight=data.weights())
     return Calibration(
@@ -387,6 +388,8 @@ def choose_threshold(labels: np.ndarray, prob: np.ndarray, mode: str) -> float:
     if len(np.unique(labels)) < 2:
         log.warning("predict.threshold=%s: the out-of-fold data hold one class only; using 0.5", mode)
         return 0.5
+    from sklearn.metrics import roc_curve
+
     fpr, tpr, thr = roc_curve(labels, prob, drop_intermediate=False)
     if mode == "eer":
         i = int(np.argmin(np.abs((1 - tpr) - fpr)))
