@@ -174,12 +174,23 @@ def test_impossible_gpu_request_is_refused(ray_local, tiny_demo, tmp_path):
         fold_resources(cfg)
 
 
-def test_predict_reproduces_the_submission(finished_run, tiny_demo, tmp_path):
+@pytest.mark.parametrize("vote", ["one task", "actor pool"])
+def test_predict_reproduces_the_submission(finished_run, tiny_demo, tmp_path, monkeypatch, caplog, vote):
+    """Both ways the soft vote runs give the run's submission: one Ray task for a small set (the tiny test set's 32
+    images, as the run voted them), a Ray Data actor pool above raydf.distributed.inference.SMALL_SET images."""
+    from raydf.distributed import inference
     from raydf.pipelines.prediction import predict
 
+    if vote == "actor pool":
+        monkeypatch.setattr(inference, "SMALL_SET", 0)
     run_dir, _ = finished_run
-    out = predict(str(run_dir), str(tiny_demo.test), str(tmp_path / "pred.csv"))
-    pd.testing.assert_frame_equal(pd.read_csv(out), pd.read_csv(run_dir / "submission.csv"))
+    with caplog.at_level("INFO", logger="raydf.distributed.inference"):
+        out = predict(str(run_dir), str(tiny_demo.test), str(tmp_path / "pred.csv"))
+    said = " ".join(r.getMessage() for r in caplog.records if r.name == "raydf.distributed.inference")
+    assert ("in one task" in said) == (vote == "one task") and ("actor(s)" in said) == (vote == "actor pool"), said
+    predicted, submission = pd.read_csv(out), pd.read_csv(run_dir / "submission.csv")
+    pd.testing.assert_frame_equal(predicted[["image", "label"]], submission[["image", "label"]])
+    np.testing.assert_allclose(predicted["prob_fake"], submission["prob_fake"], rtol=0, atol=1e-6)
 
 
 def test_predict_with_flip_tta_changes_the_probabilities_and_stays_a_valid_submission(

@@ -21,12 +21,21 @@ from raydf.runs.storage import RunStorage
 from raydf.training.fold_state import FoldStateStore
 
 # A driver whose pipeline steps announce themselves on stderr ("PHASE name"); with PAUSE_AT=name it also waits
-# there, so a signal is sure to land inside that step. The soft vote is not paused: the signal lands in the
-# real inference (its actor takes seconds to start).
+# there, so a signal is sure to land inside that step. The soft vote is paused inside Ray: a test set this small is
+# voted in one Ray task (raydf.distributed.inference.SMALL_SET) that takes a second, and with PAUSE_AT=vote that
+# task sleeps first, so the signal lands while the driver waits for it.
 DRIVER = textwrap.dedent("""
     import os, sys, time
+    import ray
+    import raydf.distributed.inference as inference
     import raydf.pipelines.training as pipeline
     import raydf.runs.run_dir as run_dir
+
+    if os.environ.get("PAUSE_AT") == "vote":
+        @ray.remote
+        def sleeping_vote(*args):
+            time.sleep(120)
+        inference._vote_task = sleeping_vote
 
     def announce(name, fn, pause):
         def step(*args, **kwargs):
@@ -66,7 +75,7 @@ def _run_until(
             else:
                 reached = wait_for(lambda: f"PHASE {phase}" in log.read_text(), timeout=240)
                 if phase == "vote":
-                    time.sleep(2)  # into the soft vote's actor start and inference
+                    time.sleep(2)  # the driver is waiting for the vote's task
             assert reached, f"the driver never reached {phase}:\n{log.read_text()[-3000:]}"
             driver.send_signal(sig)
             if second_sig is not None:  # a second signal during the clean shutdown ends it at once

@@ -20,6 +20,9 @@ from raydf.models.normalization import IMAGENET, Normalization
 
 log = logging.getLogger(__name__)
 
+# Up to this many images the soft vote runs in one Ray task, not a Ray Data actor pool (see soft_vote_predict).
+SMALL_SET = 256
+
 
 class SoftVotePredictor:
     """Callable class for `map_batches`: K models loaded once per actor; each batch of paths is decoded once
@@ -81,10 +84,13 @@ def soft_vote_predict(
     columns row, prob_fake, prob_fold{k}.
 
     Decoding and the models run in `actors` actors (default: one per GPU; without GPUs one per node, holding all
-    the CPUs of the smallest node, since the fold tasks are done by then and torch spreads a batch over them).
+    the CPUs of the smallest node, since the fold tasks are done by then and torch spreads a batch over them). A set
+    of at most `SMALL_SET` images with `actors` left at 0 (or 1) is voted by one Ray task with one actor's
+    resources instead: starting Ray Data's actor pool costs seconds more than voting so few (a new process that
+    imports torch, and the pool's own start), while a task reuses an idle worker of the fold tasks.
     `tta` adds the horizontally flipped images; `on_rows(n)` is called on the driver as n more rows are done.
     """
-    cpus_per_actor = 1
+    cpus_per_actor, predict_actors = 1, actors
     if gpus_per_actor > 0:
         if actors <= 0:
             actors = max(1, int(ray.cluster_resources().get("GPU", 0) // gpus_per_actor))
@@ -95,6 +101,20 @@ def soft_vote_predict(
         # hands every queued block to the first actor that is ready); one actor per node with all its cores does not.
         cpus_per_actor = max(1, min(min(node_cpus), min(node_cpus) * len(node_cpus) // actors))
     frame = pd.DataFrame({"row": np.arange(len(paths)), "path": [str(p) for p in paths]})
+    predictor_kwargs = {
+        "weight_refs": list(weight_refs),
+        "dropout": dropout,
+        "model": model,
+        "norm": norm,
+        "crop": crop,
+        "resize": resize,
+        "precision": precision,
+        "tta": tta,
+        "threads": cpus_per_actor,
+        "calibration": calibration,
+    }
+    if len(frame) <= SMALL_SET and predict_actors <= 1:
+        return _vote_in_one_task(frame, predictor_kwargs, batch_size, gpus_per_actor, actor_restarts, on_rows)
     # At least two blocks per actor, so every actor gets work (Ray Data hands out whole blocks).
     n_blocks = max(1, min(len(frame), max(2 * actors, -(-len(frame) // batch_size))))
     bounds = np.linspace(0, len(frame), n_blocks + 1).astype(int)
@@ -118,18 +138,7 @@ def soft_vote_predict(
         ds = ds.map_batches(
             SoftVotePredictor,
             batch_size=batch_size,
-            fn_constructor_kwargs={
-                "weight_refs": list(weight_refs),
-                "dropout": dropout,
-                "model": model,
-                "norm": norm,
-                "crop": crop,
-                "resize": resize,
-                "precision": precision,
-                "tta": tta,
-                "threads": cpus_per_actor,
-                "calibration": calibration,
-            },
+            fn_constructor_kwargs=predictor_kwargs,
             compute=ray.data.ActorPoolStrategy(size=actors),
             num_gpus=gpus_per_actor,
             num_cpus=cpus_per_actor,
@@ -150,3 +159,40 @@ def soft_vote_predict(
         if on_rows:
             on_rows(len(part))
     return pd.concat(parts).sort_values("row").reset_index(drop=True)
+
+
+@ray.remote
+def _vote_task(frame: pd.DataFrame, predictor_kwargs: dict, batch_size: int) -> pd.DataFrame:
+    """The soft vote of a small set in one task: the actor pool's predictor, batch by batch."""
+    predictor = SoftVotePredictor(**predictor_kwargs)
+    parts = []
+    for start in range(0, len(frame), batch_size):
+        batch = frame.iloc[start : start + batch_size]
+        parts.append(pd.DataFrame(predictor({"row": batch["row"].to_numpy(), "path": batch["path"].to_numpy()})))
+    return pd.concat(parts, ignore_index=True)
+
+
+def _vote_in_one_task(
+    frame: pd.DataFrame,
+    predictor_kwargs: dict,
+    batch_size: int,
+    gpus: float,
+    restarts: int,
+    on_rows: Optional[Callable[[int], None]],
+) -> pd.DataFrame:
+    log.info(
+        "soft vote of %d models over %d images in one task (%d CPU%s)%s",
+        len(predictor_kwargs["weight_refs"]),
+        len(frame),
+        predictor_kwargs["threads"],
+        f", {gpus:g} GPU" if gpus else "",
+        " with flip TTA" if predictor_kwargs["tta"] else "",
+    )
+    # The weight refs travel inside the kwargs (not resolved by Ray): the predictor fetches them, as an actor does.
+    task = _vote_task.options(
+        num_cpus=predictor_kwargs["threads"], num_gpus=gpus, max_retries=restarts if restarts >= 0 else -1
+    )
+    out = ray.get(task.remote(frame, predictor_kwargs, batch_size))
+    if on_rows:
+        on_rows(len(out))
+    return out.sort_values("row").reset_index(drop=True)
