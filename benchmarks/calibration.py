@@ -12,6 +12,10 @@
   into --work (the original is never modified), calibrated there by `raydf.calibrate` (temperature, youden) from its
   out-of-fold files, and scored by `raydf.evaluate` on `--sets`; the original's own evaluate/evaluation.json is the
   "before" (the same models, uncalibrated).
+- `--splits K` (with `--shared`): K - 1 more runs like it (RUN-part1 ...), each testing another fifth of the shared
+  set (benchmarks.run.split_data's parts), trained with `--train` when missing; ECE and the rest are pooled over
+  their test sets (every image tested once, by a run that never trained on it), where one split's 440 images cannot
+  tell ECE 0.03 from sampling noise.
 Writes results/NAME.json.
 """
 
@@ -36,8 +40,8 @@ KEYS = ("accuracy", "log_loss", "ece", "brier", "auc")
 CPU = ["resources.gpus_per_fold=0", "resources.cpus_per_fold=1", "resources.loader_workers=0", "train.folds=2"]
 
 
-def train_shared(run_dir: Path, data: Path, work: Path) -> None:
-    train_csv, test_csv = split_data(data, work, n=2200)
+def train_shared(run_dir: Path, data: Path, work: Path, part: int = 0) -> None:
+    train_csv, test_csv = split_data(data, work, n=2200, part=part)
     cmd = [sys.executable, "-m", "raydf.train", "--config", "pretrained", f"run_dir={run_dir}"]
     cmd += [f"data.train={train_csv}", f"data.test={test_csv}", *CPU, "predict.threshold=youden", "-q"]
     subprocess.run(cmd, check=True, cwd=REPO)
@@ -52,11 +56,8 @@ def shared_figures(run_dir: Path, work: Path) -> dict:
     youden; no inference, no training), so a run trained before a change to the fit is measured with it."""
     from raydf.pipelines.calibration import calibrate_run
 
-    current = work / f"{run_dir.name}-temperature"
-    shutil.rmtree(current, ignore_errors=True)
-    shutil.copytree(run_dir, current, ignore=shutil.ignore_patterns("tensorboard", "state"))
     t0 = time.perf_counter()
-    calibrate_run(str(current), ["predict.calibration=temperature", "predict.threshold=youden"])
+    current = _recalibrated(run_dir, work)
     s = json.loads((current / "summary.json").read_text())
     trained = json.loads((run_dir / "summary.json").read_text())
     out = {
@@ -87,6 +88,53 @@ def shared_figures(run_dir: Path, work: Path) -> dict:
         "test_accuracy_at_threshold": iso["threshold_test_accuracy"],
     }
     return out
+
+
+def _recalibrated(run_dir: Path, work: Path) -> Path:
+    """A copy of `run_dir` in `work`, calibrated again by `raydf.calibrate` (temperature, youden) with this code."""
+    from raydf.pipelines.calibration import calibrate_run
+
+    current = work / f"{run_dir.name}-temperature"
+    shutil.rmtree(current, ignore_errors=True)
+    shutil.copytree(run_dir, current, ignore=shutil.ignore_patterns("tensorboard", "state"))
+    calibrate_run(str(current), ["predict.calibration=temperature", "predict.threshold=youden"])
+    return current
+
+
+def cross_split_figures(runs: list[Path], work: Path) -> dict:
+    """Test calibration pooled over runs whose test sets are disjoint parts of the shared set (`--splits`): every
+    image is tested once, by a run that never trained on it, so ECE is measured on all of them instead of one
+    test split (at 440 images a perfectly calibrated P(fake) already scores ~0.05: `ece_sampling_floor`)."""
+
+    frames, per_run = [], []
+    for run_dir in runs:
+        current = _recalibrated(run_dir, work)
+        before = pd.read_csv(run_dir / "test_labels.csv")  # label, prob_fake_uncalibrated (the plain vote)
+        after = pd.read_csv(current / "submission.csv").set_index("image")["prob_fake"]
+        frame = before.assign(prob_fake=after.loc[before["image"]].to_numpy())
+        frames.append(frame)
+        c = json.loads((current / "summary.json").read_text())["calibration"]
+        per_run.append(
+            {
+                "run": str(run_dir),
+                "test_images": len(frame),
+                "temperature": c.get("temperature"),
+                "method": c["method"],
+                "before": _pick(classification_metrics(frame["label"], frame["prob_fake_uncalibrated"])),
+                "after": _pick(classification_metrics(frame["label"], frame["prob_fake"])),
+            }
+        )
+    pooled = pd.concat(frames, ignore_index=True)
+    if pooled["image"].duplicated().any():
+        raise SystemExit("the runs' test sets overlap: pass runs of different --splits parts")
+    p = pooled["prob_fake"].to_numpy()
+    return {
+        "test_images": len(pooled),
+        "before": _pick(classification_metrics(pooled["label"], pooled["prob_fake_uncalibrated"])),
+        "after": _pick(classification_metrics(pooled["label"], p)),
+        "ece_sampling_floor": _floor(p),
+        "runs": per_run,
+    }
 
 
 def _test_probs(run_dir: Path):
@@ -128,11 +176,15 @@ def _vote_variants(run_dir: Path, s: dict) -> dict:
 def _ece_floor(run_dir: Path, draws: int = 500) -> dict:
     """The ECE (15 bins) a perfectly calibrated P(fake) scores on a test set of this size: labels drawn from the
     run's calibrated test P(fake) itself. A measured ECE near it is sampling noise, not miscalibration."""
+    return _floor(pd.read_csv(run_dir / "submission.csv")["prob_fake"].to_numpy(), draws)
+
+
+def _floor(p, draws: int = 500) -> dict:
+    """See `_ece_floor`, for P(fake) `p` (N,)."""
     import numpy as np
 
     from raydf.training.metrics import expected_calibration_error
 
-    p = pd.read_csv(run_dir / "submission.csv")["prob_fake"].to_numpy()
     rng = np.random.default_rng(0)
     eces = [expected_calibration_error((rng.random(len(p)) < p).astype(int), p) for _ in range(draws)]
     return {"n": int(len(p)), "mean": float(np.mean(eces)), "p90": float(np.percentile(eces, 90))}
@@ -191,6 +243,9 @@ def main() -> None:
     parser.add_argument("--shared", type=Path, help="a run on the shared set with a labelled test split")
     parser.add_argument("--train", action="store_true", help="train --shared first when it does not exist")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument(
+        "--splits", type=int, default=1, help="with --shared: K runs testing disjoint fifths (RUN-partK), pooled"
+    )
     parser.add_argument("--swaps", type=Path, nargs="*", default=[], help="finished runs of benchmarks.cross_swaps")
     parser.add_argument("--sets", nargs="*", default=[], help="labelled sets raydf.evaluate scores the --swaps runs on")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "raydf-calibration")
@@ -204,6 +259,15 @@ def main() -> None:
             train_shared(args.shared, args.data, args.work)
         report["shared"] = shared_figures(args.shared, args.work)
         print(json.dumps(report["shared"], indent=1), flush=True)
+        if args.splits > 1:
+            runs = [args.shared]
+            for part in range(1, args.splits):
+                run = args.shared.parent / f"{args.shared.name}-part{part}"
+                if args.train and not (run / "summary.json").is_file():
+                    train_shared(run, args.data, args.work, part)
+                runs.append(run)
+            report["shared_pooled"] = cross_split_figures(runs, args.work)
+            print(json.dumps({k: v for k, v in report["shared_pooled"].items() if k != "runs"}, indent=1), flush=True)
     report["swaps"] = [swaps_figures(run, args.work, args.sets) for run in args.swaps]
     for row in report["swaps"]:
         print(json.dumps(row, indent=1), flush=True)

@@ -42,13 +42,19 @@ def _timed(fn, *args) -> tuple[float, object]:
     return time.perf_counter() - t0, out
 
 
-def split_data(data: Path, work: Path, n: int, test_share: float = 0.2) -> tuple[Path, Path]:
-    """A deterministic train/test split of the labelled set, as two CSVs with absolute paths."""
+def split_data(data: Path, work: Path, n: int, test_share: float = 0.2, part: int = 0) -> tuple[Path, Path]:
+    """A deterministic train/test split of the labelled set, as two CSVs with absolute paths. `part` k takes the
+    k-th slice of `test_share` of the shuffled rows as the test set (0: the first, every benchmark's split), so
+    parts 0..1/test_share - 1 test every image once."""
     table = read_train(data / "labels.csv").sample(frac=1.0, random_state=0).head(n).reset_index(drop=True)
     n_test = int(len(table) * test_share)
-    train, test = work / "train.csv", work / "test.csv"
-    table.iloc[n_test:].to_csv(train, index=False)
-    table.iloc[:n_test].to_csv(test, index=False)
+    if not 0 <= part < len(table) // max(n_test, 1):
+        raise ValueError(f"part {part}: a test share of {test_share} has {len(table) // max(n_test, 1)} parts")
+    suffix = f"-part{part}" if part else ""
+    train, test = work / f"train{suffix}.csv", work / f"test{suffix}.csv"
+    held = table.iloc[part * n_test : (part + 1) * n_test]
+    table.drop(held.index).to_csv(train, index=False)
+    held.to_csv(test, index=False)
     return train, test
 
 
