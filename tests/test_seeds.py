@@ -26,7 +26,7 @@ SEEDS = [42, 7]
 MODELS = [(42, 0), (42, 1), (7, 0), (7, 1)]  # (seed, fold), in the run's order: seed by seed
 # fp32: probabilities are compared with ones computed here to float rounding. A half CPU per fold task: all four
 # fit on the session's 2 CPUs at once (each trains with one torch thread).
-SEEDS_RUN_EPOCHS = 15  # the shared run's (seeds_run)
+SEEDS_RUN_EPOCHS = 30  # the shared run's (seeds_run)
 SEED_OVERRIDES = ["train.precision=fp32", "train.seeds=[42,7]", "resources.cpus_per_fold=0.5", "predict.explain=0"]
 
 
@@ -37,7 +37,9 @@ def seeds_run(ray_local, tiny_demo, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("seeds") / "run"
     # SEEDS_RUN_EPOCHS: a task's training must outlast the start of the other tasks' workers. Ray starts at most as many
     # worker processes at once as the node has CPUs (two here), each several seconds on a loaded machine (importing
-    # torch): CI runs saw the fourth task start 7 s after the first had finished with 2 epochs, 8.6 s with 5.
+    # torch): CI runs saw the fourth task start 7 s after the first had finished with 2 epochs, 8.6 s with 5; a local
+    # suite run (2026-12-05) found one idle worker, and the three new ones started their tasks 13.6-14 s after it, when
+    # its 15 epochs had been over for 3 s. 30 epochs of one task alone take ~21 s.
     overrides = SEED_OVERRIDES + [f"train.epochs={SEEDS_RUN_EPOCHS}", "train.patience=99"]
     cfg = load_config(None, tiny_overrides(run_dir, tiny_demo) + overrides)
     assert train(cfg) == str(run_dir)
