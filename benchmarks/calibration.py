@@ -110,8 +110,9 @@ def cross_split_figures(runs: list[Path], work: Path) -> dict:
     for run_dir in runs:
         current = _recalibrated(run_dir, work)
         before = pd.read_csv(run_dir / "test_labels.csv")  # label, prob_fake_uncalibrated (the plain vote)
-        after = pd.read_csv(current / "submission.csv").set_index("image")["prob_fake"]
-        frame = before.assign(prob_fake=after.loc[before["image"]].to_numpy())
+        after = pd.read_csv(current / "submission.csv").set_index("image")
+        rows = after.loc[before["image"]]
+        frame = before.assign(prob_fake=rows["prob_fake"].to_numpy(), cut_label=rows["label"].to_numpy())
         frames.append(frame)
         c = json.loads((current / "summary.json").read_text())["calibration"]
         per_run.append(
@@ -122,6 +123,8 @@ def cross_split_figures(runs: list[Path], work: Path) -> dict:
                 "method": c["method"],
                 "before": _pick(classification_metrics(frame["label"], frame["prob_fake_uncalibrated"])),
                 "after": _pick(classification_metrics(frame["label"], frame["prob_fake"])),
+                "threshold": json.loads((current / "summary.json").read_text())["threshold"],
+                "accuracy_at_threshold": float((frame["cut_label"] == frame["label"]).mean()),
             }
         )
     pooled = pd.concat(frames, ignore_index=True)
@@ -132,6 +135,7 @@ def cross_split_figures(runs: list[Path], work: Path) -> dict:
         "test_images": len(pooled),
         "before": _pick(classification_metrics(pooled["label"], pooled["prob_fake_uncalibrated"])),
         "after": _pick(classification_metrics(pooled["label"], p)),
+        "accuracy_at_threshold": float((pooled["cut_label"] == pooled["label"]).mean()),  # each run's own cut
         "ece_sampling_floor": _floor(p),
         "runs": per_run,
     }
