@@ -119,10 +119,11 @@ def train_and_evaluate(work: Path, config: str, mode: str, epochs: int, extra: l
     run = work / f"{config}-{mode}"
     if not (run / "evaluate" / "evaluation.json").is_file():
         cmd = [sys.executable, "-m", "raydf.train", "--config", config, f"run_dir={run}"]
-        cmd += [f"data.train={work / 'train.csv'}", f"data.synthetic_fakes={mode}", "predict.explain=0", "-q"]
+        cmd += [f"data.train={work / 'train.csv'}", f"data.synthetic_fakes={mode}", "predict.explain=0"]
         if epochs:
             cmd += [f"train.epochs={epochs}", f"sched.t_max={epochs}"]
-        subprocess.run([*cmd, *extra], check=True, cwd=REPO)
+        # -q after every key=value: argparse takes no positional arguments after an option that ends a run of them
+        subprocess.run([*cmd, *extra, "-q"], check=True, cwd=REPO)
         sets = [str(work / "swaps"), str(work / "blends"), str(work / "heldout" / "heldout.csv")]
         subprocess.run(
             [sys.executable, "-m", "raydf.evaluate", "--run", str(run), *[a for s in sets for a in ("--data", s)]],

@@ -17,7 +17,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         "overrides", nargs="*", metavar="key=value", help="e.g. predict.calibration=isotonic predict.threshold=eer"
     )
     add_common_args(parser)
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)  # key=value pairs on both sides of a flag (-q, -v)
 
 
 def main(args: argparse.Namespace) -> int:

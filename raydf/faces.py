@@ -20,7 +20,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--config", help="YAML file or name in configs/ (default: configs/default.yaml)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. faces.frames_per_video=16")
     add_common_args(parser)
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)  # key=value pairs on both sides of a flag (-q, -v)
 
 
 def main(args: argparse.Namespace) -> int:

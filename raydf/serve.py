@@ -20,7 +20,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--address", help="Ray address of a running cluster (default: the run's ray.address)")
     parser.add_argument("overrides", nargs="*", help="serve.* (and ray.*) settings as key=value")
     add_common_args(parser)
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)  # key=value pairs on both sides of a flag (-q, -v)
 
 
 def main(args: argparse.Namespace) -> int:

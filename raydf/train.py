@@ -19,7 +19,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.epochs=5 data.train=x.csv")
     add_common_args(parser)
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)  # key=value pairs on both sides of a flag (-q, -v)
 
 
 def main(args: argparse.Namespace) -> int:

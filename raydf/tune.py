@@ -27,7 +27,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         help="e.g. tune.num_samples=20 'tune.space[optim.lr].high=0.01' tune.then_train=true",
     )
     add_common_args(parser)
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)  # key=value pairs on both sides of a flag (-q, -v)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -172,3 +172,16 @@ def test_relative_data_path_error_shows_the_current_folder(tmp_path, monkeypatch
 def test_existing_data_paths_pass(tmp_path):
     (tmp_path / "t.csv").write_text("path,label\n")
     check_data_paths(load_config(None, [f"data.train={tmp_path / 't.csv'}", f"data.test_root={tmp_path}"]))
+
+
+@pytest.mark.parametrize(
+    "command, before",
+    [("train", []), ("tune", []), ("calibrate", ["RUN"]), ("faces", ["SRC", "OUT"]), ("serve", ["--run", "RUN"])],
+)
+def test_key_value_overrides_may_sit_on_both_sides_of_a_flag(command, before):
+    """`python -m raydf.train train.epochs=5 -q data.train=x.csv`: plain argparse stops taking key=value pairs at the
+    flag and refuses the rest ("unrecognized arguments")."""
+    import importlib
+
+    args = importlib.import_module(f"raydf.{command}").parse_args([*before, "train.epochs=5", "-q", "data.crop=64"])
+    assert args.overrides == ["train.epochs=5", "data.crop=64"] and args.quiet
