@@ -214,8 +214,15 @@ class Monitor:
             self.samples.append((time.time(), busy, mem, cpu))
 
     def window(self, t0: float, t1: float) -> dict[str, Any]:
-        """Means and peaks of the samples taken between t0 and t1 (unix seconds)."""
-        inside = [s for s in list(self.samples) if t0 <= s[0] <= t1]
+        """Means and peaks of the samples whose period (from the sample before to this one) overlaps t0..t1 (unix
+        seconds): a window shorter than the interval (a dry run's 40-image epoch) still gets the sample that covers
+        it, which may be the next one (waited for, at most a few intervals)."""
+        deadline = time.time() + 3 * self.interval
+        while self._thread.is_alive() and not (self.samples and self.samples[-1][0] >= t1) and time.time() < deadline:
+            time.sleep(self.interval / 4)
+        samples = list(self.samples)
+        periods = zip([None, *samples[:-1]], samples)
+        inside = [s for prev, s in periods if s[0] >= t0 and (prev is None or prev[0] <= t1)]
         gpu = [s for s in inside if s[1]]
         cpu = [s[3] for s in inside if s[3] is not None]
         return {

@@ -108,3 +108,18 @@ def test_a_section_past_its_limit_is_cut_and_named_and_the_next_one_still_runs(t
     assert [r["sections"][n]["measured"] for n in ("polite", "deaf", "quick")] == [1, 2, 3]
     assert r["sections"]["quick"]["status"] == "ok"
     assert 0.9 <= r["sections"]["polite"]["limit_s"] <= 1.0  # its share: a quarter of the 4 s budget
+
+
+def test_a_window_shorter_than_the_sampling_interval_gets_the_sample_that_covers_it():
+    """A dry run's steady epoch can be shorter than the monitor's interval: its window must still get the CPU busy
+    fraction of the sample period that covers it (a CI run once reported None for it)."""
+    from benchmarks.gpu import Monitor
+
+    monitor = Monitor(interval=0.2).start()
+    try:
+        time.sleep(0.3)
+        t0 = time.time()
+        window = monitor.window(t0, t0 + 0.001)
+    finally:
+        monitor.stop()
+    assert window["samples"] >= 1 and window["cpu_busy_fraction"] is not None, window
