@@ -22,7 +22,7 @@ lint: $(VENV)/.installed  ## the layer rule (import-linter) and ruff (lint + for
 	$(VENV)/bin/ruff format --check raydf tests benchmarks
 
 # Two pytest-xdist workers, a file at a time, in conftest.py's longest-first order: most of a test's time is
-# processes starting (Python, Ray, fold workers), which two workers overlap (13.3 min on 2 cores; in one
+# processes starting (Python, Ray, fold workers), which two workers overlap (13.7 min on 2 cores; in one
 # process: `make test XDIST=`). Three workers were no faster and overloaded the machine.
 XDIST := -n 2 --dist loadfile --no-loadscope-reorder
 
