@@ -114,7 +114,8 @@ def cross_split_figures(runs: list[Path], work: Path) -> dict:
         rows = after.loc[before["image"]]
         frame = before.assign(prob_fake=rows["prob_fake"].to_numpy(), cut_label=rows["label"].to_numpy())
         frames.append(frame)
-        c = json.loads((current / "summary.json").read_text())["calibration"]
+        summary = json.loads((current / "summary.json").read_text())
+        c = summary["calibration"]
         per_run.append(
             {
                 "run": str(run_dir),
@@ -123,7 +124,7 @@ def cross_split_figures(runs: list[Path], work: Path) -> dict:
                 "method": c["method"],
                 "before": _pick(classification_metrics(frame["label"], frame["prob_fake_uncalibrated"])),
                 "after": _pick(classification_metrics(frame["label"], frame["prob_fake"])),
-                "threshold": json.loads((current / "summary.json").read_text())["threshold"],
+                "threshold": summary["threshold"],
                 "accuracy_at_threshold": float((frame["cut_label"] == frame["label"]).mean()),
             }
         )

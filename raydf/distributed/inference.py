@@ -90,7 +90,8 @@ def soft_vote_predict(
     imports torch, and the pool's own start), while a task reuses an idle worker of the fold tasks.
     `tta` adds the horizontally flipped images; `on_rows(n)` is called on the driver as n more rows are done.
     """
-    cpus_per_actor, predict_actors = 1, actors
+    one_task = len(paths) <= SMALL_SET and actors <= 1  # before `actors` is worked out below
+    cpus_per_actor = 1
     if gpus_per_actor > 0:
         if actors <= 0:
             actors = max(1, int(ray.cluster_resources().get("GPU", 0) // gpus_per_actor))
@@ -113,7 +114,7 @@ def soft_vote_predict(
         "threads": cpus_per_actor,
         "calibration": calibration,
     }
-    if len(frame) <= SMALL_SET and predict_actors <= 1:
+    if one_task:
         return _vote_in_one_task(frame, predictor_kwargs, batch_size, gpus_per_actor, actor_restarts, on_rows)
     # At least two blocks per actor, so every actor gets work (Ray Data hands out whole blocks).
     n_blocks = max(1, min(len(frame), max(2 * actors, -(-len(frame) // batch_size))))
@@ -189,9 +190,7 @@ def _vote_in_one_task(
         " with flip TTA" if predictor_kwargs["tta"] else "",
     )
     # The weight refs travel inside the kwargs (not resolved by Ray): the predictor fetches them, as an actor does.
-    task = _vote_task.options(
-        num_cpus=predictor_kwargs["threads"], num_gpus=gpus, max_retries=restarts if restarts >= 0 else -1
-    )
+    task = _vote_task.options(num_cpus=predictor_kwargs["threads"], num_gpus=gpus, max_retries=restarts)  # -1: forever
     out = ray.get(task.remote(frame, predictor_kwargs, batch_size))
     if on_rows:
         on_rows(len(out))
