@@ -139,7 +139,8 @@ def train_and_evaluate(work: Path, config: str, mode: str, epochs: int, extra: l
         "extra": extra,
         "train_seconds": round(train_s, 1),
         "epochs_run": [f["epochs_run"] for f in summary["folds"]],
-        **{name.split("-")[-1]: dict(r["per image"]) for name, r in results.items()},
+        # a run on extracted faces (data.faces=on) scores each photo from its faces ("per video/photo")
+        **{name.split("-")[-1]: dict(r.get("per image") or r["per video/photo"]) for name, r in results.items()},
     }
 
 
