@@ -75,6 +75,9 @@ class SynthConfig:
     mask_scale: float = 1.0  # the face mask's size: relative to the landmark hull, or to an ellipse of 64% x 80%
     edge: float = 0.06  # the mask's soft edge: blur sigma as a fraction of the image side
     mask: str = "auto"  # auto (the face's landmarks where known, else an ellipse) | ellipse | landmarks
+    # The share of fakes made with another real face of the same fold side (aligned by the landmarks where known)
+    # instead of the image's own copy: Face X-ray's blended images; 0 (the default) is pure self-blending
+    other: float = 0.0
 
 
 @dataclass
@@ -649,6 +652,7 @@ def _validate_values(cfg: Config) -> None:
     _require(0 < cfg.synth.share < 1, "synth.share", f"must be in (0, 1) (got {cfg.synth.share})")
     _require(cfg.synth.mask_scale > 0, "synth.mask_scale", f"must be positive (got {cfg.synth.mask_scale})")
     _require(cfg.synth.edge >= 0, "synth.edge", f"must be >= 0 (got {cfg.synth.edge})")
+    _require(0 <= cfg.synth.other <= 1, "synth.other", f"must be in [0, 1] (got {cfg.synth.other})")
     masks = ("auto", "ellipse", "landmarks")
     _require(cfg.synth.mask in masks, "synth.mask", f"must be {', '.join(masks)} (got '{cfg.synth.mask}')")
     _validate_serve(cfg.serve)

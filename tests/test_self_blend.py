@@ -8,9 +8,9 @@ from test_resume_core import Crash, _cfg, _comparable, _crash_after, _data
 
 from raydf.config import load_config
 from raydf.data.dataset import ImageArrayDataset, SyntheticFakes
-from raydf.data.self_blend import BlendSettings, face_mask, self_blend
+from raydf.data.self_blend import BlendSettings, align_donor, face_mask, self_blend
 from raydf.data.transforms import eval_transform
-from raydf.errors import DataError
+from raydf.errors import ConfigError, DataError
 from raydf.runs.storage import RunStorage
 from raydf.training.fold_loop import fold_datasets, train_fold
 from raydf.training.fold_state import FoldStateStore
@@ -107,3 +107,51 @@ def test_a_fold_with_synthetic_fakes_resumes_exactly(tmp_path, mode):
     assert len(whole.val_prob_fake) == len(va)  # out-of-fold: the labelled validation rows only
     off = train_fold(images, labels, tr, va, _cfg(), 0)
     assert _comparable(off.history)[0]["train_loss"] != _comparable(whole.history)[0]["train_loss"]  # it did blend
+
+
+def test_a_donor_face_is_moved_onto_the_image_by_their_landmarks():
+    """synth.other: another face enters a fake where the image's own face is (a similarity transform of the landmarks);
+    without landmarks on both, as it is (aligned crops)."""
+    image = face(96, 0)
+    lm = np.array([[34, 40], [62, 40], [48, 55], [38, 70], [58, 70]], np.float32)
+    donor = np.roll(image, (5, -7), axis=(0, 1))  # the same face, 5 px lower and 7 px further left
+    aligned = align_donor(donor, image.shape, lm + [-7, 5], lm)
+    assert np.abs(aligned.astype(int) - image.astype(int))[12:-12, 12:-12].max() <= 1
+    assert np.abs(donor.astype(int) - image.astype(int))[12:-12, 12:-12].mean() > 20  # unaligned: another image
+    assert align_donor(donor, image.shape, None, lm) is donor
+    assert align_donor(donor, image.shape, lm + [-7, 5], np.full((5, 2), np.nan)) is donor
+
+
+def test_other_fakes_carry_another_faces_content_and_without_it_the_draws_are_as_before():
+    rng = np.random.default_rng(0)
+    dark = rng.integers(30, 100, (64, 64, 3), dtype=np.uint8)
+    images = np.stack([dark, *[rng.integers(150, 220, (64, 64, 3), dtype=np.uint8) for _ in range(7)]])
+    labels = np.zeros(8, int)
+    centre = (slice(24, 40), slice(24, 40))  # always inside the mask: eyes to mouth
+    lift_own, lift_other = [], []
+    for epoch in range(8):
+        own = _identity_dataset(images, np.arange(8), labels, SyntheticFakes(extra_rows=np.array([0]), seed=1))
+        other = SyntheticFakes(extra_rows=np.array([0]), seed=1, other=1.0, donors=np.arange(8))
+        mixed = _identity_dataset(images, np.arange(8), labels, other)
+        again = _identity_dataset(images, np.arange(8), labels, other)
+        for ds in (own, mixed, again):
+            ds.set_epoch(epoch)
+        x_own, x_other = own[8][0].numpy(), mixed[8][0].numpy()
+        lift_own.append(x_own[centre].mean() - dark[centre].mean())
+        lift_other.append(x_other[centre].mean() - dark[centre].mean())
+        assert np.array_equal(x_other, again[8][0].numpy())  # drawn from (seed, epoch, row) alone
+        s = own.synthetic  # synth.other=0 draws nothing more: the fake a run made before the key existed
+        assert np.array_equal(x_own, self_blend(dark, s.draw(2, epoch, 0), s.settings)[0])
+    # In every epoch a bright donor's face lifts the dark face's centre (by 31-116 of the 120 between them, as the
+    # blend ratio and the donor's own alteration draw), its own altered copy only by its random brightness (-15..+15)
+    assert min(lift_other) > 25 and max(np.abs(lift_own)) < 20
+
+
+def test_other_faces_come_from_the_same_side_of_the_split():
+    images, labels, tr, va = _data()
+    keys = ["data.synthetic_fakes=only", "data.resize=80", "data.crop=76", "train.batch_size=8", "synth.other=0.5"]
+    train_set, val_set = fold_datasets(images, labels, tr, va, load_config(None, keys), eval_transform(76), seed=1)
+    assert list(train_set.synthetic.donors) == list(tr[labels[tr] == 0]) and train_set.synthetic.other == 0.5
+    assert list(val_set.synthetic.donors) == list(va[labels[va] == 0])
+    with pytest.raises(ConfigError, match=r"'synth.other': must be in \[0, 1\] \(got 1.5\)"):
+        load_config(None, ["synth.other=1.5"])

@@ -26,6 +26,8 @@ class SyntheticFakes:
     `extra_rows`: real rows appended to the dataset as fakes, one item each (`add`, and `only`'s validation).
     `landmarks`: (N, 5, 2) float32 per row of the image array, in its pixels (eyes, nose, mouth corners): the masks
     follow them; a row with NaN, or None for all, gets the ellipse (`synth.mask`, `raydf.data.self_blend`).
+    `other`: the share of fakes whose altered copy is another real face, drawn from the rows `donors` (`synth.other`;
+    Face X-ray's blended images); 0 draws nothing more, so a run without it makes the fakes it made before.
     """
 
     settings: BlendSettings = BlendSettings()
@@ -33,9 +35,18 @@ class SyntheticFakes:
     extra_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     seed: int = 0
     landmarks: Optional[np.ndarray] = None
+    other: float = 0.0
+    donors: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     def draw(self, kind: int, epoch: int, row: int) -> np.random.Generator:
         return np.random.default_rng(sample_seed(self.seed, epoch, row, 1_000_003 + kind))
+
+    def donor(self, rng: np.random.Generator, row: int) -> Optional[int]:
+        """The row whose face goes into this fake of `row` (drawn from `rng`), or None for the row's own."""
+        if self.other <= 0 or len(self.donors) < 2 or rng.random() >= self.other:
+            return None
+        pick = int(self.donors[rng.integers(len(self.donors))])
+        return pick if pick != row else int(self.donors[(np.flatnonzero(self.donors == row)[0] + 1) % len(self.donors)])
 
 
 class ImageArrayDataset(Dataset):
@@ -76,8 +87,11 @@ class ImageArrayDataset(Dataset):
             # An appended item is always a fake; one of the dataset's own real rows is one with probability `share`.
             fake = i >= n or (label == 0 and s.share > 0 and s.draw(0, epoch, row).random() < s.share)
             if fake:
-                landmarks = None if s.landmarks is None else s.landmarks[row]
-                image, label = self_blend(image, s.draw(1 if i < n else 2, epoch, row), s.settings, landmarks)[0], 1
+                rng = s.draw(1 if i < n else 2, epoch, row)
+                d = s.donor(rng, row)
+                lm = (None, None) if s.landmarks is None else (s.landmarks[row], None if d is None else s.landmarks[d])
+                donor = None if d is None else self.images[d]
+                image, label = self_blend(image, rng, s.settings, lm[0], donor, lm[1])[0], 1
         if self.seed is not None:
             seed_transform(self.transform, sample_seed(self.seed, epoch, row, *([] if i < n else [2])))
         img = self.transform(image=image)["image"]

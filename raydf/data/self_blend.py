@@ -8,6 +8,10 @@ comes from the generator it is given, so a sample's fake is the same for the sam
 The mask follows the face's five landmarks (eyes, nose, mouth corners; known for crops made by raydf.faces) when
 they are given, as SBI's follows its landmark hull; without them it is an ellipse around the image's centre, where a
 face crop's face is.
+
+With a `donor` (`synth.other`), the altered copy is another real face instead of the image's own, aligned onto it:
+Face X-ray's "blended images" (Li et al., CVPR 2020), whose fakes carry another person's face inside the boundary,
+as a face swap's do.
 """
 
 from __future__ import annotations
@@ -194,17 +198,40 @@ def alter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return cv2.warpAffine(out, matrix, (w, h), borderMode=cv2.BORDER_REFLECT)
 
 
+def align_donor(
+    donor: np.ndarray,
+    image_shape: tuple[int, ...],
+    donor_landmarks: Optional[np.ndarray],
+    landmarks: Optional[np.ndarray],
+) -> np.ndarray:
+    """Another face `donor` (h, w, 3) uint8 moved onto the image's face: by the similarity transform that takes its
+    landmarks (5, 2) onto the image's when both are known, else as it is (face crops and FFHQ-style sets put every
+    face in the same place); resized to the image's (H, W) when it differs."""
+    h, w = image_shape[:2]
+    if has_landmarks(donor_landmarks) and has_landmarks(landmarks):
+        matrix, _ = cv2.estimateAffinePartial2D(
+            np.asarray(donor_landmarks, np.float32).reshape(5, 2), np.asarray(landmarks, np.float32).reshape(5, 2)
+        )
+        if matrix is not None:
+            return cv2.warpAffine(donor, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    return donor if donor.shape[:2] == (h, w) else cv2.resize(donor, (w, h), interpolation=cv2.INTER_AREA)
+
+
 def self_blend(
     image: np.ndarray,
     rng: np.random.Generator,
     settings: BlendSettings = BlendSettings(),
     landmarks: Optional[np.ndarray] = None,
+    donor: Optional[np.ndarray] = None,
+    donor_landmarks: Optional[np.ndarray] = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A self-blended fake of a real face (H, W, 3) uint8: `mask * altered + (1 - mask) * image`, the mask
     (`face_mask`, around `landmarks` (5, 2) in the image's pixels when given) scaled by a random blend ratio.
-    Returns the fake and the mask used (H, W) float32 in [0, 1]."""
+    `altered` is a changed copy of the image, or of `donor` (another real face, with its `donor_landmarks`) aligned
+    onto it (`align_donor`). Returns the fake and the mask used (H, W) float32 in [0, 1]."""
     h, w = image.shape[:2]
     mask = face_mask(h, w, rng, settings, landmarks) * rng.choice(BLEND_RATIOS)
-    altered = alter(image, rng).astype(np.float32)
+    source = image if donor is None else align_donor(donor, image.shape, donor_landmarks, landmarks)
+    altered = alter(source, rng).astype(np.float32)
     fake = mask[..., None] * altered + (1 - mask[..., None]) * image.astype(np.float32)
     return np.clip(np.round(fake), 0, 255).astype(np.uint8), mask

@@ -663,8 +663,14 @@ def _plot_synthetic_fakes(
     settings = BlendSettings(mask_scale=cfg.synth.mask_scale, edge=cfg.synth.edge)
     sources = np.stack([decode_image(str(p), cfg.data.resize) for p in rows["path"]])
     points = landmarks[table.index.get_indexer(rows.index)] if landmarks is not None else [None] * len(rows)
-    blends = [
-        self_blend(img, np.random.default_rng([cfg.train.seed, i]), settings, lm)
-        for i, (img, lm) in enumerate(zip(sources, points))
-    ]
+    blends = []
+    for i, (img, lm) in enumerate(zip(sources, points)):
+        rng = np.random.default_rng([cfg.train.seed, i])
+        # synth.other: some fakes carry the next shown face instead of their own (as the folds draw them)
+        d = (
+            (i + 1) % len(sources)
+            if cfg.synth.other > 0 and len(sources) > 1 and rng.random() < cfg.synth.other
+            else None
+        )
+        blends.append(self_blend(img, rng, settings, lm, *((None, None) if d is None else (sources[d], points[d]))))
     synthetic_fakes(sources, np.stack([b[0] for b in blends]), np.stack([b[1] for b in blends]), path, landmarks=points)

@@ -99,6 +99,10 @@ def fold_datasets(
     blend = BlendSettings(mask_scale=cfg.synth.mask_scale, edge=cfg.synth.edge)
     landmarks = mask_landmarks(cfg.synth.mask, landmarks)
     train_reals, val_reals = train_idx[labels[train_idx] == 0], val_idx[labels[val_idx] == 0]
+
+    def donors(rows: np.ndarray) -> dict:  # synth.other: the other faces come from the same side of the split
+        return {"other": cfg.synth.other, "donors": rows} if cfg.synth.other > 0 else {}
+
     if len(train_reals) == 0:
         raise DataError(f"data.synthetic_fakes={mode}: this fold's training rows hold no real image to blend")
     if mode == "only" and len(train_reals) < cfg.train.batch_size:
@@ -107,15 +111,15 @@ def fold_datasets(
             f"than train.batch_size={cfg.train.batch_size}; lower train.batch_size or add real images"
         )
     if mode == "add":
-        synthetic = SyntheticFakes(blend, extra_rows=train_reals, seed=seed, landmarks=landmarks)
+        synthetic = SyntheticFakes(blend, extra_rows=train_reals, seed=seed, landmarks=landmarks, **donors(train_reals))
         return (
             ImageArrayDataset(images, train_idx, labels, train_tf, seed=seed, synthetic=synthetic),
             ImageArrayDataset(images, val_idx, labels, val_tf),
         )
-    only = SyntheticFakes(blend, cfg.synth.share, seed=seed, landmarks=landmarks)
+    only = SyntheticFakes(blend, cfg.synth.share, seed=seed, landmarks=landmarks, **donors(train_reals))
     train_set = ImageArrayDataset(images, train_reals, labels, train_tf, seed=seed, synthetic=only)
     # Epoch 0 always: the same every epoch.
-    val_synthetic = SyntheticFakes(blend, extra_rows=val_reals, seed=seed, landmarks=landmarks)
+    val_synthetic = SyntheticFakes(blend, extra_rows=val_reals, seed=seed, landmarks=landmarks, **donors(val_reals))
     return train_set, ImageArrayDataset(images, val_idx, labels, val_tf, synthetic=val_synthetic)
 
 
