@@ -270,3 +270,16 @@ def test_a_run_made_before_synth_mask_resumes_with_the_ellipse_it_trained_with(t
         assert resume_config(str(tmp_path / name)).synth.mask == expected
     with pytest.raises(ConfigError, match=r"synth\.mask \('ellipse' -> 'auto'\)"):
         resume_config(str(tmp_path / "old"), overrides=["synth.mask=auto"])
+
+
+def test_a_run_made_before_synth_other_resumes_with_its_own_faces_only(tmp_path):
+    from raydf.config import to_yaml
+    from raydf.runs.resume import resume_config
+
+    text = to_yaml(load_config(None, ["data.synthetic_fakes=only"]))
+    assert "other: 0.5" in text
+    for name, saved, expected in (("old", text.replace("  other: 0.5\n", ""), 0.0), ("new", text, 0.5)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.yaml").write_text(saved)
+        (tmp_path / name / "folds.csv").write_text("path,label,fold\n")
+        assert resume_config(str(tmp_path / name)).synth.other == expected

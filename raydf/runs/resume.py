@@ -30,7 +30,10 @@ RESUME_SAFE_PREFIXES = (
 
 
 # Keys added after runs were made, with the value that reproduces a run whose config.yaml predates them.
-ADDED_LATER = {"synth.mask": "ellipse"}  # self-blended fakes' masks followed no landmarks before
+ADDED_LATER = {
+    "synth.mask": "ellipse",  # self-blended fakes' masks followed no landmarks before
+    "synth.other": "0",  # nor did a fake take another face
+}
 
 
 def _predated(saved_yaml: str) -> list[str]:
