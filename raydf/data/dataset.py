@@ -45,8 +45,9 @@ class SyntheticFakes:
         """The row whose face goes into this fake of `row` (drawn from `rng`), or None for the row's own."""
         if self.other <= 0 or len(self.donors) < 2 or rng.random() >= self.other:
             return None
-        pick = int(self.donors[rng.integers(len(self.donors))])
-        return pick if pick != row else int(self.donors[(np.flatnonzero(self.donors == row)[0] + 1) % len(self.donors)])
+        k = int(rng.integers(len(self.donors)))
+        pick = int(self.donors[k])
+        return pick if pick != row else int(self.donors[(k + 1) % len(self.donors)])  # never the row itself
 
 
 class ImageArrayDataset(Dataset):
@@ -89,9 +90,9 @@ class ImageArrayDataset(Dataset):
             if fake:
                 rng = s.draw(1 if i < n else 2, epoch, row)
                 d = s.donor(rng, row)
-                lm = (None, None) if s.landmarks is None else (s.landmarks[row], None if d is None else s.landmarks[d])
+                points = lambda r: None if s.landmarks is None or r is None else s.landmarks[r]  # noqa: E731
                 donor = None if d is None else self.images[d]
-                image, label = self_blend(image, rng, s.settings, lm[0], donor, lm[1])[0], 1
+                image, label = self_blend(image, rng, s.settings, points(row), donor, points(d))[0], 1
         if self.seed is not None:
             seed_transform(self.transform, sample_seed(self.seed, epoch, row, *([] if i < n else [2])))
         img = self.transform(image=image)["image"]

@@ -99,9 +99,7 @@ def fold_datasets(
     blend = BlendSettings(mask_scale=cfg.synth.mask_scale, edge=cfg.synth.edge)
     landmarks = mask_landmarks(cfg.synth.mask, landmarks)
     train_reals, val_reals = train_idx[labels[train_idx] == 0], val_idx[labels[val_idx] == 0]
-
-    def donors(rows: np.ndarray) -> dict:  # synth.other: the other faces come from the same side of the split
-        return {"other": cfg.synth.other, "donors": rows} if cfg.synth.other > 0 else {}
+    other = cfg.synth.other  # synth.other: the other faces come from the same side of the split (donors=)
 
     if len(train_reals) == 0:
         raise DataError(f"data.synthetic_fakes={mode}: this fold's training rows hold no real image to blend")
@@ -111,15 +109,19 @@ def fold_datasets(
             f"than train.batch_size={cfg.train.batch_size}; lower train.batch_size or add real images"
         )
     if mode == "add":
-        synthetic = SyntheticFakes(blend, extra_rows=train_reals, seed=seed, landmarks=landmarks, **donors(train_reals))
+        synthetic = SyntheticFakes(
+            blend, extra_rows=train_reals, seed=seed, landmarks=landmarks, other=other, donors=train_reals
+        )
         return (
             ImageArrayDataset(images, train_idx, labels, train_tf, seed=seed, synthetic=synthetic),
             ImageArrayDataset(images, val_idx, labels, val_tf),
         )
-    only = SyntheticFakes(blend, cfg.synth.share, seed=seed, landmarks=landmarks, **donors(train_reals))
+    only = SyntheticFakes(blend, cfg.synth.share, seed=seed, landmarks=landmarks, other=other, donors=train_reals)
     train_set = ImageArrayDataset(images, train_reals, labels, train_tf, seed=seed, synthetic=only)
     # Epoch 0 always: the same every epoch.
-    val_synthetic = SyntheticFakes(blend, extra_rows=val_reals, seed=seed, landmarks=landmarks, **donors(val_reals))
+    val_synthetic = SyntheticFakes(
+        blend, extra_rows=val_reals, seed=seed, landmarks=landmarks, other=other, donors=val_reals
+    )
     return train_set, ImageArrayDataset(images, val_idx, labels, val_tf, synthetic=val_synthetic)
 
 
