@@ -90,9 +90,9 @@ class ImageArrayDataset(Dataset):
             if fake:
                 rng = s.draw(1 if i < n else 2, epoch, row)
                 d = s.donor(rng, row)
-                points = lambda r: None if s.landmarks is None or r is None else s.landmarks[r]  # noqa: E731
-                donor = None if d is None else self.images[d]
-                image, label = self_blend(image, rng, s.settings, points(row), donor, points(d))[0], 1
+                lm = s.landmarks
+                donor = (None, None) if d is None else (self.images[d], None if lm is None else lm[d])
+                image, label = self_blend(image, rng, s.settings, None if lm is None else lm[row], *donor)[0], 1
         if self.seed is not None:
             seed_transform(self.transform, sample_seed(self.seed, epoch, row, *([] if i < n else [2])))
         img = self.transform(image=image)["image"]
